@@ -1,0 +1,1 @@
+"""Runtime shared by every service: server bootstrap, config, metrics, clients, codec."""

@@ -1,0 +1,241 @@
+"""Typed clients, one per service, returning domain types.
+
+Channels retry UNAVAILABLE with exponential backoff (gRPC service config), carry the bearer
+token when configured, use TLS when a CA is given, and set a deadline on every call.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterator, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
+from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
+from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
+from promptopt.tuner.v1 import tuner_pb2_grpc
+
+from services.common import convert
+from services.common.codec import decode_tensor, encode_tensor
+from services.common.config import ClientConfig
+from services.common.types import (
+    DecodingParams,
+    EvaluationRequest,
+    EvaluationResult,
+    GenerateResult,
+    ModelRole,
+    UsageReport,
+)
+
+_RETRY_POLICY = {
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "5s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+
+class _TokenAuth(grpc.AuthMetadataPlugin):
+    def __init__(self, token: str):
+        self._token = token
+
+    def __call__(self, context, callback):
+        callback((("authorization", f"Bearer {self._token}"),), None)
+
+
+class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds the bearer token on insecure (loopback) channels, where call credentials are refused."""
+
+    def __init__(self, token: str):
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = [*(details.metadata or ()), self._metadata]
+        return _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready, details.compression
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+
+class _Details(
+    collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+def make_channel(config: ClientConfig) -> grpc.Channel:
+    """A channel with retries, message-size limits and optional TLS/token."""
+    size = config.max_message_mb * 1024 * 1024
+    options = [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(_RETRY_POLICY)),
+    ]
+    if config.tls_ca:
+        with open(config.tls_ca, "rb") as fh:
+            creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+        if config.auth_token:
+            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_TokenAuth(config.auth_token)))
+        return grpc.secure_channel(config.address, creds, options)
+    channel = grpc.insecure_channel(config.address, options)
+    if config.auth_token:
+        channel = grpc.intercept_channel(channel, _BearerInterceptor(config.auth_token))
+    return channel
+
+
+class _Client:
+    """Base: owns a channel and a default deadline."""
+
+    def __init__(self, config: ClientConfig | str):
+        self.config = ClientConfig(config) if isinstance(config, str) else config
+        self.channel = make_channel(self.config)
+        self.timeout = self.config.timeout_seconds
+
+    def health(self, service: str = "", timeout: float = 5.0) -> str:
+        """The health status name (SERVING, NOT_SERVING, ...) of `service` ('' = overall)."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EncoderClient(_Client):
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings, shape [len(texts), dim]."""
+        response = self.stub.Encode(encoder_pb2.EncodeRequest(texts=list(texts)), timeout=self.timeout)
+        return decode_tensor(response.embeddings, "embeddings", ndim=2)
+
+    def model_info(self) -> encoder_pb2.GetModelInfoResponse:
+        return self.stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=self.timeout)
+
+
+class DecoderClient(_Client):
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = decoder_pb2_grpc.DecoderServiceStub(self.channel)
+
+    def invert(self, embeddings, seed_texts: Sequence[str] = (), num_steps: int = 0, beam_width: int = 0):
+        """[(text, cosine)] per embedding row."""
+        response = self.stub.Invert(
+            decoder_pb2.InvertRequest(
+                embeddings=encode_tensor(embeddings), seed_texts=list(seed_texts),
+                num_steps=num_steps, beam_width=beam_width,
+            ),
+            timeout=self.timeout,
+        )
+        return [(inv.text, inv.cosine) for inv in response.inversions]
+
+
+class LlmEvalClient(_Client):
+    """Same methods and types as `services.llm_eval.core.LlmEvaluator`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = llm_eval_pb2_grpc.LlmEvalServiceStub(self.channel)
+
+    def generate(self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META) -> GenerateResult:
+        request = llm_eval_pb2.GenerateRequest(prompts=list(prompts), params=convert.params_to_proto(params), role=int(role))
+        return convert.generate_result_from_proto(self.stub.Generate(request, timeout=self.timeout))
+
+    def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
+        response = self.stub.EvaluatePrompt(convert.eval_request_to_proto(request), timeout=self.timeout)
+        return convert.eval_result_from_proto(response)
+
+    def dataset_info(self, dataset: str) -> dict[str, int]:
+        response = self.stub.GetDatasetInfo(llm_eval_pb2.GetDatasetInfoRequest(dataset=dataset), timeout=self.timeout)
+        return {s.name: s.size for s in response.splits}
+
+    def usage(self) -> UsageReport:
+        return convert.usage_report_from_proto(self.stub.GetUsage(llm_eval_pb2.GetUsageRequest(), timeout=self.timeout))
+
+
+class SurrogateClient(_Client):
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = surrogate_pb2_grpc.SurrogateServiceStub(self.channel)
+
+    def fit(self, train_x, train_y) -> str:
+        response = self.stub.FitModel(
+            surrogate_pb2.FitModelRequest(train_x=encode_tensor(train_x), train_y=list(map(float, train_y))),
+            timeout=self.timeout,
+        )
+        return response.model_id
+
+    def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
+        response = self.stub.Predict(surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x)), timeout=self.timeout)
+        return np.array(response.mean), np.array(response.variance)
+
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray:
+        request = surrogate_pb2.ComputeAcquisitionRequest(
+            model_id=model_id, x=encode_tensor(x), acquisition=surrogate_pb2.ACQUISITION_LOG_EI
+        )
+        if best_f is not None:
+            request.best_f = best_f
+        return np.array(self.stub.ComputeAcquisition(request, timeout=self.timeout).values)
+
+
+class OptimizerClient(_Client):
+    """Operation-pattern client for the optimizer (raw protos: runs are the user's objects)."""
+
+    pb2 = optimizer_pb2
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
+
+    def start(self, request) -> optimizer_pb2.Run:
+        return self.stub.StartRun(request, timeout=self.timeout).run
+
+    def get(self, run_id: str):
+        return self.stub.GetRun(self.pb2.GetRunRequest(run_id=run_id), timeout=self.timeout).run
+
+    def list(self, page_size: int = 50, page_token: str = ""):
+        return self.stub.ListRuns(self.pb2.ListRunsRequest(page_size=page_size, page_token=page_token), timeout=self.timeout)
+
+    def cancel(self, run_id: str):
+        return self.stub.CancelRun(self.pb2.CancelRunRequest(run_id=run_id), timeout=self.timeout).run
+
+    def watch(self, run_id: str, after_sequence: int = 0, timeout: float | None = None) -> Iterator:
+        return self.stub.WatchRun(self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence), timeout=timeout)
+
+
+class TunerClient(OptimizerClient):
+    """Same operation pattern over the tuner service."""
+
+    from promptopt.tuner.v1 import tuner_pb2 as pb2
+
+    def __init__(self, config):
+        _Client.__init__(self, config)
+        self.stub = tuner_pb2_grpc.TunerServiceStub(self.channel)

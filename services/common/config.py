@@ -1,0 +1,89 @@
+"""Frozen config dataclasses loaded from environment variables.
+
+Each service defines one frozen dataclass; `from_env` fills it from variables named
+`<PREFIX><FIELD_NAME_UPPER>` (e.g. `PROMPTOPT_ENCODER_PORT`) and validates the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+
+
+class ConfigError(ValueError):
+    """A config value is missing or malformed; the message names the variable."""
+
+
+def _parse(raw: str, kind: type, name: str):
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is str:
+            return raw
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    raise ConfigError(f"{name}: unsupported config type {kind}")
+
+
+def from_env(cls, prefix: str, env: Mapping[str, str] | None = None):
+    """Build `cls` from `env` (default `os.environ`), using field defaults for unset names."""
+    env = os.environ if env is None else env
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        name = prefix + field.name.upper()
+        if name in env:
+            kind = hints[field.name]
+            if typing.get_origin(kind) is typing.Union:  # Optional[X]
+                kind = next(a for a in typing.get_args(kind) if a is not type(None))
+            values[field.name] = _parse(env[name], kind, name)
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}*: {exc}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Transport settings every server shares (prefix `PROMPTOPT_<SERVICE>_`)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0
+    max_message_mb: int = 64
+    max_workers: int = 8
+    max_concurrent_rpcs: int = 64
+    grace_seconds: float = 10.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_token: str = ""
+
+    def __post_init__(self):
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.max_message_mb <= 0:
+            raise ValueError("max_message_mb must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientConfig:
+    """How a client reaches a service: address, optional TLS root and bearer token."""
+
+    address: str
+    tls_ca: str = ""
+    auth_token: str = ""
+    max_message_mb: int = 64
+    timeout_seconds: float = 600.0

@@ -1,0 +1,49 @@
+"""Domain errors and their gRPC status codes.
+
+Core modules raise these (or plain ValueError for malformed input); the server interceptor
+maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND,
+OverloadedError -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class NotFoundError(LookupError):
+    """The named run, model or dataset does not exist."""
+
+
+class OverloadedError(RuntimeError):
+    """The service is at capacity; retry later."""
+
+
+class UnavailableError(RuntimeError):
+    """The service is loading or draining."""
+
+
+class FailedPreconditionError(RuntimeError):
+    """The request is valid but the system is not in a state to serve it."""
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    """The status code for a domain exception (INTERNAL when unknown)."""
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, NotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, OverloadedError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, UnavailableError):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, FailedPreconditionError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
+    return grpc.StatusCode.INTERNAL
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ValueError(message) unless condition; the message must name the field."""
+    if not condition:
+        raise ValueError(message)

@@ -1,0 +1,100 @@
+"""gRPC transport for the operation pattern (StartRun/WatchRun/GetRun/ListRuns/CancelRun).
+
+The optimizer and tuner protos declare identical Run/event messages in their own packages;
+`OperationServicer` serves either, given the generated module and a request parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.common.convert import usage_to_proto
+from services.common.errors import require
+from services.common.operations import RunEvent, RunManager, RunRecord, RunStore
+
+# parse(request) -> (algorithm, display_name, resolved config dict, total_steps)
+Parser = Callable[[object], tuple[str, str, dict, int]]
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class OperationServicer:
+    """Implements the five operation RPCs over a RunStore and RunManager."""
+
+    def __init__(self, pb2, store: RunStore, manager: RunManager, parse: Parser, poll_seconds: float = 1.0):
+        self.pb2 = pb2
+        self.store = store
+        self.manager = manager
+        self.parse = parse
+        self.poll_seconds = poll_seconds
+
+    def run_to_proto(self, record: RunRecord):
+        import json
+
+        return self.pb2.Run(
+            run_id=record.run_id, algorithm=record.algorithm, display_name=record.display_name,
+            state=int(record.state), step=record.step, total_steps=record.total_steps,
+            best_prompt=record.best_prompt, best_score=record.best_score, usage=usage_to_proto(record.usage),
+            create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
+            error=record.error, config_json=json.dumps(record.config, sort_keys=True),
+            last_sequence=record.last_sequence,
+        )
+
+    def event_to_proto(self, event: RunEvent):
+        pb2, p = self.pb2, event.payload
+        body = {
+            "progress": lambda: {"progress": pb2.Progress(**p)},
+            "candidate": lambda: {"candidate": pb2.Candidate(**p)},
+            "result": lambda: {"result": pb2.Result(**p)},
+            "error": lambda: {"error": pb2.Error(**p)},
+        }[event.kind]()
+        return pb2.WatchRunResponse(
+            sequence=event.sequence, run_id=event.run_id, time=_timestamp(event.time),
+            usage=usage_to_proto(event.usage), **body,
+        )
+
+    def StartRun(self, request, context):
+        algorithm, display_name, config, total_steps = self.parse(request)
+        record = self.store.create(algorithm, display_name, config, total_steps)
+        self.manager.start(record.run_id)
+        return self.pb2.StartRunResponse(run=self.run_to_proto(record))
+
+    def GetRun(self, request, context):
+        require(bool(request.run_id), "run_id must be set")
+        return self.pb2.GetRunResponse(run=self.run_to_proto(self.store.get(request.run_id)))
+
+    def ListRuns(self, request, context):
+        require(request.page_size >= 0, "page_size must be >= 0")
+        size = request.page_size or 50
+        try:
+            offset = int(request.page_token or 0)
+        except ValueError:
+            raise ValueError(f"page_token {request.page_token!r} is not a token from ListRuns") from None
+        require(offset >= 0, "page_token must not be negative")
+        records = self.store.list(size + 1, offset)
+        token = str(offset + size) if len(records) > size else ""
+        return self.pb2.ListRunsResponse(runs=[self.run_to_proto(r) for r in records[:size]], next_page_token=token)
+
+    def CancelRun(self, request, context):
+        require(bool(request.run_id), "run_id must be set")
+        return self.pb2.CancelRunResponse(run=self.run_to_proto(self.manager.cancel(request.run_id)))
+
+    def WatchRun(self, request, context):
+        require(bool(request.run_id), "run_id must be set")
+        require(request.after_sequence >= 0, "after_sequence must be >= 0")
+        sequence = request.after_sequence
+        self.store.get(request.run_id)  # NOT_FOUND before streaming
+        while context.is_active():
+            for event in self.store.events(request.run_id, sequence):
+                sequence = event.sequence
+                yield self.event_to_proto(event)
+            record = self.store.get(request.run_id)
+            if record.state.terminal and record.last_sequence <= sequence:
+                return
+            self.store.wait(self.poll_seconds)

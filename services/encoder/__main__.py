@@ -1,0 +1,49 @@
+"""Start the encoder service: `python -m services.encoder` (env `PROMPTOPT_ENCODER_*`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+
+from services.common.config import ServerConfig, from_env
+from services.common.server import ServiceBinding, serve
+from services.encoder.core import EMBEDDED_MODEL, SentenceTransformerEmbedder
+from services.encoder.server import EncoderServicer
+
+PREFIX = "PROMPTOPT_ENCODER_"
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """`model`: a sentence-transformers id (production: sentence-transformers/gtr-t5-base)
+    or `pypi:<package>` for a model shipped in a PyPI package (the embedded default)."""
+
+    model: str = EMBEDDED_MODEL
+    device: str = "cpu"
+    batch_size: int = 64
+    max_batch_size: int = 4096
+
+    def __post_init__(self):
+        if self.batch_size <= 0 or self.max_batch_size <= 0:
+            raise ValueError("batch_size and max_batch_size must be positive")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = from_env(EncoderConfig, PREFIX)
+    servicer = EncoderServicer(None, config.max_batch_size)
+
+    def load():
+        servicer.embedder = SentenceTransformerEmbedder(config.model, config.device, config.batch_size)
+
+    binding = ServiceBinding(
+        encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
+        lambda s: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, s),
+    )
+    serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The llm_eval service."""

@@ -1,0 +1,55 @@
+"""Start the llm_eval service: `python -m services.llm_eval` (env `PROMPTOPT_LLM_EVAL_*`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+
+from services.common.config import ServerConfig, from_env
+from services.common.server import ServiceBinding, serve
+from services.llm_eval.backends import LlamaCppBackend, LLMBackend, OpenAIBackend, VLLMBackend
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.config import LlmEvalConfig
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.models import EMBEDDED_MODELS, ensure_model
+from services.llm_eval.server import LlmEvalServicer
+
+PREFIX = "PROMPTOPT_LLM_EVAL_"
+
+
+def build_backend(config: LlmEvalConfig, backend: str, model: str) -> LLMBackend:
+    if backend == "llamacpp":
+        path = ensure_model(EMBEDDED_MODELS[model]) if model in EMBEDDED_MODELS else Path(model)
+        return LlamaCppBackend(str(path), model_name=model, n_ctx=config.n_ctx, n_threads=config.n_threads)
+    if backend == "openai":
+        return OpenAIBackend(config.openai_base_url, model, config.openai_api_key_env)
+    return VLLMBackend(model, config.vllm_tensor_parallel_size, config.vllm_gpu_memory_utilization)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server_config = from_env(ServerConfig, PREFIX)
+    config = from_env(LlmEvalConfig, PREFIX)
+    servicer = LlmEvalServicer(None)
+
+    def load():
+        task = build_backend(config, config.backend, config.task_model)
+        same = not config.meta_model or (config.meta_model == config.task_model and config.meta_backend in ("", config.backend))
+        meta = task if same else build_backend(config, config.meta_backend or config.backend, config.meta_model)
+        servicer.evaluator = LlmEvaluator(
+            task, meta, DatasetStore(config.datasets_dir), AnswerCache(config.cache_path),
+            config.default_max_tokens, config.batch_size,
+        )
+
+    binding = ServiceBinding(
+        llm_eval_pb2.DESCRIPTOR.services_by_name["LlmEvalService"].full_name,
+        lambda s: llm_eval_pb2_grpc.add_LlmEvalServiceServicer_to_server(servicer, s),
+    )
+    serve(server_config, [binding], load=load).wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""SQLite cache of LLM answers keyed by (model, prompt hash, dataset, question, decoding params).
+
+Every evaluated (prompt, question) pair is stored once, so a higher fidelity only pays for
+the questions it adds and a restarted job never pays twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+from services.common.types import DecodingParams
+
+
+def prompt_hash(instruction: str) -> str:
+    """Stable hash of an instruction (sha256 hex, first 16 chars)."""
+    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+
+
+def answer_key(model: str, p_hash: str, dataset: str, split: str, question_index: int, params: DecodingParams) -> str:
+    """Cache key of one answer; any change of model, prompt, question or params changes it."""
+    payload = json.dumps(
+        [model, p_hash, dataset, split, question_index, dataclasses.asdict(params)], sort_keys=True
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass
+class CachedAnswer:
+    response: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class AnswerCache:
+    """Thread-safe SQLite answer store (WAL mode, one connection guarded by a lock)."""
+
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, prompt_hash TEXT,"
+            " dataset TEXT, split TEXT, question_index INTEGER, params TEXT, response TEXT,"
+            " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL DEFAULT (julianday('now')))"
+        )
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: list[str]) -> dict[str, CachedAnswer]:
+        found = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                rows = self._conn.execute(
+                    f"SELECT key, response, prompt_tokens, completion_tokens FROM answers"
+                    f" WHERE key IN ({','.join('?' * len(chunk))})",
+                    chunk,
+                ).fetchall()
+                found.update({k: CachedAnswer(r, p, c) for k, r, p, c in rows})
+        return found
+
+    def put(self, key: str, meta: tuple, answer: CachedAnswer) -> None:
+        """Store one answer; `meta` is (model, prompt_hash, dataset, split, question_index, params_json)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO answers (key, model, prompt_hash, dataset, split, question_index,"
+                " params, response, prompt_tokens, completion_tokens) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (key, *meta, answer.response, answer.prompt_tokens, answer.completion_tokens),
+            )
+
+    def count(self) -> int:
+        with self._lock:
+            return self._conn.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

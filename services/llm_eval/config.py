@@ -1,0 +1,42 @@
+"""llm_eval configuration (env prefix `PROMPTOPT_LLM_EVAL_`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+BACKENDS = ("llamacpp", "openai", "vllm")
+
+
+@dataclasses.dataclass(frozen=True)
+class LlmEvalConfig:
+    """Which backends serve the task and meta roles, where data and the cache live.
+
+    `task_model`/`meta_model`: for llamacpp a GGUF path or an embedded model name
+    (default: the Qwen2.5-Coder-0.5B assembled from PyPI); for openai/vllm a model id.
+    An empty meta model reuses the task backend.
+    """
+
+    backend: str = "llamacpp"
+    task_model: str = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
+    meta_backend: str = ""
+    meta_model: str = ""
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key_env: str = "OPENAI_API_KEY"
+    vllm_tensor_parallel_size: int = 1
+    vllm_gpu_memory_utilization: float = 0.85
+    datasets_dir: str = "../shared/datasets"
+    cache_path: str = "state/llm_eval/answers.sqlite"
+    default_max_tokens: int = 512
+    batch_size: int = 16
+    n_ctx: int = 4096
+    n_threads: int = 0
+
+    def __post_init__(self):
+        for name in ("backend", "meta_backend"):
+            value = getattr(self, name)
+            if value and value not in BACKENDS:
+                raise ValueError(f"{name} must be one of {BACKENDS}, got {value!r}")
+        if self.default_max_tokens <= 0:
+            raise ValueError("default_max_tokens must be positive")
+        if self.batch_size <= 0:
+            raise ValueError("batch_size must be positive")

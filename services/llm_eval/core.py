@@ -1,0 +1,158 @@
+"""The llm_eval domain: meta-LLM generation and cached GSM8K-style prompt evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from services.common.types import (
+    DecodingParams,
+    EvaluationRequest,
+    EvaluationResult,
+    GenerateResult,
+    ModelRole,
+    QuestionResult,
+    Usage,
+    UsageReport,
+)
+from services.llm_eval import gsm8k
+from services.llm_eval.backends import LLMBackend
+from services.llm_eval.cache import AnswerCache, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.datasets import DatasetStore
+
+log = logging.getLogger(__name__)
+
+
+class LlmEvaluator:
+    """Serves Generate and EvaluatePrompt over a task and a meta backend, with an answer cache.
+
+    Args:
+        task: backend whose answers are scored.
+        meta: backend for proposals/critiques (may be the same object as `task`).
+        datasets: where dataset splits are read from.
+        cache: the answer cache.
+        default_max_tokens: used when a request's max_tokens is 0.
+        batch_size: questions sent to the backend per call.
+    """
+
+    def __init__(
+        self,
+        task: LLMBackend,
+        meta: LLMBackend,
+        datasets: DatasetStore,
+        cache: AnswerCache,
+        default_max_tokens: int = 512,
+        batch_size: int = 16,
+    ):
+        self.task = task
+        self.meta = meta
+        self.datasets = datasets
+        self.cache = cache
+        self.default_max_tokens = default_max_tokens
+        self.batch_size = batch_size
+        self._usage = Usage()
+        self._usage_lock = threading.Lock()
+
+    def _resolve(self, params: DecodingParams) -> DecodingParams:
+        if params.max_tokens:
+            return params
+        return dataclasses.replace(params, max_tokens=self.default_max_tokens)
+
+    def _record(self, usage: Usage) -> None:
+        with self._usage_lock:
+            self._usage.add(usage)
+
+    def generate(self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META) -> GenerateResult:
+        """Complete each prompt with the model of `role` (no caching: sampling is the point)."""
+        if not prompts:
+            raise ValueError("prompts must not be empty")
+        if any(not p.strip() for p in prompts):
+            raise ValueError("prompts must not contain empty strings")
+        backend = self.task if role == ModelRole.TASK else self.meta
+        completions = backend.generate(list(prompts), self._resolve(params))
+        usage = Usage(
+            llm_calls=len(completions),
+            prompt_tokens=sum(c.prompt_tokens for c in completions),
+            completion_tokens=sum(c.completion_tokens for c in completions),
+        )
+        self._record(usage)
+        return GenerateResult(completions, usage, backend.model_name)
+
+    def question_indices(self, request: EvaluationRequest) -> list[int]:
+        """The questions a request covers, validated against the split size."""
+        size = len(self.datasets.load(request.dataset, request.split))
+        if request.question_indices:
+            bad = [i for i in request.question_indices if i >= size]
+            if bad:
+                raise ValueError(f"question_indices {bad[:5]} out of range for split of size {size}")
+            return list(request.question_indices)
+        if request.fidelity > size:
+            raise ValueError(f"fidelity {request.fidelity} exceeds split size {size}")
+        order = self.datasets.order(request.dataset, request.split, request.shuffle_seed)
+        return order[: request.fidelity or size]
+
+    def evaluate(self, request: EvaluationRequest, should_stop: Callable[[], bool] = lambda: False) -> EvaluationResult:
+        """Score an instruction; only questions missing from the cache reach the LLM."""
+        examples = self.datasets.load(request.dataset, request.split)
+        indices = self.question_indices(request)
+        params = self._resolve(request.params)
+        model = self.task.model_name
+        p_hash = prompt_hash(request.instruction)
+        keys = [answer_key(model, p_hash, request.dataset, request.split, i, params) for i in indices]
+        answers = self.cache.get_many(keys)
+        usage = Usage(cache_hits=len(answers))
+        cached = set(answers)
+        missing = [(i, k) for i, k in zip(indices, keys, strict=True) if k not in answers]
+        params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
+        for start in range(0, len(missing), self.batch_size):
+            if should_stop():
+                raise TimeoutError("evaluation stopped: the caller went away or its deadline passed")
+            batch = missing[start : start + self.batch_size]
+            prompts = [gsm8k.format_prompt(examples[i].question, request.instruction) for i, _ in batch]
+            for (i, key), completion in zip(batch, self.task.generate(prompts, params), strict=True):
+                answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
+                self.cache.put(key, (model, p_hash, request.dataset, request.split, i, params_json), answer)
+                answers[key] = answer
+                usage.llm_calls += 1
+                usage.prompt_tokens += completion.prompt_tokens
+                usage.completion_tokens += completion.completion_tokens
+        self._record(usage)
+        results = []
+        for i, key in zip(indices, keys, strict=True):
+            predicted = gsm8k.extract_last_number(answers[key].response)
+            results.append(
+                QuestionResult(
+                    question_index=i,
+                    question=examples[i].question,
+                    response=answers[key].response,
+                    predicted=predicted or "",
+                    gold=examples[i].gold,
+                    correct=gsm8k.is_correct(predicted, examples[i].gold),
+                    cached=key in cached,
+                )
+            )
+        correct = sum(r.correct for r in results)
+        log.info(
+            "evaluated %d questions (%d cached), accuracy %.3f, instruction:\n%s",
+            len(results), usage.cache_hits, correct / len(results), request.instruction,
+        )
+        return EvaluationResult(
+            accuracy=correct / len(results),
+            num_correct=correct,
+            num_evaluated=len(results),
+            usage=usage,
+            prompt_hash=p_hash,
+            model=model,
+            results=results if request.include_details else [],
+        )
+
+    def dataset_info(self, dataset: str) -> dict[str, int]:
+        return self.datasets.splits(dataset)
+
+    def usage(self) -> UsageReport:
+        with self._usage_lock:
+            usage = dataclasses.replace(self._usage)
+        return UsageReport(usage, self.task.model_name, self.meta.model_name, self.cache.count())

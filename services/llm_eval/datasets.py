@@ -1,0 +1,60 @@
+"""Dataset loading from a directory (`<root>/<dataset>/<split>.jsonl`), with seeded orders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from functools import cache
+from pathlib import Path
+
+from services.common.errors import NotFoundError
+from services.llm_eval import gsm8k
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    question: str
+    gold: str
+
+
+class DatasetStore:
+    """Reads GSM8K-style JSONL splits (`question`, `answer` with `#### n`) under `root`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def splits(self, dataset: str) -> dict[str, int]:
+        """Split name -> number of examples."""
+        directory = self._dir(dataset)
+        return {p.stem: len(self.load(dataset, p.stem)) for p in sorted(directory.glob("*.jsonl"))}
+
+    def load(self, dataset: str, split: str) -> tuple[Example, ...]:
+        return _read(self._dir(dataset) / f"{split}.jsonl", dataset, split)
+
+    def order(self, dataset: str, split: str, seed: int) -> list[int]:
+        """The split's indices shuffled once with `seed`; prefixes are nested fidelities."""
+        indices = list(range(len(self.load(dataset, split))))
+        random.Random(seed).shuffle(indices)
+        return indices
+
+    def _dir(self, dataset: str) -> Path:
+        if not dataset or "/" in dataset or dataset.startswith("."):
+            raise ValueError(f"dataset {dataset!r} is not a valid dataset name")
+        directory = self.root / dataset
+        if not directory.is_dir():
+            raise NotFoundError(f"dataset {dataset!r} not found under {self.root}")
+        return directory
+
+
+@cache
+def _read(path: Path, dataset: str, split: str) -> tuple[Example, ...]:
+    if not path.is_file():
+        raise NotFoundError(f"split {split!r} of dataset {dataset!r} not found ({path})")
+    examples = []
+    with path.open() as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                examples.append(Example(row["question"], gsm8k.gold_answer(row["answer"])))
+    return tuple(examples)

@@ -1,0 +1,51 @@
+"""Start the optimizer service: `python -m services.optimizer` (env `PROMPTOPT_OPTIMIZER_*`).
+
+Unfinished runs in the store are resumed at start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+
+from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
+
+from services.common.clients import LlmEvalClient
+from services.common.config import ClientConfig, ServerConfig, from_env
+from services.common.operation_server import OperationServicer
+from services.common.operations import RunManager, RunStore
+from services.common.server import ServiceBinding, serve
+from services.optimizer.server import build_optimizer, parse_start
+
+PREFIX = "PROMPTOPT_OPTIMIZER_"
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    llm_eval_address: str = "127.0.0.1:50053"
+    store_path: str = "state/optimizer/runs.sqlite"
+    auth_token: str = ""
+    tls_ca: str = ""
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = from_env(OptimizerConfig, PREFIX)
+    llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+    store = RunStore(config.store_path)
+    manager = RunManager(store, functools.partial(_factory, llm))
+    servicer = OperationServicer(optimizer_pb2, store, manager, parse_start)
+    binding = ServiceBinding(
+        optimizer_pb2.DESCRIPTOR.services_by_name["OptimizerService"].full_name,
+        lambda s: optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(servicer, s),
+    )
+    serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
+
+
+def _factory(llm, record, emit, usage, cancelled):
+    return build_optimizer(record, llm, emit, usage, cancelled)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Prompt optimisers: pure algorithm code over the `LlmService` interface (no gRPC)."""

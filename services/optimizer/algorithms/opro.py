@@ -1,0 +1,116 @@
+"""OPRO (Yang et al. 2023, "Large Language Models as Optimizers") on a fixed evaluation minibatch.
+
+Each step the meta-LLM sees the top-K scored instructions (ascending, scores bucketed) and a
+few exemplar problems, and proposes new instructions at temperature 1.0; every proposal is
+scored on the same questions so scores are comparable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from services.common.types import DecodingParams, EvaluationRequest
+from services.optimizer.algorithms.base import (
+    DEFAULT_INITIAL_PROMPT,
+    Optimizer,
+    extract_tagged,
+    load_template,
+    unique_new,
+)
+
+# 3.5% of the GSM8K training set, the OPRO paper's evaluation subset.
+DEFAULT_FIDELITY = 261
+
+
+@dataclasses.dataclass(frozen=True)
+class OproConfig:
+    iterations: int = 10
+    candidates_per_step: int = 8
+    top_k: int = 20
+    num_buckets: int = 20
+    meta_temperature: float = 1.0
+    num_exemplars: int = 3
+    meta_max_tokens: int = 256
+    initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
+
+    def __post_init__(self):
+        for name in ("iterations", "candidates_per_step", "top_k", "num_buckets"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"opro.{name} must be positive, got {getattr(self, name)}")
+        if self.num_exemplars < 0:
+            raise ValueError(f"opro.num_exemplars must be >= 0, got {self.num_exemplars}")
+        if not 0.0 <= self.meta_temperature <= 2.0:
+            raise ValueError(f"opro.meta_temperature must be in [0, 2], got {self.meta_temperature}")
+        if not self.initial_prompts or any(not p.strip() for p in self.initial_prompts):
+            raise ValueError("opro.initial_prompts must be non-empty strings")
+
+
+def bucketize(score: float, num_buckets: int) -> int:
+    """Score in [0, 1] -> 0..100 rounded to `num_buckets` buckets (20 buckets: multiples of 5)."""
+    return round(round(score * num_buckets) * 100 / num_buckets)
+
+
+def meta_prompt(history: list[dict], exemplars: list[tuple[str, str]], top_k: int, num_buckets: int) -> str:
+    """The OPRO meta-prompt: top-K instructions by score, shown in ascending order."""
+    top = sorted(history, key=lambda h: h["score"], reverse=True)[:top_k]
+    entry, example = load_template("opro_history_entry"), load_template("opro_exemplar")
+    history_text = "".join(
+        entry.format(instruction=h["prompt"], score=bucketize(h["score"], num_buckets))
+        for h in sorted(top, key=lambda h: h["score"])
+    )
+    exemplar_text = "".join(example.format(question=q, answer=a) for q, a in exemplars)
+    return load_template("opro_meta").format(history=history_text, exemplars=exemplar_text)
+
+
+class OproOptimizer(Optimizer):
+    name = "opro"
+
+    def fidelity(self) -> int:
+        return self.evaluation.fidelity or DEFAULT_FIDELITY
+
+    def total_steps(self) -> int:
+        return self.config.iterations + 1
+
+    def initial_state(self) -> dict:
+        return {"step": 0, "history": [], "exemplars": []}
+
+    def _score(self, state: dict, prompt: str) -> None:
+        request = EvaluationRequest(
+            instruction=prompt,
+            dataset=self.evaluation.dataset,
+            split=self.evaluation.split,
+            fidelity=self.fidelity(),
+            shuffle_seed=self.evaluation.seed,
+            params=self.evaluation.params(),
+            include_details=not state["exemplars"],
+        )
+        result = self.llm.evaluate(request)
+        if not state["exemplars"] and result.results:
+            rng = random.Random(self.evaluation.seed)
+            picks = rng.sample(result.results, min(self.config.num_exemplars, len(result.results)))
+            state["exemplars"] = [[r.question, r.gold] for r in picks]
+        self.record(state, prompt, result.accuracy, result.num_evaluated)
+
+    def step(self, state: dict) -> dict:
+        step = state["step"]
+        if step == 0:
+            for prompt in self.config.initial_prompts:
+                self.emit("progress", {"message": f"evaluating initial prompt:\n{prompt}"})
+                self._score(state, prompt)
+        else:
+            text = meta_prompt(state["history"], state["exemplars"], self.config.top_k, self.config.num_buckets)
+            seed_base = self.evaluation.seed * 1_000_003 + step * 1_000
+            proposals = []
+            for i in range(self.config.candidates_per_step):
+                params = DecodingParams(
+                    temperature=self.config.meta_temperature, max_tokens=self.config.meta_max_tokens, seed=seed_base + i
+                )
+                proposals.extend(extract_tagged(self.llm.generate([text], params)[0], "ins")[:1])
+            seen = {h["prompt"] for h in state["history"]}
+            fresh = unique_new(proposals, seen)
+            self.emit("progress", {"message": f"step {step}: {len(fresh)} new of {len(proposals)} proposals"})
+            for prompt in fresh:
+                self._score(state, prompt)
+        state["step"] = step + 1
+        return state
