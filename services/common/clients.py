@@ -95,7 +95,9 @@ def make_channel(config: ClientConfig) -> grpc.Channel:
         with open(config.tls_ca, "rb") as fh:
             creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
         if config.auth_token:
-            creds = grpc.composite_channel_credentials(creds, grpc.metadata_call_credentials(_TokenAuth(config.auth_token)))
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.metadata_call_credentials(_TokenAuth(config.auth_token))
+            )
         return grpc.secure_channel(config.address, creds, options)
     channel = grpc.insecure_channel(config.address, options)
     if config.auth_token:
@@ -150,8 +152,10 @@ class DecoderClient(_Client):
         """[(text, cosine)] per embedding row."""
         response = self.stub.Invert(
             decoder_pb2.InvertRequest(
-                embeddings=encode_tensor(embeddings), seed_texts=list(seed_texts),
-                num_steps=num_steps, beam_width=beam_width,
+                embeddings=encode_tensor(embeddings),
+                seed_texts=list(seed_texts),
+                num_steps=num_steps,
+                beam_width=beam_width,
             ),
             timeout=self.timeout,
         )
@@ -165,8 +169,12 @@ class LlmEvalClient(_Client):
         super().__init__(config)
         self.stub = llm_eval_pb2_grpc.LlmEvalServiceStub(self.channel)
 
-    def generate(self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META) -> GenerateResult:
-        request = llm_eval_pb2.GenerateRequest(prompts=list(prompts), params=convert.params_to_proto(params), role=int(role))
+    def generate(
+        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META
+    ) -> GenerateResult:
+        request = llm_eval_pb2.GenerateRequest(
+            prompts=list(prompts), params=convert.params_to_proto(params), role=int(role)
+        )
         return convert.generate_result_from_proto(self.stub.Generate(request, timeout=self.timeout))
 
     def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
@@ -194,7 +202,9 @@ class SurrogateClient(_Client):
         return response.model_id
 
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
-        response = self.stub.Predict(surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x)), timeout=self.timeout)
+        response = self.stub.Predict(
+            surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x)), timeout=self.timeout
+        )
         return np.array(response.mean), np.array(response.variance)
 
     def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray:
@@ -222,13 +232,17 @@ class OptimizerClient(_Client):
         return self.stub.GetRun(self.pb2.GetRunRequest(run_id=run_id), timeout=self.timeout).run
 
     def list(self, page_size: int = 50, page_token: str = ""):
-        return self.stub.ListRuns(self.pb2.ListRunsRequest(page_size=page_size, page_token=page_token), timeout=self.timeout)
+        return self.stub.ListRuns(
+            self.pb2.ListRunsRequest(page_size=page_size, page_token=page_token), timeout=self.timeout
+        )
 
     def cancel(self, run_id: str):
         return self.stub.CancelRun(self.pb2.CancelRunRequest(run_id=run_id), timeout=self.timeout).run
 
     def watch(self, run_id: str, after_sequence: int = 0, timeout: float | None = None) -> Iterator:
-        return self.stub.WatchRun(self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence), timeout=timeout)
+        return self.stub.WatchRun(
+            self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence), timeout=timeout
+        )
 
 
 class TunerClient(OptimizerClient):

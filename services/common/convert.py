@@ -38,9 +38,7 @@ def params_to_proto(params: DecodingParams) -> llm_eval_pb2.DecodingParams:
 
 def params_from_proto(msg: llm_eval_pb2.DecodingParams) -> DecodingParams:
     """Validated params; top_p 0 (unset) means 1."""
-    return DecodingParams(
-        temperature=msg.temperature, max_tokens=msg.max_tokens, top_p=msg.top_p or 1.0, seed=msg.seed
-    )
+    return DecodingParams(temperature=msg.temperature, max_tokens=msg.max_tokens, top_p=msg.top_p or 1.0, seed=msg.seed)
 
 
 def eval_request_to_proto(request: EvaluationRequest) -> llm_eval_pb2.EvaluatePromptRequest:

@@ -41,8 +41,14 @@ class LocalStack:
         env: extra environment for every service (e.g. PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS).
     """
 
-    def __init__(self, state_dir: str | Path, names=SERVICES, base_port: int = BASE_PORT,
-                 metrics_base_port: int = 9101, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        state_dir: str | Path,
+        names=SERVICES,
+        base_port: int = BASE_PORT,
+        metrics_base_port: int = 9101,
+        env: dict[str, str] | None = None,
+    ):
         self.state_dir = Path(state_dir).resolve()
         self.services: dict[str, ServiceProcess] = {}
         ports = {n: base_port + i for i, n in enumerate(SERVICES)}

@@ -38,11 +38,19 @@ class OperationServicer:
         import json
 
         return self.pb2.Run(
-            run_id=record.run_id, algorithm=record.algorithm, display_name=record.display_name,
-            state=int(record.state), step=record.step, total_steps=record.total_steps,
-            best_prompt=record.best_prompt, best_score=record.best_score, usage=usage_to_proto(record.usage),
-            create_time=_timestamp(record.create_time), update_time=_timestamp(record.update_time),
-            error=record.error, config_json=json.dumps(record.config, sort_keys=True),
+            run_id=record.run_id,
+            algorithm=record.algorithm,
+            display_name=record.display_name,
+            state=int(record.state),
+            step=record.step,
+            total_steps=record.total_steps,
+            best_prompt=record.best_prompt,
+            best_score=record.best_score,
+            usage=usage_to_proto(record.usage),
+            create_time=_timestamp(record.create_time),
+            update_time=_timestamp(record.update_time),
+            error=record.error,
+            config_json=json.dumps(record.config, sort_keys=True),
             last_sequence=record.last_sequence,
         )
 
@@ -55,8 +63,11 @@ class OperationServicer:
             "error": lambda: {"error": pb2.Error(**p)},
         }[event.kind]()
         return pb2.WatchRunResponse(
-            sequence=event.sequence, run_id=event.run_id, time=_timestamp(event.time),
-            usage=usage_to_proto(event.usage), **body,
+            sequence=event.sequence,
+            run_id=event.run_id,
+            time=_timestamp(event.time),
+            usage=usage_to_proto(event.usage),
+            **body,
         )
 
     def StartRun(self, request, context):

@@ -99,8 +99,24 @@ class RunStore:
         with self._lock:
             self._conn.execute(
                 f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, algorithm, display_name, int(RunState.PENDING), 0, total_steps, "", 0.0,
-                 json.dumps(dataclasses.asdict(Usage())), json.dumps(config), None, "", now, now, 0, 0),
+                (
+                    run_id,
+                    algorithm,
+                    display_name,
+                    int(RunState.PENDING),
+                    0,
+                    total_steps,
+                    "",
+                    0.0,
+                    json.dumps(dataclasses.asdict(Usage())),
+                    json.dumps(config),
+                    None,
+                    "",
+                    now,
+                    now,
+                    0,
+                    0,
+                ),
             )
         return self.get(run_id)
 
@@ -128,9 +144,15 @@ class RunStore:
 
     def update(self, run_id: str, **fields) -> None:
         encoded = {
-            k: (json.dumps(dataclasses.asdict(v)) if isinstance(v, Usage)
-                else json.dumps(v) if k in ("checkpoint", "config")
-                else int(v) if isinstance(v, bool | RunState) else v)
+            k: (
+                json.dumps(dataclasses.asdict(v))
+                if isinstance(v, Usage)
+                else json.dumps(v)
+                if k in ("checkpoint", "config")
+                else int(v)
+                if isinstance(v, bool | RunState)
+                else v
+            )
             for k, v in fields.items()
         }
         encoded["update_time"] = time.time()
@@ -174,10 +196,22 @@ class RunStore:
 
 def _record(row) -> RunRecord:
     return RunRecord(
-        run_id=row[0], algorithm=row[1], display_name=row[2], state=RunState(row[3]), step=row[4],
-        total_steps=row[5], best_prompt=row[6], best_score=row[7], usage=Usage(**json.loads(row[8])),
-        config=json.loads(row[9]), checkpoint=json.loads(row[10]) if row[10] else None, error=row[11],
-        create_time=row[12], update_time=row[13], last_sequence=row[14], cancel_requested=bool(row[15]),
+        run_id=row[0],
+        algorithm=row[1],
+        display_name=row[2],
+        state=RunState(row[3]),
+        step=row[4],
+        total_steps=row[5],
+        best_prompt=row[6],
+        best_score=row[7],
+        usage=Usage(**json.loads(row[8])),
+        config=json.loads(row[9]),
+        checkpoint=json.loads(row[10]) if row[10] else None,
+        error=row[11],
+        create_time=row[12],
+        update_time=row[13],
+        last_sequence=row[14],
+        cancel_requested=bool(row[15]),
     )
 
 
@@ -270,8 +304,15 @@ class RunManager:
                 self.store.update(
                     run_id, step=state["step"], checkpoint=state, usage=usage, best_prompt=prompt, best_score=score
                 )
-                emit("progress", {"step": state["step"], "total_steps": total, "best_score": score,
-                                  "message": f"step {state['step']}/{total} done"})
+                emit(
+                    "progress",
+                    {
+                        "step": state["step"],
+                        "total_steps": total,
+                        "best_score": score,
+                        "message": f"step {state['step']}/{total} done",
+                    },
+                )
             prompt, score = job.best(state)
             emit("result", {"best_prompt": prompt, "best_score": score})
             self.store.update(run_id, state=RunState.SUCCEEDED)

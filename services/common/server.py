@@ -72,7 +72,7 @@ class _Interceptor(grpc.ServerInterceptor):
             message = str(exc) or type(exc).__name__
         else:
             code, message = None, None
-        name = (code or context.code() or grpc.StatusCode.OK)
+        name = code or context.code() or grpc.StatusCode.OK
         name = name.name if isinstance(name, grpc.StatusCode) else str(name)
         RPC_REQUESTS.labels(service, method, name).inc()
         RPC_LATENCY.labels(service, method).observe(time.perf_counter() - start)
@@ -125,12 +125,8 @@ def _loading(request, context):
 
 def _replace(handler, behaviour):
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour, handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.unary_stream_rpc_method_handler(
-        behaviour, handler.request_deserializer, handler.response_serializer
-    )
+        return grpc.unary_unary_rpc_method_handler(behaviour, handler.request_deserializer, handler.response_serializer)
+    return grpc.unary_stream_rpc_method_handler(behaviour, handler.request_deserializer, handler.response_serializer)
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials:
@@ -223,6 +219,7 @@ def serve(
 
     threading.Thread(target=do_load, name="load", daemon=True).start()
     if install_signal_handlers:
+
         def on_signal(signum, _frame):
             log.info("signal %d: draining", signum)
             threading.Thread(target=running.stop, daemon=True).start()

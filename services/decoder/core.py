@@ -43,6 +43,8 @@ class NearestTextInverter(Inverter):
         if candidates.shape[1] != targets.shape[1]:
             raise ValueError(f"embeddings have dimension {targets.shape[1]}, the encoder gives {candidates.shape[1]}")
         norms = np.linalg.norm(targets, axis=1, keepdims=True)
-        cosines = (targets / np.maximum(norms, 1e-12)) @ (candidates / np.linalg.norm(candidates, axis=1, keepdims=True)).T
+        cosines = (targets / np.maximum(norms, 1e-12)) @ (
+            candidates / np.linalg.norm(candidates, axis=1, keepdims=True)
+        ).T
         best = cosines.argmax(axis=1)
         return [(seed_texts[j], float(cosines[i, j])) for i, j in enumerate(best)]

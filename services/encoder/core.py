@@ -55,7 +55,7 @@ class SentenceTransformerEmbedder(Embedder):
         self.normalized = True
         self.batch_size = batch_size
         self._model = SentenceTransformer(resolve_model_path(model), device=device)
-        self.dimension = int(self._model.get_sentence_embedding_dimension())
+        self.dimension = int(self._model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return self._model.encode(

@@ -37,11 +37,17 @@ def main() -> None:
 
     def load():
         task = build_backend(config, config.backend, config.task_model)
-        same = not config.meta_model or (config.meta_model == config.task_model and config.meta_backend in ("", config.backend))
+        same = not config.meta_model or (
+            config.meta_model == config.task_model and config.meta_backend in ("", config.backend)
+        )
         meta = task if same else build_backend(config, config.meta_backend or config.backend, config.meta_model)
         servicer.evaluator = LlmEvaluator(
-            task, meta, DatasetStore(config.datasets_dir), AnswerCache(config.cache_path),
-            config.default_max_tokens, config.batch_size,
+            task,
+            meta,
+            DatasetStore(config.datasets_dir),
+            AnswerCache(config.cache_path),
+            config.default_max_tokens,
+            config.batch_size,
         )
 
     binding = ServiceBinding(

@@ -132,6 +132,4 @@ class VLLMBackend(LLMBackend):
         )
         with self._lock:
             outputs = self._llm.chat([[{"role": "user", "content": p}] for p in prompts], sampling, use_tqdm=False)
-        return [
-            Completion(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs
-        ]
+        return [Completion(o.outputs[0].text, len(o.prompt_token_ids), len(o.outputs[0].token_ids)) for o in outputs]

@@ -23,9 +23,7 @@ def prompt_hash(instruction: str) -> str:
 
 def answer_key(model: str, p_hash: str, dataset: str, split: str, question_index: int, params: DecodingParams) -> str:
     """Cache key of one answer; any change of model, prompt, question or params changes it."""
-    payload = json.dumps(
-        [model, p_hash, dataset, split, question_index, dataclasses.asdict(params)], sort_keys=True
-    )
+    payload = json.dumps([model, p_hash, dataset, split, question_index, dataclasses.asdict(params)], sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

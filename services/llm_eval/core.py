@@ -65,7 +65,9 @@ class LlmEvaluator:
         with self._usage_lock:
             self._usage.add(usage)
 
-    def generate(self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META) -> GenerateResult:
+    def generate(
+        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META
+    ) -> GenerateResult:
         """Complete each prompt with the model of `role` (no caching: sampling is the point)."""
         if not prompts:
             raise ValueError("prompts must not be empty")
@@ -137,7 +139,10 @@ class LlmEvaluator:
         correct = sum(r.correct for r in results)
         log.info(
             "evaluated %d questions (%d cached), accuracy %.3f, instruction:\n%s",
-            len(results), usage.cache_hits, correct / len(results), request.instruction,
+            len(results),
+            usage.cache_hits,
+            correct / len(results),
+            request.instruction,
         )
         return EvaluationResult(
             accuracy=correct / len(results),

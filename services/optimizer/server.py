@@ -59,4 +59,3 @@ def build_optimizer(record: RunRecord, llm_service, emit, usage: Usage, cancelle
         MeteredLlm(llm_service, usage, cancelled),
         emit_and_track,
     )
-

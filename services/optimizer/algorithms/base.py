@@ -122,7 +122,9 @@ class Optimizer(Job):
     def record(self, state: dict, prompt: str, score: float, num_evaluated: int) -> None:
         """Add a scored prompt to the history and emit a candidate event."""
         state["history"].append({"step": state["step"], "prompt": prompt, "score": score, "n": num_evaluated})
-        self.emit("candidate", {"step": state["step"], "prompt": prompt, "score": score, "num_evaluated": num_evaluated})
+        self.emit(
+            "candidate", {"step": state["step"], "prompt": prompt, "score": score, "num_evaluated": num_evaluated}
+        )
 
 
 _TAGGED = {

@@ -39,8 +39,15 @@ class ProtegiConfig:
     initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
 
     def __post_init__(self):
-        for name in ("iterations", "beam_width", "minibatch_size", "num_gradients", "errors_per_gradient",
-                     "edits_per_gradient", "ucb_sample_size"):
+        for name in (
+            "iterations",
+            "beam_width",
+            "minibatch_size",
+            "num_gradients",
+            "errors_per_gradient",
+            "edits_per_gradient",
+            "ucb_sample_size",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"protegi.{name} must be positive, got {getattr(self, name)}")
         if self.paraphrases_per_edit < 0 or self.ucb_rounds < 0:
@@ -70,7 +77,9 @@ class ProtegiOptimizer(Optimizer):
         return {"step": 0, "history": [], "beam": list(self.config.initial_prompts)}
 
     def _meta(self, prompt: str, seed: int) -> str:
-        params = DecodingParams(temperature=self.config.meta_temperature, max_tokens=self.config.meta_max_tokens, seed=seed)
+        params = DecodingParams(
+            temperature=self.config.meta_temperature, max_tokens=self.config.meta_max_tokens, seed=seed
+        )
         return self.llm.generate([prompt], params)[0]
 
     def _evaluate(self, prompt: str, indices: list[int], details: bool = False):
@@ -100,7 +109,8 @@ class ProtegiOptimizer(Optimizer):
             shown = rng.sample(errors, min(cfg.errors_per_gradient, len(errors)))
             error_text = "".join(error_tpl.format(question=e.question, response=e.response, gold=e.gold) for e in shown)
             critique = self._meta(
-                load_template("protegi_gradient").format(prompt=prompt, errors=error_text, num_feedbacks=1), seed + 10 * g
+                load_template("protegi_gradient").format(prompt=prompt, errors=error_text, num_feedbacks=1),
+                seed + 10 * g,
             )
             for gradient in extract_tagged(critique, "start")[:1]:
                 edit = self._meta(
@@ -112,7 +122,9 @@ class ProtegiOptimizer(Optimizer):
                 for edited in extract_tagged(edit, "start")[: cfg.edits_per_gradient]:
                     new.append(edited)
                     for p in range(cfg.paraphrases_per_edit):
-                        text = self._meta(load_template("protegi_paraphrase").format(prompt=edited), seed + 10 * g + 2 + p)
+                        text = self._meta(
+                            load_template("protegi_paraphrase").format(prompt=edited), seed + 10 * g + 2 + p
+                        )
                         new.extend(extract_tagged(text, "start")[:1])
         return new
 

@@ -1,0 +1,256 @@
+"""`promptopt`: the command-line client over gRPC.
+
+promptopt run opro --iterations 3 --fidelity 20     start a run and watch it
+promptopt watch RUN_ID | list | get RUN_ID | cancel RUN_ID
+promptopt results RUN_ID                              write results/<run>.json and .png
+promptopt evaluate "Let's think step by step." --fidelity 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from promptopt.optimizer.v1 import optimizer_pb2
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.common.clients import LlmEvalClient, OptimizerClient
+from services.common.config import ClientConfig
+from services.common.types import DecodingParams, EvaluationRequest
+from services.optimizer.results import write_results
+
+console = Console()
+
+# CLI flag -> (algorithm, proto field); flags shared by both algorithms map to both.
+ALGORITHM_FLAGS = {
+    "opro": ["iterations", "candidates_per_step", "top_k", "num_buckets", "meta_temperature", "num_exemplars"],
+    "protegi": [
+        "iterations",
+        "beam_width",
+        "minibatch_size",
+        "num_gradients",
+        "errors_per_gradient",
+        "edits_per_gradient",
+        "paraphrases_per_edit",
+        "ucb_c",
+        "ucb_rounds",
+        "ucb_sample_size",
+    ],
+}
+FLOAT_FLAGS = {"meta_temperature", "ucb_c"}
+
+
+def _client_config(address: str, args) -> ClientConfig:
+    return ClientConfig(address, tls_ca=args.tls_ca, auth_token=os.environ.get("PROMPTOPT_AUTH_TOKEN", ""))
+
+
+def _usage_text(usage) -> str:
+    return (
+        f"LLM calls {usage.llm_calls}, tokens {usage.prompt_tokens + usage.completion_tokens} "
+        f"({usage.prompt_tokens} prompt + {usage.completion_tokens} completion), cache hits {usage.cache_hits}"
+    )
+
+
+def start_request(args) -> optimizer_pb2.StartRunRequest:
+    request = optimizer_pb2.StartRunRequest(display_name=args.name)
+    ev = request.evaluation
+    ev.dataset, ev.split, ev.fidelity, ev.seed, ev.max_tokens = (
+        args.dataset,
+        args.split,
+        args.fidelity,
+        args.seed,
+        args.max_tokens,
+    )
+    config = getattr(request, args.algorithm)
+    config.SetInParent()
+    for flag in ALGORITHM_FLAGS[args.algorithm]:
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(config, flag, value)
+    config.initial_prompts.extend(args.initial_prompt or [])
+    return request
+
+
+def watch(client: OptimizerClient, run_id: str, after: int = 0):
+    """Stream events with a progress bar; returns every event seen."""
+    events = []
+    run = client.get(run_id)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]:.3f} | LLM calls {task.fields[calls]} | cache hits {task.fields[hits]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(
+            run_id, total=run.total_steps or None, completed=run.step, best=run.best_score, calls=0, hits=0
+        )
+        best = run.best_score
+        for event in client.watch(run_id, after):
+            events.append(event)
+            kind = event.WhichOneof("event")
+            progress.update(task, calls=event.usage.llm_calls, hits=event.usage.cache_hits)
+            if kind == "progress":
+                if event.progress.total_steps:
+                    progress.update(task, total=event.progress.total_steps, completed=event.progress.step)
+                progress.console.log(event.progress.message)
+            elif kind == "candidate":
+                best = max(best, event.candidate.score)
+                progress.update(task, best=best)
+                progress.console.log(
+                    f"[cyan]score {event.candidate.score:.3f}[/] (n={event.candidate.num_evaluated})"
+                    f" step {event.candidate.step}:\n{event.candidate.prompt}"
+                )
+            elif kind == "error":
+                progress.console.log(f"[red]{event.error.message}")
+    return events
+
+
+def cmd_run(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        run = client.start(start_request(args))
+        console.print(f"started [bold]{run.run_id}[/] ({run.algorithm}, {run.total_steps} steps)")
+        if args.no_watch:
+            print(run.run_id)
+            return 0
+        return _finish(client, run.run_id, watch(client, run.run_id), args.results_dir)
+
+
+def _finish(client, run_id, events, results_dir) -> int:
+    run = client.get(run_id)
+    state = optimizer_pb2.RunState.Name(run.state)
+    console.print(f"\n[bold]{run_id}[/] {state}")
+    console.print(f"best prompt (accuracy {run.best_score:.3f}):\n{run.best_prompt}")
+    console.print(_usage_text(run.usage))
+    if len(events) < run.last_sequence:  # watched from the middle: fetch the whole history
+        events = list(client.watch(run_id, 0))
+    json_path, png_path = write_results(run, events, results_dir)
+    console.print(f"results: {json_path}  plot: {png_path}")
+    return 0 if run.state == optimizer_pb2.RUN_STATE_SUCCEEDED else 1
+
+
+def cmd_watch(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        return _finish(client, args.run_id, watch(client, args.run_id, args.after), args.results_dir)
+
+
+def cmd_results(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        return _finish(client, args.run_id, list(client.watch(args.run_id, 0)), args.results_dir)
+
+
+def cmd_list(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        table = Table("run", "algorithm", "state", "step", "best", "LLM calls", "cache hits")
+        for run in client.list(args.limit).runs:
+            table.add_row(
+                run.run_id,
+                run.algorithm,
+                optimizer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
+                f"{run.step}/{run.total_steps}",
+                f"{run.best_score:.3f}",
+                str(run.usage.llm_calls),
+                str(run.usage.cache_hits),
+            )
+        console.print(table)
+    return 0
+
+
+def cmd_get(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        print(json.dumps(MessageToDict(client.get(args.run_id), preserving_proto_field_name=True), indent=2))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        run = client.cancel(args.run_id)
+        console.print(f"cancel requested for {run.run_id}; it stops after the current evaluation")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    with LlmEvalClient(_client_config(args.llm_eval, args)) as client:
+        request = EvaluationRequest(
+            instruction=args.instruction,
+            dataset=args.dataset,
+            split=args.split,
+            fidelity=args.fidelity,
+            shuffle_seed=args.seed,
+            params=DecodingParams(max_tokens=args.max_tokens),
+        )
+        with console.status(f"evaluating on {args.fidelity or 'all'} {args.split} questions"):
+            result = client.evaluate(request)
+    console.print(f"accuracy {result.accuracy:.3f} ({result.num_correct}/{result.num_evaluated}) on {result.model}")
+    console.print(_usage_text(result.usage))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptopt", description="Prompt optimisation over gRPC services.")
+    parser.add_argument("--optimizer", default=os.environ.get("PROMPTOPT_OPTIMIZER_ADDRESS", "127.0.0.1:50055"))
+    parser.add_argument("--llm-eval", default=os.environ.get("PROMPTOPT_LLM_EVAL_ADDRESS", "127.0.0.1:50053"))
+    parser.add_argument("--tls-ca", default=os.environ.get("PROMPTOPT_TLS_CA", ""), help="CA bundle for TLS")
+    parser.add_argument("--results-dir", default="results")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def evaluation_flags(p, split):
+        p.add_argument("--dataset", default="gsm8k")
+        p.add_argument("--split", default=split)
+        p.add_argument("--fidelity", type=int, default=0, help="questions per evaluation (0: default)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--max-tokens", type=int, default=0, help="task answer length (0: service default)")
+
+    run = sub.add_parser("run", help="start a run and watch it")
+    algos = run.add_subparsers(dest="algorithm", required=True)
+    for algorithm, flags in ALGORITHM_FLAGS.items():
+        p = algos.add_parser(algorithm)
+        evaluation_flags(p, "train")
+        for flag in flags:
+            p.add_argument("--" + flag.replace("_", "-"), type=float if flag in FLOAT_FLAGS else int, default=None)
+        p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
+        p.add_argument("--name", default="", help="display name")
+        p.add_argument("--no-watch", action="store_true", help="print the run id and return")
+        p.set_defaults(func=cmd_run)
+    for name, func, help_text in (
+        ("watch", cmd_watch, "stream a run's progress"),
+        ("get", cmd_get, "print a run as JSON"),
+        ("cancel", cmd_cancel, "cancel a run"),
+        ("results", cmd_results, "write a run's results JSON and plot"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_id")
+        if name == "watch":
+            p.add_argument("--after", type=int, default=0, help="resume after this event sequence")
+        p.set_defaults(func=func)
+    p = sub.add_parser("list", help="list runs")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("evaluate", help="score one instruction")
+    p.add_argument("instruction")
+    evaluation_flags(p, "test")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as exc:
+        console.print(f"[red]error[/]: {exc.code().name}: {exc.details()}")
+        return 2
+    except ValueError as exc:
+        console.print(f"[red]error[/]: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

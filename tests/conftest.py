@@ -1,0 +1,58 @@
+"""Shared fixtures: the dataset directory, the real CPU LLM and embedder, in-process gRPC servers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", ROOT.parent / "shared" / "datasets")).resolve()
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    if not (DATASETS / "gsm8k" / "test.jsonl").is_file():
+        pytest.skip(f"GSM8K not found under {DATASETS} (set PROMPTOPT_DATASETS_DIR)")
+    return DATASETS
+
+
+@pytest.fixture(scope="session")
+def llm_backend():
+    """The embedded CPU model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M via llama.cpp)."""
+    from services.llm_eval.backends import LlamaCppBackend
+    from services.llm_eval.models import QWEN25_CODER_05B, ensure_model
+
+    return LlamaCppBackend(str(ensure_model()), model_name=QWEN25_CODER_05B.name, n_ctx=2048)
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from services.encoder.core import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture
+def evaluator(llm_backend, datasets_dir, tmp_path):
+    """A real LlmEvaluator with a fresh SQLite cache and short answers (fast tests)."""
+    from services.llm_eval.cache import AnswerCache
+    from services.llm_eval.core import LlmEvaluator
+    from services.llm_eval.datasets import DatasetStore
+
+    return LlmEvaluator(
+        llm_backend, llm_backend, DatasetStore(datasets_dir), AnswerCache(tmp_path / "a.sqlite"), default_max_tokens=48
+    )
+
+
+def start_server(binding, load=None):
+    """Serve one binding on a free loopback port (no metrics port, no signal handlers)."""
+    from services.common.config import ServerConfig
+    from services.common.server import serve
+
+    running = serve(ServerConfig(port=0, metrics_port=-1), [binding], load=load, install_signal_handlers=False)
+    assert running.ready.wait(60), "server did not become ready"
+    return running

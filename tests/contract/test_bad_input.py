@@ -1,0 +1,259 @@
+"""Bad input to every RPC gets a clear status code naming the field; nothing stored is lost."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from promptopt.common.v1 import common_pb2
+from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
+from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
+from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
+from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
+from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
+
+from services.common.clients import SurrogateClient
+from services.common.codec import encode_tensor
+from services.common.config import ServerConfig
+from services.common.operation_server import OperationServicer
+from services.common.operations import RunManager, RunStore
+from services.common.server import ServiceBinding, serve
+from services.decoder.core import NearestTextInverter
+from services.decoder.server import DecoderServicer
+from services.optimizer.server import build_optimizer, parse_start
+from services.surrogate.core import ModelRegistry
+from services.surrogate.server import SurrogateServicer
+from services.tuner.__main__ import no_jobs
+from services.tuner.__main__ import parse_start as tuner_parse
+from tests.conftest import start_server
+from tests.contract.conftest import encoder_binding, llm_eval_binding
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def expect(code, match, call, *args):
+    with pytest.raises(grpc.RpcError) as info:
+        result = call(*args)
+        if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
+            list(result)
+    assert info.value.code() == code, info.value.details()
+    assert match in info.value.details()
+
+
+def binding(pb2, name, add, servicer):
+    return ServiceBinding(pb2.DESCRIPTOR.services_by_name[name].full_name, lambda s: add(servicer, s))
+
+
+@pytest.fixture
+def channel_to():
+    servers, channels = [], []
+
+    def make(b):
+        server = start_server(b)
+        servers.append(server)
+        channels.append(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+        return channels[-1]
+
+    yield make
+    for c in channels:
+        c.close()
+    for s in servers:
+        s.server.stop(0)
+
+
+def test_encoder_bad_input(channel_to, embedder):
+    stub = encoder_pb2_grpc.EncoderServiceStub(channel_to(encoder_binding(embedder)))
+    expect(INVALID, "texts must contain", stub.Encode, encoder_pb2.EncodeRequest())
+    expect(INVALID, "texts[1] is empty", stub.Encode, encoder_pb2.EncodeRequest(texts=["a", " "]))
+    expect(INVALID, "max_batch_size", stub.Encode, encoder_pb2.EncodeRequest(texts=["a"] * 65))
+    assert stub.GetModelInfo(encoder_pb2.GetModelInfoRequest()).dimension == embedder.dimension
+
+
+def test_llm_eval_bad_input(channel_to, evaluator):
+    stub = llm_eval_pb2_grpc.LlmEvalServiceStub(channel_to(llm_eval_binding(evaluator)))
+    R = llm_eval_pb2.EvaluatePromptRequest
+    P = llm_eval_pb2.DecodingParams
+    expect(INVALID, "prompts must not be empty", stub.Generate, llm_eval_pb2.GenerateRequest())
+    expect(
+        INVALID,
+        "params.temperature",
+        stub.Generate,
+        llm_eval_pb2.GenerateRequest(prompts=["x"], params=P(temperature=3)),
+    )
+    expect(INVALID, "role 7", stub.Generate, llm_eval_pb2.GenerateRequest(prompts=["x"], role=7))
+    expect(INVALID, "instruction must not be empty", stub.EvaluatePrompt, R(dataset="gsm8k", split="test"))
+    expect(INVALID, "dataset must be set", stub.EvaluatePrompt, R(instruction="x", split="test"))
+    expect(
+        INVALID,
+        "fidelity must be >= 0",
+        stub.EvaluatePrompt,
+        R(instruction="x", dataset="gsm8k", split="test", fidelity=-1),
+    )
+    expect(
+        INVALID,
+        "params.max_tokens",
+        stub.EvaluatePrompt,
+        R(instruction="x", dataset="gsm8k", split="test", params=P(max_tokens=-2)),
+    )
+    expect(NOT_FOUND, "dataset 'nope' not found", stub.EvaluatePrompt, R(instruction="x", dataset="nope", split="test"))
+    expect(NOT_FOUND, "split 'dev'", stub.EvaluatePrompt, R(instruction="x", dataset="gsm8k", split="dev"))
+    expect(INVALID, "not a valid dataset name", stub.GetDatasetInfo, llm_eval_pb2.GetDatasetInfoRequest(dataset="../x"))
+    expect(INVALID, "dataset must be set", stub.GetDatasetInfo, llm_eval_pb2.GetDatasetInfoRequest())
+    assert stub.GetUsage(llm_eval_pb2.GetUsageRequest()).task_model
+
+
+def test_surrogate_bad_input_and_real_fit(channel_to):
+    channel = channel_to(
+        binding(
+            surrogate_pb2,
+            "SurrogateService",
+            surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server,
+            SurrogateServicer(ModelRegistry()),
+        )
+    )
+    stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
+    x = np.random.default_rng(0).uniform(size=(12, 2))
+    y = np.sin(6 * x[:, 0]) + x[:, 1]
+    bad = common_pb2.Tensor(shape=[2, 2], data=b"\x00" * 4)
+    expect(INVALID, "train_x.data has 4 bytes", stub.FitModel, surrogate_pb2.FitModelRequest(train_x=bad))
+    expect(
+        INVALID,
+        "train_y has 3 values",
+        stub.FitModel,
+        surrogate_pb2.FitModelRequest(train_x=encode_tensor(x), train_y=[1, 2, 3]),
+    )
+    expect(
+        INVALID,
+        "at least 2 points",
+        stub.FitModel,
+        surrogate_pb2.FitModelRequest(train_x=encode_tensor(x[:1]), train_y=[1.0]),
+    )
+    expect(INVALID, "model_id must be set", stub.Predict, surrogate_pb2.PredictRequest())
+    expect(
+        NOT_FOUND, "model_id 'gone'", stub.Predict, surrogate_pb2.PredictRequest(model_id="gone", x=encode_tensor(x))
+    )
+    expect(NOT_FOUND, "model_id 'gone'", stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id="gone"))
+
+    client = SurrogateClient(channel._channel.target().decode())
+    model_id = client.fit(x, y)
+    mean, var = client.predict(model_id, x)
+    assert np.corrcoef(mean, y)[0, 1] > 0.9 and (var > 0).all()
+    expect(
+        INVALID,
+        "x must have shape [m, 2]",
+        stub.Predict,
+        surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(np.zeros((1, 3)))),
+    )
+    expect(
+        INVALID,
+        "acquisition 0 is not supported",
+        stub.ComputeAcquisition,
+        surrogate_pb2.ComputeAcquisitionRequest(model_id=model_id, x=encode_tensor(x)),
+    )
+    log_ei = client.log_ei(model_id, np.array([[0.26, 1.0], [0.8, 0.0]]))
+    assert log_ei[0] > log_ei[1]  # near the optimum beats far from it
+    stub.DeleteModel(surrogate_pb2.DeleteModelRequest(model_id=model_id))
+    expect(NOT_FOUND, "not found", stub.Predict, surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x)))
+
+
+def test_decoder_bad_input(channel_to, embedder):
+    servicer = DecoderServicer(NearestTextInverter(embedder.encode), embedder.dimension)
+    stub = decoder_pb2_grpc.DecoderServiceStub(
+        channel_to(
+            binding(decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer)
+        )
+    )
+    target = embedder.encode(["Solve the math problem step by step."])
+    expect(INVALID, "embeddings.shape must have 2", stub.Invert, decoder_pb2.InvertRequest())
+    expect(
+        INVALID,
+        "seed_texts must not be empty",
+        stub.Invert,
+        decoder_pb2.InvertRequest(embeddings=encode_tensor(target)),
+    )
+    expect(
+        INVALID,
+        "expected 384",
+        stub.Invert,
+        decoder_pb2.InvertRequest(embeddings=encode_tensor(np.ones((1, 5))), seed_texts=["a"]),
+    )
+    expect(
+        INVALID,
+        "num_steps",
+        stub.Invert,
+        decoder_pb2.InvertRequest(embeddings=encode_tensor(target), seed_texts=["a"], num_steps=-1),
+    )
+    response = stub.Invert(
+        decoder_pb2.InvertRequest(
+            embeddings=encode_tensor(target),
+            seed_texts=["The weather is nice.", "Work through the math problem step by step."],
+        )
+    )
+    assert response.inversions[0].text.startswith("Work through") and response.inversions[0].cosine > 0.7
+
+
+@pytest.mark.parametrize("service", ["optimizer", "tuner"])
+def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
+    pb2, grpc_mod, name = {
+        "optimizer": (optimizer_pb2, optimizer_pb2_grpc, "OptimizerService"),
+        "tuner": (tuner_pb2, tuner_pb2_grpc, "TunerService"),
+    }[service]
+    store = RunStore(tmp_path / "runs.sqlite")
+    if service == "optimizer":
+        manager = RunManager(store, lambda r, e, u, c: build_optimizer(r, evaluator, e, u, c))
+        parse = parse_start
+    else:
+        manager, parse = RunManager(store, no_jobs), tuner_parse
+    servicer = OperationServicer(pb2, store, manager, parse)
+    add = getattr(grpc_mod, f"add_{name}Servicer_to_server")
+    stub = getattr(grpc_mod, f"{name}Stub")(channel_to(binding(pb2, name, add, servicer)))
+    expect(INVALID, "run_id must be set", stub.GetRun, pb2.GetRunRequest())
+    expect(NOT_FOUND, "run_id 'r1' not found", stub.GetRun, pb2.GetRunRequest(run_id="r1"))
+    expect(NOT_FOUND, "run_id 'r1' not found", stub.CancelRun, pb2.CancelRunRequest(run_id="r1"))
+    expect(NOT_FOUND, "run_id 'r1' not found", stub.WatchRun, pb2.WatchRunRequest(run_id="r1"))
+    expect(INVALID, "after_sequence", stub.WatchRun, pb2.WatchRunRequest(run_id="r1", after_sequence=-1))
+    expect(INVALID, "page_token", stub.ListRuns, pb2.ListRunsRequest(page_token="abc"))
+    expect(INVALID, "page_size", stub.ListRuns, pb2.ListRunsRequest(page_size=-1))
+    if service == "tuner":
+        expect(grpc.StatusCode.UNIMPLEMENTED, "BOLT", stub.StartRun, pb2.StartRunRequest())
+        return
+    expect(INVALID, "algorithm must be set", stub.StartRun, pb2.StartRunRequest())
+    expect(
+        INVALID,
+        "opro.iterations must be positive",
+        stub.StartRun,
+        pb2.StartRunRequest(opro=pb2.OproConfig(iterations=0)),
+    )
+    expect(INVALID, "protegi.ucb_c", stub.StartRun, pb2.StartRunRequest(protegi=pb2.ProtegiConfig(ucb_c=-1)))
+    expect(
+        INVALID,
+        "evaluation.fidelity",
+        stub.StartRun,
+        pb2.StartRunRequest(evaluation=pb2.EvaluationSettings(fidelity=-3), opro=pb2.OproConfig()),
+    )
+    assert stub.ListRuns(pb2.ListRunsRequest()).runs == []  # rejected runs store nothing
+
+
+def test_loading_is_unavailable_and_token_is_checked(embedder):
+    gate = threading.Event()
+    running = serve(
+        ServerConfig(port=0, metrics_port=-1, auth_token="s3cret"),
+        [encoder_binding(embedder)],
+        load=gate.wait,
+        install_signal_handlers=False,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+        stub = encoder_pb2_grpc.EncoderServiceStub(channel)
+        auth = (("authorization", "Bearer s3cret"),)
+        expect(grpc.StatusCode.UNAVAILABLE, "loading", stub.GetModelInfo, encoder_pb2.GetModelInfoRequest(), None, auth)
+        gate.set()
+        assert running.ready.wait(10)
+        expect(grpc.StatusCode.UNAUTHENTICATED, "bearer token", stub.GetModelInfo, encoder_pb2.GetModelInfoRequest())
+        assert stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), metadata=auth).dimension == embedder.dimension
+    finally:
+        running.server.stop(0)

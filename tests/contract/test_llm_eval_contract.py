@@ -1,0 +1,59 @@
+"""llm_eval contract: the same assertions against the in-process evaluator and the gRPC client."""
+
+from services.common.types import DecodingParams, EvaluationRequest
+from tests.contract.conftest import invalid_argument
+
+
+def test_dataset_info(llm_service):
+    assert llm_service.dataset_info("gsm8k") == {"test": 1319, "train": 7473}
+
+
+def test_evaluate_is_cached_and_fidelity_extends(llm_service):
+    first = llm_service.evaluate(
+        EvaluationRequest("Answer with a number.", split="test", fidelity=2, shuffle_seed=7, include_details=True)
+    )
+    assert first.num_evaluated == 2 and first.usage.llm_calls == 2 and first.usage.cache_hits == 0
+    assert first.num_correct == sum(r.correct for r in first.results)
+    assert first.accuracy == first.num_correct / 2
+    assert all(r.gold and not r.cached for r in first.results)
+    assert first.usage.completion_tokens > 0
+
+    again = llm_service.evaluate(EvaluationRequest("Answer with a number.", split="test", fidelity=2, shuffle_seed=7))
+    assert (again.usage.llm_calls, again.usage.cache_hits, again.accuracy) == (0, 2, first.accuracy)
+
+    extended = llm_service.evaluate(
+        EvaluationRequest("Answer with a number.", split="test", fidelity=3, shuffle_seed=7, include_details=True)
+    )
+    assert (extended.usage.llm_calls, extended.usage.cache_hits) == (1, 2)
+    assert [r.question_index for r in extended.results[:2]] == [r.question_index for r in first.results]
+
+
+def test_explicit_question_indices(llm_service):
+    result = llm_service.evaluate(
+        EvaluationRequest("Answer.", split="train", question_indices=(5, 9), include_details=True)
+    )
+    assert [r.question_index for r in result.results] == [5, 9]
+
+
+def test_generate_one_completion_per_prompt(llm_service):
+    result = llm_service.generate(
+        ["Say hello.", "Name a colour."], DecodingParams(temperature=1.0, max_tokens=8, seed=3)
+    )
+    assert len(result.completions) == 2
+    assert all(c.completion_tokens > 0 and c.text for c in result.completions)
+    assert result.usage.llm_calls == 2 and result.model
+
+
+def test_usage_accumulates(llm_service):
+    before = llm_service.usage().usage.llm_calls
+    llm_service.generate(["Say hi."], DecodingParams(max_tokens=4))
+    assert llm_service.usage().usage.llm_calls == before + 1
+
+
+def test_invalid_input(llm_service):
+    with invalid_argument("fidelity 5000 exceeds"):
+        llm_service.evaluate(EvaluationRequest("x", split="test", fidelity=5000))
+    with invalid_argument("out of range"):
+        llm_service.evaluate(EvaluationRequest("x", split="test", question_indices=(99999,)))
+    with invalid_argument("prompts must not"):
+        llm_service.generate([], DecodingParams())

@@ -1,0 +1,155 @@
+"""The six services as real processes on loopback (the `make demo` stack), with the real CPU LLM.
+
+Covers: reflection and health on every port, /metrics, tiny OPRO and ProTeGi runs through the
+CLI, and a killed optimizer that resumes its run without paying for answers twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from promptopt.optimizer.v1 import optimizer_pb2
+
+from services.common.clients import LlmEvalClient, OptimizerClient
+from services.common.launcher import LocalStack
+from services.optimizer import cli
+
+pytestmark = pytest.mark.slow
+
+EXPECTED = {
+    "encoder": "promptopt.encoder.v1.EncoderService",
+    "decoder": "promptopt.decoder.v1.DecoderService",
+    "llm_eval": "promptopt.llm_eval.v1.LlmEvalService",
+    "surrogate": "promptopt.surrogate.v1.SurrogateService",
+    "optimizer": "promptopt.optimizer.v1.OptimizerService",
+    "tuner": "promptopt.tuner.v1.TunerService",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, datasets_dir):
+    env = {
+        "PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets_dir),
+        "PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS": "48",
+        "PROMPTOPT_LLM_EVAL_N_CTX": "2048",
+    }
+    with LocalStack(tmp_path_factory.mktemp("stack"), base_port=51051, metrics_base_port=9201, env=env) as s:
+        yield s
+
+
+def list_services(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        return {s.name for r in responses for s in r.list_services_response.service}
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} ([0-9.e+]+)$"
+    return sum(float(m) for m in re.findall(pattern, text, re.M))
+
+
+def test_reflection_health_and_metrics(stack):
+    for name, full in EXPECTED.items():
+        service = stack.services[name]
+        assert full in list_services(service.address)
+        assert "grpc.health.v1.Health" in list_services(service.address)
+        with LlmEvalClient(service.address) as client:
+            assert client.health() == "SERVING"
+            assert client.health(full) == "SERVING"
+    with LlmEvalClient(stack.address("llm_eval")) as client:
+        assert client.dataset_info("gsm8k")["test"] == 1319
+    text = scrape(stack.services["llm_eval"].metrics_port)
+    assert metric(text, "promptopt_rpc_requests_total", 'method="GetDatasetInfo"') >= 1
+    assert "promptopt_rpc_latency_seconds_bucket" in text
+
+
+def run_cli(stack, tmp_path, *args) -> dict:
+    code = cli.main(["--optimizer", stack.address("optimizer"), "--results-dir", str(tmp_path), "run", *args])
+    assert code == 0
+    [path] = tmp_path.glob("*.json")
+    assert path.with_suffix(".png").stat().st_size > 1000
+    return json.loads(path.read_text())
+
+
+def test_opro_end_to_end(stack, tmp_path):
+    doc = run_cli(stack, tmp_path, "opro", "--iterations", "1", "--candidates-per-step", "2", "--fidelity", "3")
+    assert doc["state"] == "RUN_STATE_SUCCEEDED"
+    assert doc["candidates"][0]["prompt"] == "Let's solve the problem."
+    assert len(doc["candidates"]) >= 2  # the initial prompt and at least one new proposal
+    assert doc["best_score"] == max(c["score"] for c in doc["candidates"])
+    assert doc["usage"]["llm_calls"] >= 3 + 2  # 3 answers for the seed prompt, 2 meta proposals
+    assert doc["config"]["algorithm"]["num_buckets"] == 20
+
+
+def test_protegi_end_to_end(stack, tmp_path):
+    doc = run_cli(
+        stack,
+        tmp_path,
+        "protegi",
+        "--iterations",
+        "1",
+        "--beam-width",
+        "1",
+        "--minibatch-size",
+        "3",
+        "--num-gradients",
+        "1",
+        "--errors-per-gradient",
+        "2",
+        "--paraphrases-per-edit",
+        "0",
+        "--ucb-sample-size",
+        "2",
+        "--ucb-rounds",
+        "2",
+    )
+    assert doc["state"] == "RUN_STATE_SUCCEEDED"
+    steps = {c["step"] for c in doc["candidates"]}
+    assert steps == {0, 1}
+    assert doc["config"]["algorithm"]["beam_width"] == 1
+
+
+def test_killed_optimizer_resumes_without_repaying(stack):
+    request = optimizer_pb2.StartRunRequest(
+        evaluation=optimizer_pb2.EvaluationSettings(fidelity=4, seed=11),
+        opro=optimizer_pb2.OproConfig(iterations=2, candidates_per_step=2),
+    )
+    with OptimizerClient(stack.address("optimizer")) as client:
+        run_id = client.start(request).run_id
+        for event in client.watch(run_id):  # wait until step 1 has scored a candidate
+            if event.WhichOneof("event") == "candidate" and event.candidate.step == 1:
+                break
+    stack.kill("optimizer")
+    stack.start("optimizer")
+    stack.wait_serving("optimizer")
+    with OptimizerClient(stack.address("optimizer")) as client:
+        events = list(client.watch(run_id))
+        run = client.get(run_id)
+    assert run.state == optimizer_pb2.RUN_STATE_SUCCEEDED, run.error
+    messages = [e.progress.message for e in events if e.WhichOneof("event") == "progress"]
+    assert any(m.startswith("resumed at step 1/3") for m in messages)
+    assert run.usage.cache_hits > 0  # the re-run step found its answers in the cache
+    # Nothing paid twice: every task-model call produced a distinct cached answer.
+    text = scrape(stack.services["llm_eval"].metrics_port)
+    with LlmEvalClient(stack.address("llm_eval")) as client:
+        cached = client.usage().cached_answers
+    assert metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"') == cached
+
+
+def test_sigterm_drains_and_exits_cleanly(stack):
+    assert stack.stop("tuner") == 0
+    stack.start("tuner")
+    stack.wait_serving("tuner", timeout=60)
+    time.sleep(0.1)

@@ -1,0 +1,49 @@
+import dataclasses
+
+import pytest
+
+from services.common.errors import NotFoundError
+from services.common.operations import RunState, RunStore
+from services.common.types import DecodingParams, Usage
+from services.llm_eval.cache import AnswerCache, CachedAnswer, answer_key, prompt_hash
+
+
+def test_answer_key_changes_with_every_component():
+    p = DecodingParams()
+    base = answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, p)
+    assert base == answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, DecodingParams())
+    variants = [
+        answer_key("m2", prompt_hash("x"), "gsm8k", "test", 1, p),
+        answer_key("m", prompt_hash("y"), "gsm8k", "test", 1, p),
+        answer_key("m", prompt_hash("x"), "other", "test", 1, p),
+        answer_key("m", prompt_hash("x"), "gsm8k", "train", 1, p),
+        answer_key("m", prompt_hash("x"), "gsm8k", "test", 2, p),
+        answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, dataclasses.replace(p, max_tokens=5)),
+        answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, dataclasses.replace(p, temperature=0.5)),
+    ]
+    assert len({base, *variants}) == 8
+
+
+def test_answer_cache_persists(tmp_path):
+    cache = AnswerCache(tmp_path / "c.sqlite")
+    cache.put("k1", ("m", "h", "d", "s", 0, "{}"), CachedAnswer("42", 3, 4))
+    cache.close()
+    reopened = AnswerCache(tmp_path / "c.sqlite")
+    assert reopened.get_many(["k1", "k2"]) == {"k1": CachedAnswer("42", 3, 4)}
+    assert reopened.count() == 1
+
+
+def test_run_store_events_and_checkpoints(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    run = store.create("opro", "demo", {"a": 1}, 3)
+    assert run.state == RunState.PENDING and run.last_sequence == 0
+    assert store.append_event(run.run_id, "progress", {"message": "x"}, Usage(llm_calls=2)) == 1
+    assert store.append_event(run.run_id, "candidate", {"prompt": "p", "score": 0.5}, Usage(llm_calls=3)) == 2
+    store.update(run.run_id, state=RunState.RUNNING, checkpoint={"step": 1}, usage=Usage(llm_calls=3))
+    reopened = RunStore(tmp_path / "runs.sqlite")
+    got = reopened.get(run.run_id)
+    assert (got.checkpoint, got.usage.llm_calls, got.last_sequence) == ({"step": 1}, 3, 2)
+    assert [e.sequence for e in reopened.events(run.run_id, 1)] == [2]
+    assert [r.run_id for r in reopened.unfinished()] == [run.run_id]
+    with pytest.raises(NotFoundError):
+        reopened.get("nope")
