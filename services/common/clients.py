@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 from promptopt.tuner.v1 import tuner_pb2_grpc
@@ -225,7 +226,7 @@ class OptimizerClient(_Client):
         super().__init__(config)
         self.stub = optimizer_pb2_grpc.OptimizerServiceStub(self.channel)
 
-    def start(self, request) -> optimizer_pb2.Run:
+    def start(self, request) -> operations_pb2.Run:
         return self.stub.StartRun(request, timeout=self.timeout).run
 
     def get(self, run_id: str):

@@ -1,14 +1,17 @@
 """gRPC transport for the operation pattern (StartRun/WatchRun/GetRun/ListRuns/CancelRun).
 
-The optimizer and tuner protos declare identical Run/event messages in their own packages;
-`OperationServicer` serves either, given the generated module and a request parser.
+Run and event messages are shared (`promptopt.operations.v1`); the optimizer and tuner each
+wrap them in their own request/response messages. `OperationServicer` serves either, given
+the service's generated module and a StartRun request parser.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from promptopt.operations.v1 import operations_pb2
 
 from services.common.convert import usage_to_proto
 from services.common.errors import require
@@ -34,10 +37,9 @@ class OperationServicer:
         self.parse = parse
         self.poll_seconds = poll_seconds
 
-    def run_to_proto(self, record: RunRecord):
-        import json
-
-        return self.pb2.Run(
+    @staticmethod
+    def run_to_proto(record: RunRecord) -> operations_pb2.Run:
+        return operations_pb2.Run(
             run_id=record.run_id,
             algorithm=record.algorithm,
             display_name=record.display_name,
@@ -54,15 +56,16 @@ class OperationServicer:
             last_sequence=record.last_sequence,
         )
 
-    def event_to_proto(self, event: RunEvent):
-        pb2, p = self.pb2, event.payload
+    @staticmethod
+    def event_to_proto(event: RunEvent) -> operations_pb2.RunEvent:
+        pb2, p = operations_pb2, event.payload
         body = {
             "progress": lambda: {"progress": pb2.Progress(**p)},
             "candidate": lambda: {"candidate": pb2.Candidate(**p)},
             "result": lambda: {"result": pb2.Result(**p)},
             "error": lambda: {"error": pb2.Error(**p)},
         }[event.kind]()
-        return pb2.WatchRunResponse(
+        return pb2.RunEvent(
             sequence=event.sequence,
             run_id=event.run_id,
             time=_timestamp(event.time),
@@ -104,7 +107,7 @@ class OperationServicer:
         while context.is_active():
             for event in self.store.events(request.run_id, sequence):
                 sequence = event.sequence
-                yield self.event_to_proto(event)
+                yield self.pb2.WatchRunResponse(event=self.event_to_proto(event))
             record = self.store.get(request.run_id)
             if record.state.terminal and record.last_sequence <= sequence:
                 return

@@ -15,6 +15,7 @@ import sys
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -125,7 +126,7 @@ def cmd_run(args) -> int:
 
 def _finish(client, run_id, events, results_dir) -> int:
     run = client.get(run_id)
-    state = optimizer_pb2.RunState.Name(run.state)
+    state = operations_pb2.RunState.Name(run.state)
     console.print(f"\n[bold]{run_id}[/] {state}")
     console.print(f"best prompt (accuracy {run.best_score:.3f}):\n{run.best_prompt}")
     console.print(_usage_text(run.usage))
@@ -133,7 +134,7 @@ def _finish(client, run_id, events, results_dir) -> int:
         events = list(client.watch(run_id, 0))
     json_path, png_path = write_results(run, events, results_dir)
     console.print(f"results: {json_path}  plot: {png_path}")
-    return 0 if run.state == optimizer_pb2.RUN_STATE_SUCCEEDED else 1
+    return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
 
 
 def cmd_watch(args) -> int:
@@ -153,7 +154,7 @@ def cmd_list(args) -> int:
             table.add_row(
                 run.run_id,
                 run.algorithm,
-                optimizer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
+                operations_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_"),
                 f"{run.step}/{run.total_steps}",
                 f"{run.best_score:.3f}",
                 str(run.usage.llm_calls),

@@ -14,6 +14,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 
 from services.common.clients import LlmEvalClient, OptimizerClient
@@ -137,7 +138,7 @@ def test_killed_optimizer_resumes_without_repaying(stack):
     with OptimizerClient(stack.address("optimizer")) as client:
         events = list(client.watch(run_id))
         run = client.get(run_id)
-    assert run.state == optimizer_pb2.RUN_STATE_SUCCEEDED, run.error
+    assert run.state == operations_pb2.RUN_STATE_SUCCEEDED, run.error
     messages = [e.progress.message for e in events if e.WhichOneof("event") == "progress"]
     assert any(m.startswith("resumed at step 1/3") for m in messages)
     assert run.usage.cache_hits > 0  # the re-run step found its answers in the cache
