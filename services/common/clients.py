@@ -241,9 +241,10 @@ class OptimizerClient(_Client):
         return self.stub.CancelRun(self.pb2.CancelRunRequest(run_id=run_id), timeout=self.timeout).run
 
     def watch(self, run_id: str, after_sequence: int = 0, timeout: float | None = None) -> Iterator:
-        return self.stub.WatchRun(
-            self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence), timeout=timeout
-        )
+        """The run's `operations.v1.RunEvent`s after `after_sequence`, until the run ends."""
+        request = self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence)
+        for response in self.stub.WatchRun(request, timeout=timeout):
+            yield response.event
 
 
 class TunerClient(OptimizerClient):

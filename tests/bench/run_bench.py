@@ -54,10 +54,14 @@ def main() -> None:
             warm = time.perf_counter() - start
         u = result.usage
         print(f"llm_eval {result.model}, max_tokens 256, GSM8K test, {n} questions")
-        print(f"  uncached: {n / cold:.3f} questions/s ({cold / n:.1f} s/question), accuracy {result.accuracy:.2f}, "
-              f"{u.completion_tokens / cold:.1f} completion tokens/s, {u.llm_calls} LLM calls")
-        print(f"  cached:   {n / warm:.1f} questions/s, cache hits {cached.usage.cache_hits}, "
-              f"LLM calls {cached.usage.llm_calls}")
+        print(
+            f"  uncached: {n / cold:.3f} questions/s ({cold / n:.1f} s/question), accuracy {result.accuracy:.2f}, "
+            f"{u.completion_tokens / cold:.1f} completion tokens/s, {u.llm_calls} LLM calls"
+        )
+        print(
+            f"  cached:   {n / warm:.1f} questions/s, cache hits {cached.usage.cache_hits}, "
+            f"LLM calls {cached.usage.llm_calls}"
+        )
 
 
 if __name__ == "__main__":
