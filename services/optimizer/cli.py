@@ -28,23 +28,22 @@ from services.optimizer.results import write_results
 
 console = Console()
 
-# CLI flag -> (algorithm, proto field); flags shared by both algorithms map to both.
-ALGORITHM_FLAGS = {
-    "opro": ["iterations", "candidates_per_step", "top_k", "num_buckets", "meta_temperature", "num_exemplars"],
-    "protegi": [
-        "iterations",
-        "beam_width",
-        "minibatch_size",
-        "num_gradients",
-        "errors_per_gradient",
-        "edits_per_gradient",
-        "paraphrases_per_edit",
-        "ucb_c",
-        "ucb_rounds",
-        "ucb_sample_size",
-    ],
-}
-FLOAT_FLAGS = {"meta_temperature", "ucb_c"}
+
+def algorithm_flags() -> dict[str, list[tuple[str, type]]]:
+    """Each algorithm of StartRunRequest's `algorithm` oneof -> its scalar config fields and types.
+
+    Read from the proto, so a field (or an algorithm) added there gets its CLI flag.
+    """
+    oneof = optimizer_pb2.StartRunRequest.DESCRIPTOR.oneofs_by_name["algorithm"]
+    return {
+        field.name: [
+            (f.name, float if f.type == f.TYPE_DOUBLE else int) for f in field.message_type.fields if not f.is_repeated
+        ]
+        for field in oneof.fields
+    }
+
+
+ALGORITHM_FLAGS = algorithm_flags()
 
 
 def _client_config(address: str, args) -> ClientConfig:
@@ -70,7 +69,7 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     )
     config = getattr(request, args.algorithm)
     config.SetInParent()
-    for flag in ALGORITHM_FLAGS[args.algorithm]:
+    for flag, _ in ALGORITHM_FLAGS[args.algorithm]:
         value = getattr(args, flag)
         if value is not None:
             setattr(config, flag, value)
@@ -214,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     for algorithm, flags in ALGORITHM_FLAGS.items():
         p = algos.add_parser(algorithm)
         evaluation_flags(p, "train")
-        for flag in flags:
-            p.add_argument("--" + flag.replace("_", "-"), type=float if flag in FLOAT_FLAGS else int, default=None)
+        for flag, kind in flags:
+            p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
         p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
         p.add_argument("--name", default="", help="display name")
         p.add_argument("--no-watch", action="store_true", help="print the run id and return")
