@@ -36,6 +36,11 @@ class ServiceBinding:
     full_name: str
     add_to_server: Callable[[grpc.Server], None]
 
+    @classmethod
+    def of(cls, pb2, service: str, add_servicer, servicer) -> ServiceBinding:
+        """Binding for `service` of a generated `pb2` module, added with its `add_*_to_server`."""
+        return cls(pb2.DESCRIPTOR.services_by_name[service].full_name, lambda server: add_servicer(servicer, server))
+
 
 class _Interceptor(grpc.ServerInterceptor):
     """Counts and times RPCs, checks the bearer token and maps exceptions to status codes."""

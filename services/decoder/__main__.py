@@ -40,9 +40,8 @@ def main() -> None:
                 time.sleep(1.0)
         servicer.inverter = NearestTextInverter(encoder.encode)
 
-    binding = ServiceBinding(
-        decoder_pb2.DESCRIPTOR.services_by_name["DecoderService"].full_name,
-        lambda s: decoder_pb2_grpc.add_DecoderServiceServicer_to_server(servicer, s),
+    binding = ServiceBinding.of(
+        decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer
     )
     serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
 

@@ -38,9 +38,8 @@ def main() -> None:
     def load():
         servicer.embedder = SentenceTransformerEmbedder(config.model, config.device, config.batch_size)
 
-    binding = ServiceBinding(
-        encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
-        lambda s: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, s),
+    binding = ServiceBinding.of(
+        encoder_pb2, "EncoderService", encoder_pb2_grpc.add_EncoderServiceServicer_to_server, servicer
     )
     serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
 

@@ -50,9 +50,8 @@ def main() -> None:
             config.batch_size,
         )
 
-    binding = ServiceBinding(
-        llm_eval_pb2.DESCRIPTOR.services_by_name["LlmEvalService"].full_name,
-        lambda s: llm_eval_pb2_grpc.add_LlmEvalServiceServicer_to_server(servicer, s),
+    binding = ServiceBinding.of(
+        llm_eval_pb2, "LlmEvalService", llm_eval_pb2_grpc.add_LlmEvalServiceServicer_to_server, servicer
     )
     serve(server_config, [binding], load=load).wait()
 

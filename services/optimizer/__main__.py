@@ -36,9 +36,8 @@ def main() -> None:
     store = RunStore(config.store_path)
     manager = RunManager(store, functools.partial(_factory, llm))
     servicer = OperationServicer(optimizer_pb2, store, manager, parse_start)
-    binding = ServiceBinding(
-        optimizer_pb2.DESCRIPTOR.services_by_name["OptimizerService"].full_name,
-        lambda s: optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server(servicer, s),
+    binding = ServiceBinding.of(
+        optimizer_pb2, "OptimizerService", optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server, servicer
     )
     serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
 

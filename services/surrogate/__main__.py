@@ -17,9 +17,8 @@ PREFIX = "PROMPTOPT_SURROGATE_"
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     servicer = SurrogateServicer(ModelRegistry())
-    binding = ServiceBinding(
-        surrogate_pb2.DESCRIPTOR.services_by_name["SurrogateService"].full_name,
-        lambda s: surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server(servicer, s),
+    binding = ServiceBinding.of(
+        surrogate_pb2, "SurrogateService", surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server, servicer
     )
     # Importing BoTorch is the slow part of start-up; health turns SERVING after it.
     serve(from_env(ServerConfig, PREFIX), [binding], load=lambda: __import__("botorch.models")).wait()

@@ -36,10 +36,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = RunStore(from_env(TunerConfig, PREFIX).store_path)
     servicer = OperationServicer(tuner_pb2, store, RunManager(store, no_jobs), parse_start)
-    binding = ServiceBinding(
-        tuner_pb2.DESCRIPTOR.services_by_name["TunerService"].full_name,
-        lambda s: tuner_pb2_grpc.add_TunerServiceServicer_to_server(servicer, s),
-    )
+    binding = ServiceBinding.of(tuner_pb2, "TunerService", tuner_pb2_grpc.add_TunerServiceServicer_to_server, servicer)
     serve(from_env(ServerConfig, PREFIX), [binding]).wait()
 
 

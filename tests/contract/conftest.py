@@ -18,41 +18,39 @@ from tests.conftest import start_server
 
 def llm_eval_binding(evaluator):
     servicer = LlmEvalServicer(evaluator)
-    return ServiceBinding(
-        llm_eval_pb2.DESCRIPTOR.services_by_name["LlmEvalService"].full_name,
-        lambda s: llm_eval_pb2_grpc.add_LlmEvalServiceServicer_to_server(servicer, s),
+    return ServiceBinding.of(
+        llm_eval_pb2, "LlmEvalService", llm_eval_pb2_grpc.add_LlmEvalServiceServicer_to_server, servicer
     )
 
 
 def encoder_binding(embedder):
     servicer = EncoderServicer(embedder, max_batch_size=64)
-    return ServiceBinding(
-        encoder_pb2.DESCRIPTOR.services_by_name["EncoderService"].full_name,
-        lambda s: encoder_pb2_grpc.add_EncoderServiceServicer_to_server(servicer, s),
+    return ServiceBinding.of(
+        encoder_pb2, "EncoderService", encoder_pb2_grpc.add_EncoderServiceServicer_to_server, servicer
     )
+
+
+def contract_subject(mode: str, core, binding, client_cls):
+    """Yield `core` itself ("inprocess"), or a `client_cls` of a loopback server for it ("grpc")."""
+    if mode == "inprocess":
+        yield core
+        return
+    server = start_server(binding(core))
+    with client_cls(f"127.0.0.1:{server.port}") as client:
+        yield client
+    server.server.stop(0)
 
 
 @pytest.fixture(params=["inprocess", "grpc"])
 def llm_service(request, evaluator):
     """The llm_eval contract's subject: the LlmEvaluator itself or a client of its server."""
-    if request.param == "inprocess":
-        yield evaluator
-        return
-    server = start_server(llm_eval_binding(evaluator))
-    with LlmEvalClient(f"127.0.0.1:{server.port}") as client:
-        yield client
-    server.server.stop(0)
+    yield from contract_subject(request.param, evaluator, llm_eval_binding, LlmEvalClient)
 
 
 @pytest.fixture(params=["inprocess", "grpc"])
 def encoder_service(request, embedder):
-    if request.param == "inprocess":
-        yield embedder
-        return
-    server = start_server(encoder_binding(embedder))
-    with EncoderClient(f"127.0.0.1:{server.port}") as client:
-        yield client
-    server.server.stop(0)
+    """The encoder contract's subject: the embedder itself or a client of its server."""
+    yield from contract_subject(request.param, embedder, encoder_binding, EncoderClient)
 
 
 @contextlib.contextmanager

@@ -44,10 +44,6 @@ def expect(code, match, call, *args):
     assert match in info.value.details()
 
 
-def binding(pb2, name, add, servicer):
-    return ServiceBinding(pb2.DESCRIPTOR.services_by_name[name].full_name, lambda s: add(servicer, s))
-
-
 @pytest.fixture
 def channel_to():
     servers, channels = [], []
@@ -108,7 +104,7 @@ def test_llm_eval_bad_input(channel_to, evaluator):
 
 def test_surrogate_bad_input_and_real_fit(channel_to):
     channel = channel_to(
-        binding(
+        ServiceBinding.of(
             surrogate_pb2,
             "SurrogateService",
             surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server,
@@ -164,7 +160,9 @@ def test_decoder_bad_input(channel_to, embedder):
     servicer = DecoderServicer(NearestTextInverter(embedder.encode), embedder.dimension)
     stub = decoder_pb2_grpc.DecoderServiceStub(
         channel_to(
-            binding(decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer)
+            ServiceBinding.of(
+                decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer
+            )
         )
     )
     target = embedder.encode(["Solve the math problem step by step."])
@@ -210,7 +208,7 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         manager, parse = RunManager(store, no_jobs), tuner_parse
     servicer = OperationServicer(pb2, store, manager, parse)
     add = getattr(grpc_mod, f"add_{name}Servicer_to_server")
-    stub = getattr(grpc_mod, f"{name}Stub")(channel_to(binding(pb2, name, add, servicer)))
+    stub = getattr(grpc_mod, f"{name}Stub")(channel_to(ServiceBinding.of(pb2, name, add, servicer)))
     expect(INVALID, "run_id must be set", stub.GetRun, pb2.GetRunRequest())
     expect(NOT_FOUND, "run_id 'r1' not found", stub.GetRun, pb2.GetRunRequest(run_id="r1"))
     expect(NOT_FOUND, "run_id 'r1' not found", stub.CancelRun, pb2.CancelRunRequest(run_id="r1"))
