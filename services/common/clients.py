@@ -106,7 +106,7 @@ def make_channel(config: ClientConfig) -> grpc.Channel:
     return channel
 
 
-class _Client:
+class BaseClient:
     """Base: owns a channel and a default deadline."""
 
     def __init__(self, config: ClientConfig | str):
@@ -130,7 +130,7 @@ class _Client:
         self.close()
 
 
-class EncoderClient(_Client):
+class EncoderClient(BaseClient):
     def __init__(self, config):
         super().__init__(config)
         self.stub = encoder_pb2_grpc.EncoderServiceStub(self.channel)
@@ -144,7 +144,7 @@ class EncoderClient(_Client):
         return self.stub.GetModelInfo(encoder_pb2.GetModelInfoRequest(), timeout=self.timeout)
 
 
-class DecoderClient(_Client):
+class DecoderClient(BaseClient):
     def __init__(self, config):
         super().__init__(config)
         self.stub = decoder_pb2_grpc.DecoderServiceStub(self.channel)
@@ -163,7 +163,7 @@ class DecoderClient(_Client):
         return [(inv.text, inv.cosine) for inv in response.inversions]
 
 
-class LlmEvalClient(_Client):
+class LlmEvalClient(BaseClient):
     """Same methods and types as `services.llm_eval.core.LlmEvaluator`."""
 
     def __init__(self, config):
@@ -190,7 +190,7 @@ class LlmEvalClient(_Client):
         return convert.usage_report_from_proto(self.stub.GetUsage(llm_eval_pb2.GetUsageRequest(), timeout=self.timeout))
 
 
-class SurrogateClient(_Client):
+class SurrogateClient(BaseClient):
     def __init__(self, config):
         super().__init__(config)
         self.stub = surrogate_pb2_grpc.SurrogateServiceStub(self.channel)
@@ -217,7 +217,7 @@ class SurrogateClient(_Client):
         return np.array(self.stub.ComputeAcquisition(request, timeout=self.timeout).values)
 
 
-class OptimizerClient(_Client):
+class OptimizerClient(BaseClient):
     """Operation-pattern client for the optimizer (raw protos: runs are the user's objects)."""
 
     pb2 = optimizer_pb2
@@ -253,5 +253,5 @@ class TunerClient(OptimizerClient):
     from promptopt.tuner.v1 import tuner_pb2 as pb2
 
     def __init__(self, config):
-        _Client.__init__(self, config)
+        BaseClient.__init__(self, config)
         self.stub = tuner_pb2_grpc.TunerServiceStub(self.channel)

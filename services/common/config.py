@@ -68,8 +68,11 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     auth_token: str = ""
+    gpu_memory_fraction: float = 0.0
 
     def __post_init__(self):
+        if not 0 <= self.gpu_memory_fraction <= 1:
+            raise ValueError(f"gpu_memory_fraction {self.gpu_memory_fraction} must lie in [0, 1] (0 = no cap)")
         if not 0 <= self.port < 65536:
             raise ValueError(f"port {self.port} out of range")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.errors import FailedPreconditionError, NotFoundError
+from services.common.metrics import RUNS_ACTIVE, RUNS_FINISHED
 from services.common.types import Usage
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,15 @@ class RunManager:
             thread.join(timeout)
 
     def _execute(self, run_id: str) -> None:
+        RUNS_ACTIVE.inc()
+        try:
+            final = self._run(run_id)
+            RUNS_FINISHED.labels(self.store.get(run_id).algorithm, final.name).inc()
+        finally:
+            RUNS_ACTIVE.dec()
+
+    def _run(self, run_id: str) -> RunState:
+        """Execute until a final state; returns it."""
         record = self.store.get(run_id)
         usage = dataclasses.replace(record.usage)
 
@@ -316,10 +326,13 @@ class RunManager:
             prompt, score = job.best(state)
             emit("result", {"best_prompt": prompt, "best_score": score})
             self.store.update(run_id, state=RunState.SUCCEEDED)
+            return RunState.SUCCEEDED
         except Cancelled:
             emit("error", {"message": "cancelled"})
             self.store.update(run_id, state=RunState.CANCELLED, usage=usage)
+            return RunState.CANCELLED
         except Exception as exc:  # noqa: BLE001 - recorded on the run
             log.exception("run %s failed", run_id)
             emit("error", {"message": f"{type(exc).__name__}: {exc}"})
             self.store.update(run_id, state=RunState.FAILED, error=f"{type(exc).__name__}: {exc}", usage=usage)
+            return RunState.FAILED

@@ -24,7 +24,7 @@ from prometheus_client import start_http_server
 
 from services.common.config import ServerConfig
 from services.common.errors import status_for
-from services.common.metrics import RPC_LATENCY, RPC_REQUESTS
+from services.common.metrics import RPC_LATENCY, RPC_REQUESTS, cap_gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ def serve(
 
     def do_load():
         try:
+            cap_gpu_memory(config.gpu_memory_fraction)
             if load is not None:
                 load()
         except Exception:

@@ -27,3 +27,36 @@ def test_from_env_parses_types_and_names_bad_variable():
     with pytest.raises(ConfigError, match="backend"):
         from_env(LlmEvalConfig, "P_", {"P_BACKEND": "nope"})
     assert dataclasses.is_dataclass(from_env(LlmEvalConfig, "P_", {}))
+
+
+def test_healthcheck_follows_the_service_health(monkeypatch, capsys):
+    import threading
+
+    from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
+
+    from services.common import healthcheck
+    from services.common.config import ServerConfig
+    from services.common.server import ServiceBinding, serve
+    from services.surrogate.core import ModelRegistry
+    from services.surrogate.server import SurrogateServicer
+
+    loaded = threading.Event()
+    binding = ServiceBinding.of(
+        surrogate_pb2,
+        "SurrogateService",
+        surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server,
+        SurrogateServicer(ModelRegistry()),
+    )
+    running = serve(ServerConfig(port=0, metrics_port=-1), [binding], load=loaded.wait, install_signal_handlers=False)
+    monkeypatch.setenv("PROMPTOPT_SURROGATE_PORT", str(running.port))
+    assert healthcheck.main(["surrogate"]) == 1  # still loading: NOT_SERVING
+    loaded.set()
+    assert running.ready.wait(10)
+    assert healthcheck.main(["surrogate"]) == 0
+    running.stop()
+    assert healthcheck.main(["surrogate"]) == 1  # gone
+    monkeypatch.delenv("PROMPTOPT_SURROGATE_PORT")
+    assert healthcheck.main(["surrogate"]) == 2
+    out = capsys.readouterr()
+    assert "surrogate: NOT_SERVING" in out.out and "surrogate: SERVING" in out.out
+    assert "PROMPTOPT_SURROGATE_PORT is not set" in out.err
