@@ -1,106 +1,98 @@
 """Run the services as local processes on loopback (the `make demo` stack and integration tests).
 
-`LocalStack` starts each service with its env, waits until health reports SERVING, and stops
-them with SIGTERM (graceful drain), killing any that outlive the grace period.
+`LocalStack` takes its wiring from `deploy/docker-compose.yml` (see `services.common.compose`):
+it starts each service of the profile with that service's environment, in `depends_on` order,
+waits on the service's own compose healthcheck command, and stops them with SIGTERM (graceful
+drain), killing any that outlive the grace period.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from services.common.clients import _Client
+from services.common.compose import COMPOSE_FILE, ServiceSpec, load_services
 
-BASE_PORT = 50051
-SERVICES = ("encoder", "decoder", "llm_eval", "surrogate", "optimizer", "tuner")
-
-
-@dataclasses.dataclass
-class ServiceProcess:
-    name: str
-    port: int
-    metrics_port: int
-    env: dict[str, str]
-    process: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+# On a laptop the `models` volume is the user's cache: ~/.cache/promptopt/models, ~/.cache/huggingface.
+DEFAULT_VOLUME_DIRS = {"models": Path.home() / ".cache"}
 
 
 class LocalStack:
-    """Starts `names` (default: all six) on ports base_port + index, metrics on 9100 + index.
+    """The compose `profile`'s services, keyed by module (`encoder`, `llm_eval`, ...).
 
     Args:
-        state_dir: per-service SQLite state and logs go under it.
+        state_dir: named volumes (SQLite state) and logs go under it.
+        names: modules to start (default: all in the profile).
+        port_offset: added to every port, so several stacks can share a machine.
         env: extra environment for every service (e.g. PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS).
     """
 
     def __init__(
         self,
         state_dir: str | Path,
-        names=SERVICES,
-        base_port: int = BASE_PORT,
-        metrics_base_port: int = 9101,
-        env: dict[str, str] | None = None,
+        names: Iterable[str] | None = None,
+        profile: str = "cpu",
+        port_offset: int = 0,
+        env: Mapping[str, str] | None = None,
+        compose_file: str | Path = COMPOSE_FILE,
+        volume_dirs: Mapping[str, str | Path] | None = None,
     ):
         self.state_dir = Path(state_dir).resolve()
-        self.services: dict[str, ServiceProcess] = {}
-        ports = {n: base_port + i for i, n in enumerate(SERVICES)}
-        for i, name in enumerate(SERVICES):
-            if name not in names:
-                continue
-            prefix = f"PROMPTOPT_{name.upper()}_"
-            service_env = {
-                prefix + "HOST": "127.0.0.1",
-                prefix + "PORT": str(ports[name]),
-                prefix + "METRICS_PORT": str(metrics_base_port + i),
-                prefix + "CACHE_PATH": str(self.state_dir / name / "answers.sqlite"),
-                prefix + "STORE_PATH": str(self.state_dir / name / "runs.sqlite"),
-                "PROMPTOPT_OPTIMIZER_LLM_EVAL_ADDRESS": f"127.0.0.1:{ports['llm_eval']}",
-                "PROMPTOPT_DECODER_ENCODER_ADDRESS": f"127.0.0.1:{ports['encoder']}",
-            }
-            service_env.update(env or {})
-            self.services[name] = ServiceProcess(name, ports[name], metrics_base_port + i, service_env)
+        specs = load_services(
+            compose_file, profile, self.state_dir, port_offset, {**DEFAULT_VOLUME_DIRS, **(volume_dirs or {})}
+        )
+        wanted = None if names is None else set(names)
+        self.services: dict[str, ServiceSpec] = {s.module: s for s in specs if wanted is None or s.module in wanted}
+        for spec in self.services.values():
+            spec.env.update(env or {})
+        self._by_compose_name = {s.name: s for s in self.services.values()}
+        self.processes: dict[str, subprocess.Popen] = {}
 
     def address(self, name: str) -> str:
-        return self.services[name].address
+        return f"127.0.0.1:{self.services[name].port}"
+
+    def _env(self, spec: ServiceSpec) -> dict[str, str]:
+        return {**os.environ, "HF_HUB_OFFLINE": "1", **spec.env}
 
     def start(self, name: str) -> None:
-        service = self.services[name]
+        spec = self.services[name]
+        for dependency, condition in spec.depends_on.items():
+            if condition == "service_healthy" and dependency in self._by_compose_name:
+                self.wait_serving(self._by_compose_name[dependency].module)
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
+        for value in spec.env.values():  # volume directories exist before the service writes to them
+            if value.startswith(str(self.state_dir / "volumes")):
+                Path(value).parent.mkdir(parents=True, exist_ok=True)
         log = (log_dir / f"{name}.log").open("ab")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", **service.env}
-        service.process = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        self.processes[name] = subprocess.Popen(spec.command, env=self._env(spec), stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy(self, name: str) -> bool:
+        """Runs the service's compose healthcheck command, as Docker would."""
+        spec = self.services[name]
+        result = subprocess.run(spec.healthcheck, env=self._env(spec), capture_output=True, timeout=30)
+        return result.returncode == 0
 
     def wait_serving(self, name: str, timeout: float = 600.0) -> None:
-        service = self.services[name]
         deadline = time.monotonic() + timeout
-        with _Client(service.address) as client:
-            while time.monotonic() < deadline:
-                if service.process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {service.process.returncode}; see {self.log_path(name)}")
-                try:
-                    if client.health(timeout=2.0) == "SERVING":
-                        return
-                except Exception:  # noqa: BLE001 - not listening yet
-                    pass
-                time.sleep(0.5)
+        process = self.processes[name]
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {self.log_path(name)}")
+            if self.healthy(name):
+                return
+            time.sleep(0.5)
         raise TimeoutError(f"{name} not SERVING after {timeout:.0f}s; see {self.log_path(name)}")
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
     def stop(self, name: str, grace: float = 15.0) -> int | None:
-        process = self.services[name].process
+        process = self.processes.get(name)
         if process is None or process.poll() is not None:
             return None if process is None else process.returncode
         process.send_signal(signal.SIGTERM)
@@ -112,7 +104,7 @@ class LocalStack:
 
     def kill(self, name: str) -> None:
         """SIGKILL, as a crash would."""
-        process = self.services[name].process
+        process = self.processes[name]
         process.kill()
         process.wait()
 

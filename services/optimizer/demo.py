@@ -19,7 +19,7 @@ def main() -> int:
     if not (datasets / "gsm8k" / "train.jsonl").is_file():
         print(f"GSM8K not found under {datasets}; run `make gsm8k` and set PROMPTOPT_DATASETS_DIR", file=sys.stderr)
         return 2
-    env = {"PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets), "PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS": "256"}
+    env = {"PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets)}
     started = time.monotonic()
     cli.console.print("starting encoder, decoder, llm_eval, surrogate, optimizer, tuner on 127.0.0.1:50051-50056 ...")
     with LocalStack("state/demo", env=env) as stack:
