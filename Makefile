@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath ../shared/datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install protos demo test test-fast bench lint model clean gsm8k
+.PHONY: install protos demo test test-fast bench lint model clean gsm8k images images-gpu k8s-validate
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0 grpcio-tools==1.85.1
 	$(MAKE) protos
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[cpu-llm,test]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,cpu-llm,test]"
 	$(PY) -m services.llm_eval.models
 	touch $(STAMP)
 
@@ -54,11 +54,27 @@ lint: install
 	npx --yes @bufbuild/buf@1.47.2 lint protos
 
 # Download GSM8K (for machines without ../shared/datasets).
-gsm8k:
-	mkdir -p data/gsm8k
-	for s in train test; do curl -fsSL -o data/gsm8k/$$s.jsonl \
-	  https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/$$s.jsonl; done
+gsm8k: install
+	$(PY) -m services.llm_eval.datasets download data
 	@echo "export PROMPTOPT_DATASETS_DIR=$$PWD/data"
+
+IMAGES := encoder decoder llm-eval surrogate optimizer tuner
+GPU_IMAGES := encoder-cuda decoder-cuda surrogate-cuda llm-eval-vllm
+TAG ?= latest
+
+# Container images (needs a Docker engine): promptopt/<service>:$(TAG), GPU ones :$(TAG)-cuda/-vllm.
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed)"; exit 1; }
+	for t in $(IMAGES); do docker build -f deploy/docker/Dockerfile --target $$t -t promptopt/$$t:$(TAG) . || exit 1; done
+
+images-gpu:
+	@docker info >/dev/null 2>&1 || { echo "make images-gpu needs a running Docker engine (docker info failed)"; exit 1; }
+	for t in $(GPU_IMAGES); do name=$${t%-*}; docker build -f deploy/docker/Dockerfile --target $$t \
+	  -t promptopt/$$name:$(TAG)-$${t##*-} . || exit 1; done
+
+# Render every kustomize overlay and validate it (kubernetes-validate, strict), plus the compose file.
+k8s-validate: install
+	$(PY) -m tests.deploy.validate all
 
 clean:
 	rm -rf gen results state

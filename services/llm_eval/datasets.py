@@ -58,3 +58,40 @@ def _read(path: Path, dataset: str, split: str) -> tuple[Example, ...]:
                 row = json.loads(line)
                 examples.append(Example(row["question"], gsm8k.gold_answer(row["answer"])))
     return tuple(examples)
+
+
+GSM8K_URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
+
+
+def download_gsm8k(root: str | Path) -> list[Path]:
+    """Fetch GSM8K train/test into `<root>/gsm8k/` (MIT licence); files already there are kept."""
+    import urllib.request
+
+    target = Path(root) / "gsm8k"
+    target.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    for split in ("train", "test"):
+        path = target / f"{split}.jsonl"
+        if not path.is_file():
+            partial = path.with_suffix(".part")
+            urllib.request.urlretrieve(GSM8K_URL.format(split=split), partial)
+            partial.rename(path)
+            fetched.append(path)
+    return fetched
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m services.llm_eval.datasets download DIR` (the k8s init container, `make gsm8k`)."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "download":
+        print("usage: python -m services.llm_eval.datasets download DIR", file=sys.stderr)
+        return 2
+    fetched = download_gsm8k(argv[1])
+    print(f"GSM8K in {Path(argv[1]) / 'gsm8k'}: fetched {len(fetched)} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,9 @@
-"""The six services as real processes on loopback (the `make demo` stack), with the real CPU LLM.
+"""The compose stack on loopback: the cpu profile of deploy/docker-compose.yml started as local
+processes (the `make demo` stack), with the real CPU LLM.
 
 Covers: reflection and health on every port, /metrics, tiny OPRO and ProTeGi runs through the
-CLI, and a killed optimizer that resumes its run without paying for answers twice.
+CLI, every Grafana dashboard metric exported by a running service, and a killed optimizer that
+resumes its run without paying for answers twice.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 
-from services.common.clients import LlmEvalClient, OptimizerClient
+from services.common.clients import EncoderClient, LlmEvalClient, OptimizerClient
 from services.common.launcher import LocalStack
 from services.optimizer import cli
+from tests.deploy.validate import dashboard_metrics, exported_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,7 @@ def stack(tmp_path_factory, datasets_dir):
         "PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS": "48",
         "PROMPTOPT_LLM_EVAL_N_CTX": "2048",
     }
-    with LocalStack(tmp_path_factory.mktemp("stack"), base_port=51051, metrics_base_port=9201, env=env) as s:
+    with LocalStack(tmp_path_factory.mktemp("stack"), port_offset=1000, env=env) as s:
         yield s
 
 
@@ -63,10 +66,10 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 def test_reflection_health_and_metrics(stack):
     for name, full in EXPECTED.items():
-        service = stack.services[name]
-        assert full in list_services(service.address)
-        assert "grpc.health.v1.Health" in list_services(service.address)
-        with LlmEvalClient(service.address) as client:
+        address = stack.address(name)
+        assert full in list_services(address)
+        assert "grpc.health.v1.Health" in list_services(address)
+        with LlmEvalClient(address) as client:
             assert client.health() == "SERVING"
             assert client.health(full) == "SERVING"
     with LlmEvalClient(stack.address("llm_eval")) as client:
@@ -120,6 +123,21 @@ def test_protegi_end_to_end(stack, tmp_path):
     steps = {c["step"] for c in doc["candidates"]}
     assert steps == {0, 1}
     assert doc["config"]["algorithm"]["beam_width"] == 1
+
+
+def test_dashboard_metrics_are_exported(stack):
+    """Runs after the OPRO and ProTeGi tests, so the run and LLM series carry samples."""
+    with EncoderClient(stack.address("encoder")) as client:
+        assert client.encode(["Let's think step by step."]).shape[0] == 1
+    declared, sampled = set(), set()
+    for name in EXPECTED:
+        found, with_values = exported_metrics(scrape(stack.services[name].metrics_port))
+        declared |= found
+        sampled |= with_values
+    used = dashboard_metrics()
+    assert used - declared == set(), "dashboard metrics no service exports"
+    # GPU memory has samples only where torch holds a CUDA context; everything else must have values.
+    assert {m for m in used if not m.startswith("promptopt_gpu_")} - sampled == set()
 
 
 def test_killed_optimizer_resumes_without_repaying(stack):

@@ -1,0 +1,154 @@
+"""The deployment files: kustomize overlays under kubernetes-validate, the compose file under the
+compose specification, the Dockerfile's targets, and the compose -> loopback wiring."""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+
+import pytest
+import yaml
+
+from services.common import compose
+from tests.deploy import validate
+
+
+@pytest.fixture(scope="module")
+def cpu_objects():
+    return validate.render(validate.K8S / "overlays" / "cpu")
+
+
+def _find(objects, kind, name):
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"].startswith(name))
+
+
+def test_every_overlay_and_component_validates():
+    problems, report = validate.validate_k8s()
+    assert problems == []
+    overlays = {line.split(":")[0] for line in report if line.startswith("overlays/")}
+    assert overlays == {"overlays/cpu", "overlays/gpu-node", "overlays/gpu-mig", "overlays/gpu-timeslice"}
+    # The ServiceMonitor (a CRD kind) is reported and checked, not silently skipped.
+    assert any("ServiceMonitor/promptopt: CRD kind" in line for line in report)
+
+
+def test_strict_schema_rejects_a_misspelt_field(cpu_objects):
+    deployment = copy.deepcopy(_find(cpu_objects, "Deployment", "encoder"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolizy"] = "Always"
+    problems, _ = validate.schema_problems([deployment])
+    assert len(problems) == 1 and "imagePullPolizy" in problems[0]
+
+
+def test_unknown_kinds_are_problems_not_skipped():
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    problems, notes = validate.schema_problems([widget])
+    assert problems == ["Widget/w: no schema for example.com/v1 in Kubernetes 1.32.0"] and notes == []
+
+
+def test_service_monitor_must_select_a_metrics_port(cpu_objects):
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "m"},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/part-of": "promptopt"}}, "endpoints": [{"port": "x"}]},
+    }
+    problems, notes = validate.schema_problems([monitor, *cpu_objects])
+    assert len(notes) == 1 and len(problems) == 6  # one per Service without a port named x
+
+
+def test_policy_checks_catch_writable_root_and_http_probes(cpu_objects):
+    objects = copy.deepcopy(cpu_objects)
+    container = _find(objects, "Deployment", "llm-eval")["spec"]["template"]["spec"]["containers"][0]
+    container["securityContext"]["readOnlyRootFilesystem"] = False
+    container["livenessProbe"] = {"httpGet": {"port": 9103, "path": "/"}}
+    problems = validate.policy_problems(objects)
+    assert any("llm-eval container llm-eval: needs readOnlyRootFilesystem" in p for p in problems)
+    assert any("Deployment/llm-eval: livenessProbe must be a native gRPC probe" in p for p in problems)
+    assert validate.policy_problems(cpu_objects) == []
+
+
+def test_gpu_checks(cpu_objects):
+    problems = validate.gpu_problems("gpu-node", cpu_objects)
+    assert sorted(p.split(": ")[1].split()[0] for p in problems) == [
+        "Deployment/decoder",
+        "Deployment/encoder",
+        "Deployment/llm-eval",
+        "Deployment/surrogate",
+    ]
+    mig = validate.render(validate.K8S / "overlays" / "gpu-mig")
+    llm = _find(mig, "Deployment", "llm-eval")["spec"]["template"]["spec"]["containers"][0]
+    assert llm["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
+    optimizer_config = _find(mig, "ConfigMap", "optimizer-config")["data"]
+    assert optimizer_config["NVIDIA_VISIBLE_DEVICES"] == "void"
+
+
+def test_compose_file_is_valid_and_wired():
+    assert validate.compose_problems() == []
+
+
+def test_compose_spec_violations_are_reported(tmp_path):
+    text = compose.COMPOSE_FILE.read_text().replace("stop_grace_period:", "stop_grace_periods:")
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(text)
+    [problem] = validate.compose_problems(bad)
+    assert "not valid under the compose specification" in problem and "stop_grace_periods" in problem
+
+
+def test_dockerfile_targets():
+    stages = validate.dockerfile_stages()
+
+    def chain(stage):  # the stage and every stage it builds FROM or COPYs --from
+        lines = stages[stage]
+        parents = [re.match(r"FROM\s+(\S+)", lines[0]).group(1)]
+        parents += re.findall(r"--from=(\S+)", " ".join(lines))
+        return [stage] + [s for p in parents if p in stages for s in chain(p)]
+
+    for service in ("encoder", "decoder", "llm-eval", "surrogate", "optimizer", "tuner"):
+        lines = stages[service]
+        module = service.replace("-", "_")
+        assert f'CMD ["python", "-m", "services.{module}"]' in lines
+        assert any(f'"services.common.healthcheck", "{module}"]' in line for line in lines)
+        text = " ".join(line for stage in chain(service) for line in stages[stage])
+        assert "USER 10001:10001" in text
+        assert "cu128" not in text and "vllm" not in text  # CPU images never install CUDA wheels
+    for service in ("optimizer", "tuner"):
+        assert "torch" not in " ".join(line for stage in chain(service) for line in stages[stage])
+    assert "cu128" in " ".join(stages["cuda-build"])
+    assert not any(re.search(r"(KEY|TOKEN|SECRET|PASSWORD)=", line) for lines in stages.values() for line in lines)
+
+
+def test_loopback_wiring_from_compose(tmp_path):
+    specs = {s.module: s for s in compose.load_services(state_dir=tmp_path, port_offset=1000)}
+    assert list(specs) == ["encoder", "decoder", "llm_eval", "surrogate", "optimizer", "tuner"]
+    assert specs["optimizer"].env["PROMPTOPT_OPTIMIZER_LLM_EVAL_ADDRESS"] == "127.0.0.1:51053"
+    assert specs["decoder"].env["PROMPTOPT_DECODER_ENCODER_ADDRESS"] == "127.0.0.1:51051"
+    assert (specs["llm_eval"].port, specs["llm_eval"].metrics_port) == (51053, 10103)
+    assert specs["llm_eval"].env["PROMPTOPT_LLM_EVAL_HOST"] == "127.0.0.1"
+    state = specs["optimizer"].env["PROMPTOPT_OPTIMIZER_STORE_PATH"]
+    assert state == str(tmp_path / "volumes" / "optimizer-state" / "runs.sqlite")
+    assert specs["tuner"].healthcheck == [sys.executable, "-m", "services.common.healthcheck", "tuner"]
+    gpu = {s.name for s in compose.load_services(profile="gpu")}
+    assert gpu == {"encoder", "decoder", "llm-eval", "surrogate", "optimizer", "tuner"}
+
+
+def test_loopback_refuses_remapped_ports(tmp_path):
+    document = yaml.safe_load(compose.COMPOSE_FILE.read_text())
+    document["services"]["tuner"]["ports"] = ["60056:50056"]
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(compose.ComposeError, match="services.tuner.ports"):
+        compose.load_services(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("${A:-d}", {}, "d"),
+        ("${A:-d}", {"A": ""}, "d"),
+        ("${A-d}", {"A": ""}, ""),
+        ("${A}/x", {"A": "v"}, "v/x"),
+        ("$$A", {"A": "v"}, "$A"),
+    ],
+)
+def test_interpolation(text, env, expected):
+    assert compose.interpolate(text, env) == expected
