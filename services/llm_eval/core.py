@@ -55,11 +55,31 @@ class LlmEvaluator:
         self.batch_size = batch_size
         self._usage = Usage()
         self._usage_lock = threading.Lock()
+        self._inflight: dict[str, threading.Event] = {}
+        self._inflight_lock = threading.Lock()
 
     def _resolve(self, params: DecodingParams) -> DecodingParams:
         if params.max_tokens:
             return params
         return dataclasses.replace(params, max_tokens=self.default_max_tokens)
+
+    def _claim(self, batch):
+        """Split `batch` into keys this call computes and (i, key, event) another call is computing,
+        so concurrent requests for the same answers (a retried or resumed run) pay once."""
+        mine, theirs = [], []
+        with self._inflight_lock:
+            for i, key in batch:
+                if key in self._inflight:
+                    theirs.append((i, key, self._inflight[key]))
+                else:
+                    self._inflight[key] = threading.Event()
+                    mine.append((i, key))
+        return mine, theirs
+
+    def _release(self, keys) -> None:
+        with self._inflight_lock:
+            for key in keys:
+                self._inflight.pop(key).set()
 
     def _record(self, usage: Usage) -> None:
         with self._usage_lock:
@@ -109,18 +129,31 @@ class LlmEvaluator:
         cached = set(answers)
         missing = [(i, k) for i, k in zip(indices, keys, strict=True) if k not in answers]
         params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
-        for start in range(0, len(missing), self.batch_size):
+        while missing:
             if should_stop():
                 raise TimeoutError("evaluation stopped: the caller went away or its deadline passed")
-            batch = missing[start : start + self.batch_size]
-            prompts = [gsm8k.format_prompt(examples[i].question, request.instruction) for i, _ in batch]
-            for (i, key), completion in zip(batch, self.task.generate(prompts, params), strict=True):
-                answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
-                self.cache.put(key, (model, p_hash, request.dataset, request.split, i, params_json), answer)
-                answers[key] = answer
-                usage.llm_calls += 1
-                usage.prompt_tokens += completion.prompt_tokens
-                usage.completion_tokens += completion.completion_tokens
+            batch, missing = missing[: self.batch_size], missing[self.batch_size :]
+            mine, theirs = self._claim(batch)
+            try:
+                if mine:
+                    prompts = [gsm8k.format_prompt(examples[i].question, request.instruction) for i, _ in mine]
+                    for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
+                        answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
+                        self.cache.put(key, (model, p_hash, request.dataset, request.split, i, params_json), answer)
+                        answers[key] = answer
+                        usage.llm_calls += 1
+                        usage.prompt_tokens += completion.prompt_tokens
+                        usage.completion_tokens += completion.completion_tokens
+            finally:
+                self._release([key for _, key in mine])
+            if theirs:  # answered by a concurrent request; a failed one leaves them to us
+                for event in {id(e): e for _, _, e in theirs}.values():
+                    event.wait()
+                found = self.cache.get_many([key for _, key, _ in theirs])
+                answers.update(found)
+                cached.update(found)
+                usage.cache_hits += len(found)
+                missing += [(i, key) for i, key, _ in theirs if key not in found]
         self._record(usage)
         results = []
         for i, key in zip(indices, keys, strict=True):

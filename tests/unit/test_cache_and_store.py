@@ -47,3 +47,44 @@ def test_run_store_events_and_checkpoints(tmp_path):
     assert [r.run_id for r in reopened.unfinished()] == [run.run_id]
     with pytest.raises(NotFoundError):
         reopened.get("nope")
+
+
+def test_concurrent_evaluations_of_the_same_prompt_pay_once(tmp_path, datasets_dir):
+    """A resumed run re-asking while the killed run's request still computes must not pay twice."""
+    import threading
+    import time
+
+    from services.common.types import Completion, EvaluationRequest
+    from services.llm_eval.backends import LLMBackend
+    from services.llm_eval.core import LlmEvaluator
+    from services.llm_eval.datasets import DatasetStore
+
+    class SlowCountingBackend(LLMBackend):
+        model_name = "slow-counter"
+
+        def __init__(self):
+            self.prompts = []
+
+        def generate(self, prompts, params):
+            self.prompts += prompts
+            time.sleep(0.3)
+            return [Completion("The answer is 0.", 5, 5) for _ in prompts]
+
+    backend = SlowCountingBackend()
+    evaluator = LlmEvaluator(
+        backend, backend, DatasetStore(datasets_dir), AnswerCache(tmp_path / "a.sqlite"), 32, batch_size=2
+    )
+    request = EvaluationRequest(instruction="Solve it.", dataset="gsm8k", split="test", fidelity=5)
+    results = [None, None]
+
+    def run(slot):
+        results[slot] = evaluator.evaluate(request)
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(backend.prompts) == 5 == len(set(backend.prompts))
+    assert sum(r.usage.llm_calls for r in results) == 5
+    assert sum(r.usage.cache_hits for r in results) == 5
