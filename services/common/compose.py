@@ -116,7 +116,7 @@ def load_services(
             port=int(service_env[prefix + "PORT"]),
             metrics_port=int(service_env[prefix + "METRICS_PORT"]),
             healthcheck=_local(test[1:]) if test and test[0] == "CMD" else None,
-            depends_on={dep: spec.get("condition", "service_started") for dep, spec in _depends(service).items()},
+            depends_on={dep: spec.get("condition", "service_started") for dep, spec in depends_on(service).items()},
         )
     return _ordered(specs)
 
@@ -161,7 +161,8 @@ def _rewrite(key: str, value: str, hosts: set[str], offset: int, mounts) -> str:
     return re.sub(r"\b([\w.-]+):(\d+)\b", address, value)
 
 
-def _depends(service: dict) -> dict:
+def depends_on(service: dict) -> dict:
+    """A service's depends_on as {name: {condition...}}, from either the list or the mapping form."""
     depends = service.get("depends_on") or {}
     return {name: {} for name in depends} if isinstance(depends, list) else depends
 

@@ -250,7 +250,7 @@ def compose_problems(path: Path = compose.COMPOSE_FILE) -> list[str]:
     services = document["services"]
     stages = dockerfile_stages()
     for name, service in services.items():
-        for dependency in compose._depends(service):
+        for dependency in compose.depends_on(service):
             if dependency not in services:
                 problems.append(f"services.{name}.depends_on: no service {dependency!r}")
         target = (service.get("build") or {}).get("target")
