@@ -7,6 +7,7 @@ token when configured, use TLS when a CA is given, and set a deadline on every c
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 
@@ -25,12 +26,19 @@ from services.common import convert
 from services.common.codec import decode_tensor, encode_tensor
 from services.common.config import ClientConfig
 from services.common.types import (
+    AcquisitionConfig,
     DecodingParams,
     EvaluationRequest,
     EvaluationResult,
+    FitResult,
     GenerateResult,
+    GpTraining,
+    InversionConfig,
+    LatentPoint,
     ModelRole,
     UsageReport,
+    VaeConfig,
+    VaeResult,
 )
 
 _RETRY_POLICY = {
@@ -150,7 +158,7 @@ class DecoderClient(BaseClient):
         self.stub = decoder_pb2_grpc.DecoderServiceStub(self.channel)
 
     def invert(self, embeddings, seed_texts: Sequence[str] = (), num_steps: int = 0, beam_width: int = 0):
-        """[(text, cosine)] per embedding row."""
+        """([(text, cosine)] per embedding row, LLM usage). No deadline: LLM-guided inversion is slow on CPU."""
         response = self.stub.Invert(
             decoder_pb2.InvertRequest(
                 embeddings=encode_tensor(embeddings),
@@ -158,9 +166,9 @@ class DecoderClient(BaseClient):
                 num_steps=num_steps,
                 beam_width=beam_width,
             ),
-            timeout=self.timeout,
+            timeout=None,
         )
-        return [(inv.text, inv.cosine) for inv in response.inversions]
+        return [(inv.text, inv.cosine) for inv in response.inversions], convert.usage_from_proto(response.usage)
 
 
 class LlmEvalClient(BaseClient):
@@ -191,16 +199,40 @@ class LlmEvalClient(BaseClient):
 
 
 class SurrogateClient(BaseClient):
+    """Mirrors `services.surrogate.engine.SurrogateEngine` over gRPC."""
+
     def __init__(self, config):
         super().__init__(config)
         self.stub = surrogate_pb2_grpc.SurrogateServiceStub(self.channel)
 
-    def fit(self, train_x, train_y) -> str:
-        response = self.stub.FitModel(
-            surrogate_pb2.FitModelRequest(train_x=encode_tensor(train_x), train_y=list(map(float, train_y))),
-            timeout=self.timeout,
+    def train_vae(self, embeddings, config: VaeConfig | None = None, timeout: float | None = None) -> VaeResult:
+        config = config or VaeConfig()
+        request = surrogate_pb2.TrainVaeRequest(
+            embeddings=encode_tensor(embeddings), settings=convert.settings_to_proto(config, surrogate_pb2.VaeSettings)
         )
-        return response.model_id
+        r = self.stub.TrainVae(request, timeout=timeout)
+        fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(VaeResult) if f.name != "quality"}
+        return VaeResult(**fields, quality={f.name: getattr(r.quality, f.name) for f in r.quality.DESCRIPTOR.fields})
+
+    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None):
+        request = surrogate_pb2.FitModelRequest(
+            train_x=encode_tensor(train_x), train_y=list(map(float, train_y)), vae_id=vae_id, minimize=minimize
+        )
+        if training is not None:
+            request.training.CopyFrom(convert.settings_to_proto(training, surrogate_pb2.GpTrainingSettings))
+        r = self.stub.FitModel(request, timeout=None)
+        return FitResult(r.model_id, r.mll, r.epochs_trained)
+
+    def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]:
+        training = training or GpTraining.for_retrain()
+        request = surrogate_pb2.UpdateModelRequest(
+            model_id=model_id,
+            x=encode_tensor(x),
+            y=list(map(float, y)),
+            training=convert.settings_to_proto(training, surrogate_pb2.GpTrainingSettings),
+        )
+        r = self.stub.UpdateModel(request, timeout=None)
+        return r.num_observations, r.epochs_trained
 
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
         response = self.stub.Predict(
@@ -215,6 +247,32 @@ class SurrogateClient(BaseClient):
         if best_f is not None:
             request.best_f = best_f
         return np.array(self.stub.ComputeAcquisition(request, timeout=self.timeout).values)
+
+    def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
+        config = config or AcquisitionConfig()
+        request = surrogate_pb2.OptimizeAcquisitionRequest(model_id=model_id, **dataclasses.asdict(config))
+        if best_f is not None:
+            request.best_f = best_f
+        r = self.stub.OptimizeAcquisition(request, timeout=None)
+        return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.log_ei)
+
+    def decode(self, model_id: str, latents) -> np.ndarray:
+        request = surrogate_pb2.DecodeLatentRequest(model_id=model_id, latents=encode_tensor(latents))
+        return decode_tensor(self.stub.DecodeLatent(request, timeout=self.timeout).embeddings)
+
+    def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint:
+        config = config or InversionConfig()
+        request = surrogate_pb2.InvertLatentRequest(
+            model_id=model_id,
+            target=encode_tensor(np.reshape(target, -1)),
+            latent_init=encode_tensor(np.reshape(latent_init, -1)),
+            **dataclasses.asdict(config),
+        )
+        r = self.stub.InvertLatent(request, timeout=self.timeout)
+        return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.loss, r.steps)
+
+    def delete(self, model_id: str) -> None:
+        self.stub.DeleteModel(surrogate_pb2.DeleteModelRequest(model_id=model_id), timeout=self.timeout)
 
 
 class OptimizerClient(BaseClient):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from promptopt.common.v1 import common_pb2
 from promptopt.llm_eval.v1 import llm_eval_pb2
 
@@ -121,3 +123,15 @@ def usage_report_to_proto(report: UsageReport) -> llm_eval_pb2.GetUsageResponse:
 
 def usage_report_from_proto(msg: llm_eval_pb2.GetUsageResponse) -> UsageReport:
     return UsageReport(usage_from_proto(msg.usage), msg.task_model, msg.meta_model, msg.cached_answers)
+
+
+def settings_from_proto(cls, msg, **overrides):
+    """A frozen settings dataclass from the fields set on `msg` (unset fields keep the defaults)."""
+    fields = {field.name: value for field, value in msg.ListFields()}
+    fields.update(overrides)
+    return cls(**fields)
+
+
+def settings_to_proto(settings, msg_cls):
+    """The proto settings message for a settings dataclass (every field set explicitly)."""
+    return msg_cls(**dataclasses.asdict(settings))

@@ -8,7 +8,6 @@ from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
-from services.surrogate.core import ModelRegistry
 from services.surrogate.server import SurrogateServicer
 
 PREFIX = "PROMPTOPT_SURROGATE_"
@@ -16,12 +15,17 @@ PREFIX = "PROMPTOPT_SURROGATE_"
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    servicer = SurrogateServicer(ModelRegistry())
+    servicer = SurrogateServicer(None)
     binding = ServiceBinding.of(
         surrogate_pb2, "SurrogateService", surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server, servicer
     )
-    # Importing BoTorch is the slow part of start-up; health turns SERVING after it.
-    serve(from_env(ServerConfig, PREFIX), [binding], load=lambda: __import__("botorch.models")).wait()
+
+    def load():  # importing torch/BoTorch is the slow part of start-up; health turns SERVING after it
+        from services.surrogate.engine import SurrogateEngine
+
+        servicer.engine = SurrogateEngine()
+
+    serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,4 @@
-"""Gaussian-process surrogates: exact GP fits with BoTorch, stored by id, with LogEI/UCB.
-
-Later issues add the deep-kernel GP and latent-model training behind the same `Surrogate` base.
-"""
+"""The `Surrogate` base, the exact BoTorch GP, and the in-memory registry of trained models by id."""
 
 from __future__ import annotations
 
@@ -28,13 +25,13 @@ class Surrogate(ABC):
 
     @abstractmethod
     def ucb(self, x: np.ndarray, beta: float) -> np.ndarray:
-        """mean + sqrt(beta) * std, shape [m]."""
+        """mean + sqrt(beta) * std (with -mean when minimising), shape [m]."""
 
 
 class ExactGP(Surrogate):
     """BoTorch SingleTaskGP (Matern 5/2 ARD), unit-cube inputs, standardised outputs, MLL fit."""
 
-    def __init__(self, train_x: np.ndarray, train_y: np.ndarray):
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray, minimize: bool = False):
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP
         from botorch.models.transforms import Normalize, Standardize
@@ -51,7 +48,8 @@ class ExactGP(Surrogate):
         x = torch.as_tensor(train_x, dtype=torch.float64)
         y = torch.as_tensor(train_y, dtype=torch.float64).unsqueeze(-1)
         self.dim = x.shape[1]
-        self.best_y = float(y.max())
+        self.minimize = minimize
+        self.best_y = float(y.min() if minimize else y.max())
         self.model = SingleTaskGP(x, y, input_transform=Normalize(self.dim), outcome_transform=Standardize(1))
         mll = ExactMarginalLogLikelihood(self.model.likelihood, self.model)
         fit_gpytorch_mll(mll)
@@ -72,33 +70,36 @@ class ExactGP(Surrogate):
     def log_ei(self, x, best_f=None):
         from botorch.acquisition import LogExpectedImprovement
 
-        acq = LogExpectedImprovement(self.model, best_f=self.best_y if best_f is None else best_f)
+        best = self.best_y if best_f is None else best_f
+        acq = LogExpectedImprovement(self.model, best_f=best, maximize=not self.minimize)
         with torch.no_grad():
             return acq(self._points(x).unsqueeze(1)).numpy()
 
     def ucb(self, x, beta):
         mean, var = self.predict(x)
-        return mean + np.sqrt(beta * var)
+        return (-mean if self.minimize else mean) + np.sqrt(beta * var)
 
 
 class ModelRegistry:
-    """Fitted surrogates addressed by id (in memory, thread-safe)."""
+    """Trained models (surrogates, VAEs) addressed by id (in memory, thread-safe)."""
 
     def __init__(self):
-        self._models: dict[str, Surrogate] = {}
+        self._models: dict[str, object] = {}
         self._lock = threading.Lock()
 
-    def add(self, model: Surrogate) -> str:
+    def add(self, model) -> str:
         model_id = uuid.uuid4().hex
         with self._lock:
             self._models[model_id] = model
         return model_id
 
-    def get(self, model_id: str) -> Surrogate:
+    def get(self, model_id: str, kind: type = object, field: str = "model_id"):
+        """The model stored under `model_id`; NotFoundError if absent or not a `kind`."""
         with self._lock:
-            if model_id not in self._models:
-                raise NotFoundError(f"model_id {model_id!r} not found")
-            return self._models[model_id]
+            model = self._models.get(model_id)
+        if not isinstance(model, kind):
+            raise NotFoundError(f"{field} {model_id!r} not found")
+        return model
 
     def delete(self, model_id: str) -> None:
         with self._lock:

@@ -1,44 +1,102 @@
-"""gRPC transport for the surrogate service."""
+"""gRPC transport for the surrogate service: request validation and proto <-> domain conversion."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
-from services.common.codec import decode_tensor
+from services.common.codec import decode_tensor, encode_tensor
+from services.common.convert import settings_from_proto
 from services.common.errors import require
-from services.surrogate.core import ExactGP, ModelRegistry
+from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+
+
+def _merge(default, msg):
+    """`default` with the fields set on `msg` replaced."""
+    values = dict(vars(default))
+    values.update({field.name: value for field, value in msg.ListFields()})
+    return type(default)(**values)
 
 
 class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
-    def __init__(self, registry: ModelRegistry):
-        self.registry = registry
+    def __init__(self, engine):
+        """engine: a `services.surrogate.engine.SurrogateEngine` (set once models can load)."""
+        self.engine = engine
+
+    def TrainVae(self, request, context):
+        embeddings = decode_tensor(request.embeddings, "embeddings", ndim=2)
+        result = self.engine.train_vae(embeddings, settings_from_proto(VaeConfig, request.settings))
+        fields = dataclasses.asdict(result)
+        return surrogate_pb2.TrainVaeResponse(**fields | {"quality": surrogate_pb2.VaeQuality(**result.quality)})
 
     def FitModel(self, request, context):
         x = decode_tensor(request.train_x, "train_x", ndim=2)
-        model = ExactGP(x, np.asarray(request.train_y, dtype=np.float64))
-        return surrogate_pb2.FitModelResponse(model_id=self.registry.add(model), mll=model.mll)
+        training = settings_from_proto(GpTraining, request.training)
+        result = self.engine.fit(x, np.asarray(request.train_y), request.vae_id, request.minimize, training)
+        return surrogate_pb2.FitModelResponse(
+            model_id=result.model_id, mll=result.mll, epochs_trained=result.epochs_trained
+        )
+
+    def UpdateModel(self, request, context):
+        require(bool(request.model_id), "model_id must be set")
+        x = decode_tensor(request.x, "x", ndim=2)
+        require(x.shape[0] == len(request.y) > 0, f"y has {len(request.y)} values but x has {x.shape[0]} rows")
+        training = _merge(GpTraining.for_retrain(), request.training)
+        n, epochs = self.engine.update(request.model_id, x, np.asarray(request.y), training)
+        return surrogate_pb2.UpdateModelResponse(num_observations=n, epochs_trained=epochs)
 
     def Predict(self, request, context):
         require(bool(request.model_id), "model_id must be set")
-        mean, var = self.registry.get(request.model_id).predict(decode_tensor(request.x, "x", ndim=2))
+        mean, var = self.engine.predict(request.model_id, decode_tensor(request.x, "x", ndim=2))
         return surrogate_pb2.PredictResponse(mean=mean.tolist(), variance=var.tolist())
 
     def ComputeAcquisition(self, request, context):
         require(bool(request.model_id), "model_id must be set")
-        model = self.registry.get(request.model_id)
         x = decode_tensor(request.x, "x", ndim=2)
         if request.acquisition == surrogate_pb2.ACQUISITION_LOG_EI:
-            values = model.log_ei(x, request.best_f if request.HasField("best_f") else None)
+            values = self.engine.log_ei(request.model_id, x, request.best_f if request.HasField("best_f") else None)
         elif request.acquisition == surrogate_pb2.ACQUISITION_UCB:
             beta = request.beta if request.HasField("beta") else 2.0
             require(beta >= 0, "beta must be >= 0")
-            values = model.ucb(x, beta)
+            values = self.engine.ucb(request.model_id, x, beta)
         else:
             raise ValueError(f"acquisition {request.acquisition} is not supported (use LOG_EI or UCB)")
         return surrogate_pb2.ComputeAcquisitionResponse(values=np.asarray(values).tolist())
 
+    def OptimizeAcquisition(self, request, context):
+        require(bool(request.model_id), "model_id must be set")
+        fields = {f.name: v for f, v in request.ListFields() if f.name not in ("model_id", "best_f")}
+        point = self.engine.optimize(
+            request.model_id, AcquisitionConfig(**fields), request.best_f if request.HasField("best_f") else None
+        )
+        return surrogate_pb2.OptimizeAcquisitionResponse(
+            latent=encode_tensor(point.latent), embedding=encode_tensor([point.embedding]), log_ei=point.value
+        )
+
+    def DecodeLatent(self, request, context):
+        require(bool(request.model_id), "model_id must be set")
+        embeddings = self.engine.decode(request.model_id, decode_tensor(request.latents, "latents", ndim=2))
+        return surrogate_pb2.DecodeLatentResponse(embeddings=encode_tensor(embeddings))
+
+    def InvertLatent(self, request, context):
+        require(bool(request.model_id), "model_id must be set")
+        fields = {f.name: v for f, v in request.ListFields() if f.name not in ("model_id", "target", "latent_init")}
+        point = self.engine.invert(
+            request.model_id,
+            decode_tensor(request.target, "target", ndim=1),
+            decode_tensor(request.latent_init, "latent_init", ndim=1),
+            InversionConfig(**fields),
+        )
+        return surrogate_pb2.InvertLatentResponse(
+            latent=encode_tensor(point.latent),
+            embedding=encode_tensor([point.embedding]),
+            loss=point.value,
+            steps=point.steps,
+        )
+
     def DeleteModel(self, request, context):
         require(bool(request.model_id), "model_id must be set")
-        self.registry.delete(request.model_id)
+        self.engine.delete(request.model_id)
         return surrogate_pb2.DeleteModelResponse()

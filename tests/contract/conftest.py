@@ -8,11 +8,14 @@ import grpc
 import pytest
 from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
-from services.common.clients import EncoderClient, LlmEvalClient
+from services.common.clients import EncoderClient, LlmEvalClient, SurrogateClient
 from services.common.server import ServiceBinding
 from services.encoder.server import EncoderServicer
 from services.llm_eval.server import LlmEvalServicer
+from services.surrogate.engine import SurrogateEngine
+from services.surrogate.server import SurrogateServicer
 from tests.conftest import start_server
 
 
@@ -60,3 +63,16 @@ def invalid_argument(match: str):
         yield
     if isinstance(info.value, grpc.RpcError):
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def surrogate_binding(engine):
+    servicer = SurrogateServicer(engine)
+    return ServiceBinding.of(
+        surrogate_pb2, "SurrogateService", surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server, servicer
+    )
+
+
+@pytest.fixture(params=["inprocess", "grpc"])
+def surrogate_service(request):
+    """The surrogate contract's subject: a SurrogateEngine or a client of its server."""
+    yield from contract_subject(request.param, SurrogateEngine(), surrogate_binding, SurrogateClient)

@@ -24,7 +24,7 @@ from services.common.server import ServiceBinding, serve
 from services.decoder.core import NearestTextInverter
 from services.decoder.server import DecoderServicer
 from services.optimizer.server import build_optimizer, parse_start
-from services.surrogate.core import ModelRegistry
+from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
 from services.tuner.__main__ import no_jobs
 from services.tuner.__main__ import parse_start as tuner_parse
@@ -108,7 +108,7 @@ def test_surrogate_bad_input_and_real_fit(channel_to):
             surrogate_pb2,
             "SurrogateService",
             surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server,
-            SurrogateServicer(ModelRegistry()),
+            SurrogateServicer(SurrogateEngine()),
         )
     )
     stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
@@ -135,7 +135,7 @@ def test_surrogate_bad_input_and_real_fit(channel_to):
     expect(NOT_FOUND, "model_id 'gone'", stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id="gone"))
 
     client = SurrogateClient(channel._channel.target().decode())
-    model_id = client.fit(x, y)
+    model_id = client.fit(x, y).model_id
     mean, var = client.predict(model_id, x)
     assert np.corrcoef(mean, y)[0, 1] > 0.9 and (var > 0).all()
     expect(

@@ -37,7 +37,7 @@ def test_healthcheck_follows_the_service_health(monkeypatch, capsys):
     from services.common import healthcheck
     from services.common.config import ServerConfig
     from services.common.server import ServiceBinding, serve
-    from services.surrogate.core import ModelRegistry
+    from services.surrogate.engine import SurrogateEngine
     from services.surrogate.server import SurrogateServicer
 
     loaded = threading.Event()
@@ -45,7 +45,7 @@ def test_healthcheck_follows_the_service_health(monkeypatch, capsys):
         surrogate_pb2,
         "SurrogateService",
         surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server,
-        SurrogateServicer(ModelRegistry()),
+        SurrogateServicer(SurrogateEngine()),
     )
     running = serve(ServerConfig(port=0, metrics_port=-1), [binding], load=loaded.wait, install_signal_handlers=False)
     monkeypatch.setenv("PROMPTOPT_SURROGATE_PORT", str(running.port))

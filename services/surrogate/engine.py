@@ -1,0 +1,120 @@
+"""The surrogate service's domain API over the model registry: VAE training, GP fits, acquisition
+optimisation, latent decoding and inversion. The gRPC servicer and in-process callers (bench,
+unit tests) use this class; `SurrogateClient` mirrors its methods over gRPC."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from services.common.types import (
+    AcquisitionConfig,
+    FitResult,
+    GpTraining,
+    InversionConfig,
+    LatentPoint,
+    VaeConfig,
+    VaeResult,
+)
+from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
+from services.surrogate.deep_kernel import DeepKernelSurrogate
+from services.surrogate.vae import InstructionVAE, train_vae, vae_quality
+
+log = logging.getLogger(__name__)
+
+
+def _matrix(x, field: str, cols: int | None = None) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or (cols is not None and x.shape[1] != cols):
+        raise ValueError(f"{field} must have shape [n, {cols or 'd'}], got {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{field} must be finite")
+    return x
+
+
+class SurrogateEngine:
+    """Trains and serves models stored by id (see the module docstring)."""
+
+    def __init__(self, registry: ModelRegistry | None = None):
+        self.registry = registry or ModelRegistry()
+
+    def train_vae(self, embeddings, config: VaeConfig | None = None) -> VaeResult:
+        config = config or VaeConfig()
+        x = torch.as_tensor(_matrix(embeddings, "embeddings"))
+        if x.shape[0] < 2:
+            raise ValueError(f"embeddings needs at least 2 rows, got {x.shape[0]}")
+        vae, training = train_vae(
+            x, config, progress=lambda e, r, k: log.info("vae epoch %d recon %.4f kl %.3f", e, r, k)
+        )
+        quality = vae_quality(vae, x)
+        log.info("vae trained: %s quality %s", training, quality)
+        return VaeResult(
+            self.registry.add(vae),
+            training.epochs_trained,
+            training.final_recon_loss,
+            training.final_kl_loss,
+            training.early_stopped,
+            training.best_val_recon_loss,
+            quality,
+        )
+
+    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None):
+        """Exact GP on train_x, or the deep-kernel GP on the latents of VAE `vae_id`."""
+        y = np.asarray(train_y, dtype=np.float64)
+        if vae_id:
+            vae = self.registry.get(vae_id, InstructionVAE, "vae_id")
+            model = DeepKernelSurrogate(
+                vae, _matrix(train_x, "train_x", vae.input_dim), y, training or GpTraining(), minimize
+            )
+            with torch.no_grad():
+                mll = -model.final_loss
+            return FitResult(self.registry.add(model), mll, model.epochs_trained)
+        model = ExactGP(_matrix(train_x, "train_x").astype(np.float64), y, minimize=minimize)
+        return FitResult(self.registry.add(model), model.mll, 0)
+
+    def _deep(self, model_id: str) -> DeepKernelSurrogate:
+        model = self.registry.get(model_id, Surrogate)
+        if not isinstance(model, DeepKernelSurrogate):
+            raise ValueError(
+                f"model_id {model_id!r} is an exact GP; this call needs a deep-kernel GP (fit with vae_id)"
+            )
+        return model
+
+    def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]:
+        """Add observations and retrain; returns (observations, epochs run)."""
+        training = training or GpTraining.for_retrain()
+        model = self._deep(model_id)
+        model.add_observations(_matrix(x, "x", model.vae.input_dim), y, training)
+        return len(model.targets), model.epochs_trained
+
+    def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
+        return self.registry.get(model_id, Surrogate).predict(_matrix(x, "x"))
+
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray:
+        return self.registry.get(model_id, Surrogate).log_ei(_matrix(x, "x"), best_f)
+
+    def ucb(self, model_id: str, x, beta: float) -> np.ndarray:
+        return self.registry.get(model_id, Surrogate).ucb(_matrix(x, "x"), beta)
+
+    def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
+        config = config or AcquisitionConfig()
+        model = self._deep(model_id)
+        latent, value = model.optimize(config, best_f)
+        return LatentPoint(latent.tolist(), model.decode_unit(latent[None])[0].tolist(), value)
+
+    def decode(self, model_id: str, latents) -> np.ndarray:
+        model = self._deep(model_id)
+        return model.decode_unit(_matrix(latents, "latents", model.vae.latent_dim))
+
+    def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint:
+        config = config or InversionConfig()
+        model = self._deep(model_id)
+        target = _matrix(np.reshape(target, (1, -1)), "target", model.vae.input_dim)[0]
+        init = _matrix(np.reshape(latent_init, (1, -1)), "latent_init", model.vae.latent_dim)[0]
+        latent, loss, steps = model.invert(target, init, config)
+        return LatentPoint(latent.tolist(), model.decode_unit(latent[None])[0].tolist(), loss, steps)
+
+    def delete(self, model_id: str) -> None:
+        self.registry.delete(model_id)

@@ -1,0 +1,54 @@
+"""The surrogate's latent-model API, in process and over gRPC: the same calls, the same answers."""
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+
+from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+from tests.contract.conftest import invalid_argument
+
+
+@pytest.fixture(scope="module")
+def ape(datasets_dir, embedder):
+    texts = json.loads((datasets_dir / "prompts" / "ape_instructions_1000.json").read_text())[:120]
+    return embedder.encode(texts)
+
+
+def test_vae_gp_acquisition_inversion_round_trip(surrogate_service, ape):
+    vae = surrogate_service.train_vae(ape, VaeConfig(epochs=30, patience=30, annealing_epochs=10, seed=1))
+    assert vae.vae_id and vae.epochs_trained == 30 and not vae.early_stopped
+    assert vae.quality["total_dims"] == 64 and 0 < vae.quality["cosine_mean"] <= 1
+    y = np.linspace(0.1, 0.4, 12)
+    fit = surrogate_service.fit(ape[:12], y, vae.vae_id, True, GpTraining(epochs=50, patience=10))
+    assert 0 < fit.epochs_trained <= 50
+    mean, var = surrogate_service.predict(fit.model_id, ape[:12])
+    assert mean.shape == var.shape == (12,) and (var > 0).all()
+    assert surrogate_service.log_ei(fit.model_id, ape[:3]).shape == (3,)
+    point = surrogate_service.optimize(fit.model_id, AcquisitionConfig(num_restarts=2, raw_samples=16, maxiter=20))
+    assert len(point.latent) == 64 and len(point.embedding) == ape.shape[1]
+    decoded = surrogate_service.decode(fit.model_id, np.array([point.latent], dtype=np.float32))
+    assert np.allclose(decoded[0], point.embedding, atol=1e-5)
+    inverted = surrogate_service.invert(fit.model_id, ape[20], point.latent, InversionConfig(n_steps=20))
+    assert 0 < inverted.steps <= 20 and inverted.value < 1
+    assert surrogate_service.update(fit.model_id, ape[12:14], [0.2, 0.3], GpTraining(epochs=5))[0] == 14
+
+
+def test_latent_calls_reject_bad_input(surrogate_service, ape):
+    not_found = (LookupError, grpc.RpcError)
+    with pytest.raises(not_found, match="vae_id 'nope' not found"):
+        surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], "nope", True)
+    with invalid_argument("embeddings needs at least 2 rows"):
+        surrogate_service.train_vae(ape[:1], VaeConfig(epochs=2))
+    vae = surrogate_service.train_vae(ape[:20], VaeConfig(epochs=2, patience=2))
+    with invalid_argument(r"train_x must have shape \[n, 384\]"):
+        surrogate_service.fit(ape[:4, :10], [0.1, 0.2, 0.3, 0.4], vae.vae_id, True)
+    exact = surrogate_service.fit(ape[:4, :2], [0.1, 0.2, 0.3, 0.4])
+    with invalid_argument("is an exact GP"):
+        surrogate_service.optimize(exact.model_id, AcquisitionConfig(num_restarts=1, raw_samples=4))
+    deep = surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], vae.vae_id, True, GpTraining(epochs=3))
+    with invalid_argument(r"latents must have shape \[n, 64\]"):
+        surrogate_service.decode(deep.model_id, np.zeros((1, 3), dtype=np.float32))
+    with pytest.raises(not_found, match="model_id 'gone' not found"):
+        surrogate_service.invert("gone", ape[0], np.zeros(64))
