@@ -9,20 +9,67 @@ import time
 import grpc
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 
-from services.common.clients import EncoderClient
+from services.common.clients import EncoderClient, LlmEvalClient
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
-from services.decoder.core import NearestTextInverter
+from services.common.types import ModelRole
+from services.decoder.core import (
+    Inverter,
+    LlmGuidedInverter,
+    NearestTextInverter,
+    SonarInverter,
+    Vec2TextInverter,
+)
 from services.decoder.server import DecoderServicer
 
 PREFIX = "PROMPTOPT_DECODER_"
+BACKENDS = ("llm-guided", "nearest", "vec2text", "sonar")
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
+    """backend: llm-guided (CPU default, needs llm_eval) | nearest | vec2text | sonar."""
+
+    backend: str = "llm-guided"
     encoder_address: str = "127.0.0.1:50051"
+    llm_eval_address: str = "127.0.0.1:50053"
+    num_steps: int = 3
+    beam_width: int = 4
+    candidates_per_step: int = 4
+    vec2text_model_type: str = "512_tokens"
+    vec2text_inversion_model: str = ""
+    vec2text_num_steps: int = 20
+    vec2text_beam: int = 8
+    sonar_decoder: str = "text_sonar_basic_decoder"
     auth_token: str = ""
     tls_ca: str = ""
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def build_inverter(config: DecoderConfig, encoder: EncoderClient) -> Inverter:
+    if config.backend == "nearest":
+        return NearestTextInverter(encoder.encode)
+    if config.backend == "vec2text":
+        return Vec2TextInverter(
+            encoder.encode,
+            config.vec2text_model_type,
+            config.vec2text_inversion_model,
+            config.vec2text_num_steps,
+            config.vec2text_beam,
+        )
+    if config.backend == "sonar":
+        return SonarInverter(encoder.encode, config.sonar_decoder)
+    llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+    return LlmGuidedInverter(
+        encoder.encode,
+        lambda prompts, params: llm.generate(prompts, params, ModelRole.META),
+        config.num_steps,
+        config.beam_width,
+        config.candidates_per_step,
+    )
 
 
 def main() -> None:
@@ -38,7 +85,7 @@ def main() -> None:
                 break
             except grpc.RpcError:
                 time.sleep(1.0)
-        servicer.inverter = NearestTextInverter(encoder.encode)
+        servicer.inverter = build_inverter(config, encoder)
 
     binding = ServiceBinding.of(
         decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer

@@ -1,17 +1,38 @@
 """Inverters: embeddings -> text, behind one base class.
 
 Contract of `Inverter.invert`: for each target row return (text, cosine) where cosine is
-between the target and the embedding of `text` by the same encoder.
+between the target and the embedding of `text` by the encoder the target came from, plus the
+LLM usage spent. Backends: `llm-guided` (the embedded CPU default), `nearest` (retrieval only),
+`vec2text` (GTR corrector models, GPU) and `sonar` (SONAR text decoder); the last two import
+their stacks lazily.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
+from services.common.types import DecodingParams, GenerateResult, Usage
+
+log = logging.getLogger(__name__)
+
 Encode = Callable[[Sequence[str]], np.ndarray]
+Generate = Callable[[Sequence[str], DecodingParams], GenerateResult]
+Inversions = tuple[list[tuple[str, float]], Usage]
+
+
+def cosines(targets: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """[m, d] x [n, d] -> [m, n] cosine similarities."""
+    if candidates.shape[1] != targets.shape[1]:
+        raise ValueError(f"embeddings have dimension {targets.shape[1]}, the encoder gives {candidates.shape[1]}")
+    t = targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12)
+    c = candidates / np.maximum(np.linalg.norm(candidates, axis=1, keepdims=True), 1e-12)
+    return t @ c.T
 
 
 class Inverter(ABC):
@@ -20,31 +41,168 @@ class Inverter(ABC):
     name: str
 
     @abstractmethod
-    def invert(self, targets: np.ndarray, seed_texts: Sequence[str]) -> list[tuple[str, float]]:
-        """targets: [batch, dim] -> one (text, cosine) per row."""
+    def invert(
+        self, targets: np.ndarray, seed_texts: Sequence[str], num_steps: int = 0, beam_width: int = 0
+    ) -> Inversions:
+        """targets: [batch, dim] -> (one (text, cosine) per row, usage). 0 means the backend default."""
 
 
 class NearestTextInverter(Inverter):
-    """Returns the seed text whose embedding is closest (cosine) to each target.
+    """Returns the seed text whose embedding is closest (cosine) to each target."""
 
-    This is the retrieval step that LLM-guided inversion starts from; generating new
-    candidates between known texts is not implemented yet.
-    """
-
-    name = "nearest-text"
+    name = "nearest"
 
     def __init__(self, encode: Encode):
         self.encode = encode
 
-    def invert(self, targets, seed_texts):
+    def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
         if not seed_texts:
             raise ValueError("seed_texts must not be empty for the nearest-text inverter")
-        candidates = self.encode(list(seed_texts))
-        if candidates.shape[1] != targets.shape[1]:
-            raise ValueError(f"embeddings have dimension {targets.shape[1]}, the encoder gives {candidates.shape[1]}")
-        norms = np.linalg.norm(targets, axis=1, keepdims=True)
-        cosines = (targets / np.maximum(norms, 1e-12)) @ (
-            candidates / np.linalg.norm(candidates, axis=1, keepdims=True)
-        ).T
-        best = cosines.argmax(axis=1)
-        return [(seed_texts[j], float(cosines[i, j])) for i, j in enumerate(best)]
+        sims = cosines(targets, self.encode(list(seed_texts)))
+        best = sims.argmax(axis=1)
+        return [(seed_texts[j], float(sims[i, j])) for i, j in enumerate(best)], Usage()
+
+
+LLM_GUIDED_PROMPT = (Path(__file__).resolve().parent / "prompts" / "llm_guided.txt").read_text()
+
+_BULLET = re.compile(r"^\s*(?:[-*\u2022]|\d+[.)])\s+")
+
+
+class LlmGuidedInverter(Inverter):
+    """Embedded default for any encoder: start from the `beam_width` seed texts nearest the target,
+    then for `num_steps` rounds ask the LLM for `candidates` instructions near the closest ones,
+    re-encode them and keep the best by cosine. Returns the closest text seen (never worse than
+    the nearest seed text).
+    """
+
+    name = "llm-guided"
+
+    def __init__(
+        self,
+        encode: Encode,
+        generate: Generate,
+        num_steps: int = 3,
+        beam_width: int = 4,
+        candidates: int = 4,
+        temperature: float = 0.8,
+        max_length: int = 500,
+    ):
+        self.encode, self.generate = encode, generate
+        self.num_steps, self.beam_width, self.candidates = num_steps, beam_width, candidates
+        self.temperature, self.max_length = temperature, max_length
+
+    def _parse(self, text: str) -> list[str]:
+        lines = (_BULLET.sub("", line).strip().strip('"').strip() for line in text.splitlines())
+        return [line for line in lines if line and len(line) <= self.max_length and not line.endswith(":")]
+
+    def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
+        if not seed_texts:
+            raise ValueError("seed_texts must not be empty for the llm-guided inverter")
+        steps, width = num_steps or self.num_steps, beam_width or self.beam_width
+        seeds = list(dict.fromkeys(seed_texts))
+        seed_sims = cosines(targets, self.encode(seeds))
+        usage, out = Usage(), []
+        for row, target in enumerate(targets):
+            known = dict(zip(seeds, seed_sims[row].tolist(), strict=True))
+            for step in range(steps):
+                beam = sorted(known.items(), key=lambda kv: -kv[1])[:width]
+                scored = "\n".join(f"{score:.3f}: {text}" for text, score in reversed(beam))
+                prompt = LLM_GUIDED_PROMPT.format(scored=scored, count=self.candidates)
+                params = DecodingParams(temperature=self.temperature, max_tokens=80 * self.candidates, seed=step)
+                result = self.generate([prompt], params)
+                usage.add(result.usage)
+                fresh = [c for c in dict.fromkeys(self._parse(result.completions[0].text)) if c not in known]
+                if fresh:
+                    known.update(zip(fresh, cosines(target[None], self.encode(fresh))[0].tolist(), strict=True))
+                log.info("llm-guided step %d: %d new candidates, best %.4f", step, len(fresh), max(known.values()))
+            text, score = max(known.items(), key=lambda kv: kv[1])
+            out.append((text, float(score)))
+        return out, usage
+
+
+class Vec2TextInverter(Inverter):
+    """vec2text over GTR-T5-base embeddings (GPU; `vec2text` and weights loaded lazily from the hub).
+
+    model_type `32_tokens`: the pretrained GTR inversion + corrector pair, refined `num_steps`
+    times with `sequence_beam_width` = beam. `512_tokens`: an InversionModel (name from config)
+    generating with num_beams = beam, max_length 128, no_repeat_ngram_size 3, repetition_penalty 1.2.
+    """
+
+    name = "vec2text"
+
+    def __init__(
+        self,
+        encode: Encode,
+        model_type: str = "512_tokens",
+        inversion_model: str = "",
+        num_steps: int = 20,
+        beam_width: int = 8,
+        device: str = "cuda",
+    ):
+        import torch
+        import vec2text  # lazy: GPU images only
+
+        self.encode, self.model_type, self.num_steps, self.beam_width = encode, model_type, num_steps, beam_width
+        self.device = device if torch.cuda.is_available() else "cpu"
+        if model_type == "32_tokens":
+            self.corrector = vec2text.load_pretrained_corrector("gtr-base")
+        elif model_type == "512_tokens":
+            if not inversion_model:
+                raise ValueError("vec2text model_type 512_tokens needs inversion_model (a hub name or path)")
+            self.model = vec2text.models.InversionModel.from_pretrained(inversion_model).to(self.device).eval()
+        else:
+            raise ValueError(f"vec2text model_type must be 32_tokens or 512_tokens, got {model_type!r}")
+
+    def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
+        import torch
+        import vec2text
+
+        steps, beam = num_steps or self.num_steps, beam_width or self.beam_width
+        embeddings = torch.as_tensor(targets, dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            if self.model_type == "32_tokens":
+                texts = vec2text.invert_embeddings(
+                    embeddings=embeddings, corrector=self.corrector, num_steps=steps, sequence_beam_width=beam
+                )
+            else:
+                ids = self.model.generate(
+                    inputs={"frozen_embeddings": embeddings},
+                    generation_kwargs={
+                        "num_beams": beam,
+                        "max_length": 128,
+                        "no_repeat_ngram_size": 3,
+                        "repetition_penalty": 1.2,
+                    },
+                )
+                texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        sims = cosines(targets, self.encode(texts))
+        return [(t, float(sims[i, i])) for i, t in enumerate(texts)], Usage()
+
+
+class SonarInverter(Inverter):
+    """SONAR text decoder over 1024-D SONAR embeddings (`sonar-space`, its own torch; lazy)."""
+
+    name = "sonar"
+
+    def __init__(
+        self,
+        encode: Encode,
+        decoder: str = "text_sonar_basic_decoder",
+        language: str = "eng_Latn",
+        device: str = "cuda",
+    ):
+        import torch
+        from sonar.inference_pipelines.text import EmbeddingToTextModelPipeline  # lazy: SONAR image only
+
+        self.encode, self.language = encode, language
+        device = device if torch.cuda.is_available() else "cpu"
+        self.pipeline = EmbeddingToTextModelPipeline(decoder=decoder, tokenizer=decoder, device=torch.device(device))
+
+    def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
+        import torch
+
+        texts = self.pipeline.predict(
+            torch.as_tensor(targets, dtype=torch.float32), target_lang=self.language, beam_size=beam_width or 5
+        )
+        sims = cosines(targets, self.encode(texts))
+        return [(t, float(sims[i, i])) for i, t in enumerate(texts)], Usage()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 
 from services.common.codec import decode_tensor
+from services.common.convert import usage_to_proto
 from services.common.errors import require
 from services.decoder.core import Inverter
+
+log = logging.getLogger(__name__)
 
 
 class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
@@ -23,8 +28,12 @@ class DecoderServicer(decoder_pb2_grpc.DecoderServiceServicer):
             not self.dimension or targets.shape[1] == self.dimension,
             f"embeddings have dimension {targets.shape[1]}, expected {self.dimension}",
         )
-        pairs = self.inverter.invert(targets, list(request.seed_texts))
-        return decoder_pb2.InvertResponse(inversions=[decoder_pb2.Inversion(text=t, cosine=c) for t, c in pairs])
+        pairs, usage = self.inverter.invert(targets, list(request.seed_texts), request.num_steps, request.beam_width)
+        for text, cosine in pairs:
+            log.info("inverted to cosine %.4f:\n%s", cosine, text)
+        return decoder_pb2.InvertResponse(
+            inversions=[decoder_pb2.Inversion(text=t, cosine=c) for t, c in pairs], usage=usage_to_proto(usage)
+        )
 
     def GetModelInfo(self, request, context):
         return decoder_pb2.GetModelInfoResponse(backend=self.inverter.name, dimension=self.dimension)
