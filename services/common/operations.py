@@ -239,6 +239,10 @@ class Job(ABC):
     @abstractmethod
     def best(self, state: dict) -> tuple[str, float]: ...
 
+    def report(self, state: dict) -> dict:
+        """Algorithm-specific results sent with the final result event (JSON-serialisable)."""
+        return {}
+
 
 JobFactory = Callable[[RunRecord, Callable[[str, dict], None], Usage, Callable[[], bool]], Job]
 
@@ -324,7 +328,7 @@ class RunManager:
                     },
                 )
             prompt, score = job.best(state)
-            emit("result", {"best_prompt": prompt, "best_score": score})
+            emit("result", {"best_prompt": prompt, "best_score": score, "report_json": json.dumps(job.report(state))})
             self.store.update(run_id, state=RunState.SUCCEEDED)
             return RunState.SUCCEEDED
         except Cancelled:

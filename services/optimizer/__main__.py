@@ -6,16 +6,17 @@ Unfinished runs in the store are resumed at start-up.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
+from pathlib import Path
 
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
-from services.common.clients import LlmEvalClient
+from services.common.clients import DecoderClient, EncoderClient, LlmEvalClient, SurrogateClient
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
 from services.common.server import ServiceBinding, serve
+from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import build_optimizer, parse_start
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
@@ -24,6 +25,9 @@ PREFIX = "PROMPTOPT_OPTIMIZER_"
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     llm_eval_address: str = "127.0.0.1:50053"
+    encoder_address: str = "127.0.0.1:50051"
+    decoder_address: str = "127.0.0.1:50052"
+    surrogate_address: str = "127.0.0.1:50054"
     store_path: str = "state/optimizer/runs.sqlite"
     auth_token: str = ""
     tls_ca: str = ""
@@ -32,18 +36,28 @@ class OptimizerConfig:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = from_env(OptimizerConfig, PREFIX)
-    llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+
+    def client(cls, address):
+        return cls(ClientConfig(address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+
+    llm = client(LlmEvalClient, config.llm_eval_address)
+    models = ModelServices(
+        client(EncoderClient, config.encoder_address),
+        client(DecoderClient, config.decoder_address),
+        client(SurrogateClient, config.surrogate_address),
+    )
     store = RunStore(config.store_path)
-    manager = RunManager(store, functools.partial(_factory, llm))
+    state_dir = Path(config.store_path).parent
+
+    def factory(record, emit, usage, cancelled):
+        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir)
+
+    manager = RunManager(store, factory)
     servicer = OperationServicer(optimizer_pb2, store, manager, parse_start)
     binding = ServiceBinding.of(
         optimizer_pb2, "OptimizerService", optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server, servicer
     )
     serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
-
-
-def _factory(llm, record, emit, usage, cancelled):
-    return build_optimizer(record, llm, emit, usage, cancelled)
 
 
 if __name__ == "__main__":

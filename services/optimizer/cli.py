@@ -14,6 +14,7 @@ import os
 import sys
 
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
@@ -35,10 +36,9 @@ def algorithm_flags() -> dict[str, list[tuple[str, type]]]:
     Read from the proto, so a field (or an algorithm) added there gets its CLI flag.
     """
     oneof = optimizer_pb2.StartRunRequest.DESCRIPTOR.oneofs_by_name["algorithm"]
+    kinds = {FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_BOOL: bool, FieldDescriptor.TYPE_STRING: str}
     return {
-        field.name: [
-            (f.name, float if f.type == f.TYPE_DOUBLE else int) for f in field.message_type.fields if not f.is_repeated
-        ]
+        field.name: [(f.name, kinds.get(f.type, int)) for f in field.message_type.fields if not f.is_repeated]
         for field in oneof.fields
     }
 
@@ -73,7 +73,17 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
         value = getattr(args, flag)
         if value is not None:
             setattr(config, flag, value)
-    config.initial_prompts.extend(args.initial_prompt or [])
+    if hasattr(config, "initial_prompts"):
+        config.initial_prompts.extend(args.initial_prompt or [])
+    if args.algorithm == "lipo":  # the seed's run flags
+        if args.skip_hbbops:
+            config.mode = "skip-hbbops"
+        if args.hyperband_only:
+            config.mode = "hyperband-only"
+        if args.load_grid:
+            config.mode, config.grid_path = "load-grid", args.load_grid
+        if args.ape_instructions is not None:
+            config.ape_num_instructions = args.ape_instructions
     return request
 
 
@@ -214,8 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
         p = algos.add_parser(algorithm)
         evaluation_flags(p, "train")
         for flag, kind in flags:
-            p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
-        p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
+            if kind is bool:
+                p.add_argument("--" + flag.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
+            else:
+                p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+        if algorithm == "lipo":
+            p.add_argument("--skip-hbbops", action="store_true", help="mode skip-hbbops (with --hyperband-evals-path)")
+            p.add_argument("--hyperband-only", action="store_true", help="mode hyperband-only (no InvBO)")
+            p.add_argument("--load-grid", metavar="JSONL", help="mode load-grid: top-K of this file, then InvBO")
+            p.add_argument("--ape-instructions", type=int, help="APE pool size (ape_num_instructions)")
+        else:
+            p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
         p.add_argument("--name", default="", help="display name")
         p.add_argument("--no-watch", action="store_true", help="print the run id and return")
         p.set_defaults(func=cmd_run)

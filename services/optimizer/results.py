@@ -24,11 +24,16 @@ def results_document(run, events) -> dict:
         for e in events
         if e.WhichOneof("event") == "candidate"
     ]
+    reports = [
+        json.loads(e.result.report_json) for e in events if e.WhichOneof("event") == "result" and e.result.report_json
+    ]
+    report = reports[-1] if reports else {}
     return {
+        **report,  # LIPO: the seed's timestamp, vae_*, hyperband, inference and total_llm_calls blocks
         "run_id": run.run_id,
         "algorithm": run.algorithm,
         "state": MessageToDict(run, preserving_proto_field_name=True).get("state"),
-        "config": json.loads(run.config_json or "{}"),
+        "config": {**json.loads(run.config_json or "{}"), **report.get("config", {})},
         "best_prompt": run.best_prompt,
         "best_score": run.best_score,
         "usage": {f.name: getattr(run.usage, f.name) for f in run.usage.DESCRIPTOR.fields},
@@ -49,7 +54,12 @@ def plot_scores(document: dict, path: Path) -> None:
     for score in scores:
         running = max(running, score)
         best.append(running)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    inference = (document.get("inference") or {}).get("history") or []
+    if inference:
+        fig, (ax, ax_inv) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 2]})
+        plot_inference(ax_inv, inference)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4))
     ax.scatter(calls, scores, s=18, alpha=0.6, label="candidate")
     ax.step(calls, best, where="post", color="C3", label="best so far")
     ax.set_xlabel("LLM calls (cache misses)")
@@ -61,6 +71,26 @@ def plot_scores(document: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_inference(ax, history: list[dict]) -> None:
+    """InvBO iterations: the GP's predicted error (+- 2 std) against the measured one, and the gap."""
+    iterations = [h["iteration"] for h in history]
+    predicted = [h["predicted_error"] for h in history]
+    spread = [2 * h["predicted_std"] for h in history]
+    ax.errorbar(iterations, predicted, yerr=spread, fmt="o", capsize=3, label="GP predicted error (+-2 std)")
+    actual = [(h["iteration"], h["actual_error"]) for h in history if h["actual_error"] is not None]
+    if actual:
+        ax.plot(*zip(*actual, strict=True), "s", color="C3", label="measured error")
+    ax.axhline(history[0]["incumbent_error_before"], color="grey", ls="--", lw=1, label="incumbent before InvBO")
+    gaps = [(h["iteration"], h["gap"]) for h in history if h["gap"] is not None]
+    if gaps:
+        ax.plot(*zip(*gaps, strict=True), "x", color="C2", label="inversion gap (1 - cos)")
+    ax.set_xlabel("InvBO iteration")
+    ax.set_ylabel("error rate / cosine gap")
+    ax.set_title("InvBO")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def write_results(run, events, directory: str | Path) -> tuple[Path, Path]:

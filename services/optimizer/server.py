@@ -10,13 +10,22 @@ from prometheus_client import Gauge
 from services.common.operations import RunRecord
 from services.common.types import Usage
 from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm, Optimizer
+from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
 from services.optimizer.algorithms.protegi import ProtegiConfig, ProtegiOptimizer
 
 ALGORITHMS = {
     "opro": (OproConfig, OproOptimizer),
     "protegi": (ProtegiConfig, ProtegiOptimizer),
+    "lipo": (LipoConfig, LipoOptimizer),
 }
+
+
+def _config(config_cls, fields: dict):
+    if "initial_prompts" in fields:
+        fields = {**fields, "initial_prompts": tuple(fields["initial_prompts"])}
+    return config_cls.from_fields(fields) if hasattr(config_cls, "from_fields") else config_cls(**fields)
+
 
 BEST_SCORE = Gauge("promptopt_optimizer_best_score_ratio", "Best score of a run so far.", ["run_id", "algorithm"])
 
@@ -27,10 +36,7 @@ def parse_start(request) -> tuple[str, str, dict, int]:
     if algorithm is None:
         raise ValueError("algorithm must be set (one of: " + ", ".join(ALGORITHMS) + ")")
     config_cls, optimizer_cls = ALGORITHMS[algorithm]
-    fields = MessageToDict(getattr(request, algorithm), preserving_proto_field_name=True)
-    if "initial_prompts" in fields:
-        fields["initial_prompts"] = tuple(fields["initial_prompts"])
-    config = config_cls(**fields)
+    config = _config(config_cls, MessageToDict(getattr(request, algorithm), preserving_proto_field_name=True))
     evaluation = EvaluationSettings(**MessageToDict(request.evaluation, preserving_proto_field_name=True))
     evaluation = dataclasses.replace(evaluation, seed=int(evaluation.seed))
     steps = optimizer_cls(config, evaluation, None, None).total_steps()
@@ -38,11 +44,12 @@ def parse_start(request) -> tuple[str, str, dict, int]:
     return algorithm, request.display_name, resolved, steps
 
 
-def build_optimizer(record: RunRecord, llm_service, emit, usage: Usage, cancelled) -> Optimizer:
-    """Rebuild a run's optimiser from its stored config (used at start and on resume)."""
+def build_optimizer(
+    record: RunRecord, llm_service, emit, usage: Usage, cancelled, models: ModelServices | None = None, state_dir="."
+) -> Optimizer:
+    """Rebuild a run's optimiser from its stored (resolved) config (used at start and on resume)."""
     config_cls, optimizer_cls = ALGORITHMS[record.algorithm]
-    raw = dict(record.config["algorithm"])
-    raw["initial_prompts"] = tuple(raw["initial_prompts"])
+    config = _config(config_cls, dict(record.config["algorithm"]))
 
     gauge = BEST_SCORE.labels(record.run_id, record.algorithm)
     best = [record.best_score]
@@ -53,9 +60,7 @@ def build_optimizer(record: RunRecord, llm_service, emit, usage: Usage, cancelle
             gauge.set(best[0])
         emit(kind, payload)
 
-    return optimizer_cls(
-        config_cls(**raw),
-        EvaluationSettings(**record.config["evaluation"]),
-        MeteredLlm(llm_service, usage, cancelled),
-        emit_and_track,
-    )
+    args = (config, EvaluationSettings(**record.config["evaluation"]), MeteredLlm(llm_service, usage, cancelled))
+    if optimizer_cls is LipoOptimizer:
+        return LipoOptimizer(*args, emit_and_track, models=models, state_dir=state_dir)
+    return optimizer_cls(*args, emit_and_track)

@@ -125,6 +125,45 @@ def test_protegi_end_to_end(stack, tmp_path):
     assert doc["config"]["algorithm"]["beam_width"] == 1
 
 
+def test_lipo_debug_end_to_end(stack, tmp_path):
+    """`promptopt run lipo --debug` on the CPU stack: an APE pool written by the real LLM, the VAE,
+    Hyperband with BO proposals, one InvBO iteration decoded by LLM-guided inversion; the seed's
+    results JSON and a plot."""
+    doc = run_cli(
+        stack,
+        tmp_path,
+        "lipo",
+        "--debug",
+        "--fidelity",
+        "4",
+        "--bmin",
+        "2",
+        "--ape-instructions",
+        "4",
+        "--ape-batch-size",
+        "4",
+        "--ape-max-tokens",
+        "30",
+        "--decoder-steps",
+        "1",
+        "--max-inversion-iters",
+        "1",
+    )
+    assert doc["state"] == "RUN_STATE_SUCCEEDED"
+    for key in ("timestamp", "vae_quality_metrics", "vae_training", "hyperband", "inference", "total_llm_calls"):
+        assert doc[key] is not None, key
+    config = doc["config"]
+    assert (config["mode"], config["debug"], config["iterations"], config["vae_beta"]) == ("standard", True, 1, 0.003)
+    assert doc["vae_quality_metrics"]["total_dims"] == 64 and doc["vae_training"]["epochs_trained"] > 0
+    hyperband = doc["hyperband"]
+    assert (hyperband["nvalid"], hyperband["smax"], hyperband["budget"]) == (4, 1, 8)
+    assert hyperband["evaluations_by_fidelity"]["2"] == 2 and hyperband["best_instruction"]
+    [iteration] = doc["inference"]["history"]
+    assert 0 < iteration["decoder_cosine"] <= 1 and iteration["gap"] is not None
+    assert iteration["instruction"] == doc["inference"]["best_instruction"]
+    assert doc["total_llm_calls"] == doc["usage"]["llm_calls"] > 0  # APE, task answers and decoder calls
+
+
 def test_dashboard_metrics_are_exported(stack):
     """Runs after the OPRO and ProTeGi tests, so the run and LLM series carry samples."""
     with EncoderClient(stack.address("encoder")) as client:

@@ -1,0 +1,133 @@
+"""Hyperband schedule and successive halving with pluggable proposals (seed 000, HbBoPs-style).
+
+Pure logic over instruction indices: `evaluate(index, fidelity) -> error rate` and a
+`Proposer` choosing which instructions enter a bracket. LIPO proposes with a GP (BO); the
+bench also runs it with random proposals and as plain successive halving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperbandSchedule:
+    """r = nvalid / bmin, smax = floor(log r / log eta), B = (smax + 1) * nvalid.
+
+    Bracket s starts n = ceil((B / nvalid) * eta^s / (s + 1)) instructions; stage i keeps
+    n_i = floor(n * eta^-i) at b_i = bmin * eta^(i + smax - s) questions, so the most
+    aggressive bracket (s = smax) runs the seed's b_i = bmin * eta^i and every bracket ends
+    at the same top fidelity bmin * eta^smax <= nvalid.
+    """
+
+    nvalid: int
+    bmin: int = 10
+    eta: float = 2.0
+
+    def __post_init__(self):
+        if self.bmin <= 0:
+            raise ValueError(f"bmin must be positive, got {self.bmin}")
+        if self.nvalid < self.bmin:
+            raise ValueError(f"nvalid ({self.nvalid}) must be >= bmin ({self.bmin})")
+        if self.eta <= 1:
+            raise ValueError(f"eta must be > 1, got {self.eta}")
+
+    @property
+    def smax(self) -> int:
+        return math.floor(math.log(self.nvalid / self.bmin) / math.log(self.eta) + 1e-9)
+
+    @property
+    def budget(self) -> int:
+        return (self.smax + 1) * self.nvalid
+
+    @property
+    def top_fidelity(self) -> int:
+        return min(self.nvalid, math.floor(self.bmin * self.eta**self.smax + 1e-9))
+
+    def bracket(self, s: int) -> list[tuple[int, int]]:
+        """Stages (n_i instructions, b_i questions) of bracket s."""
+        if not 0 <= s <= self.smax:
+            raise ValueError(f"bracket s must be in [0, {self.smax}], got {s}")
+        n = math.ceil(self.budget / self.nvalid * self.eta**s / (s + 1) - 1e-9)
+        return [
+            (
+                max(1, math.floor(n * self.eta**-i + 1e-9)),
+                min(self.nvalid, math.floor(self.bmin * self.eta ** (i + self.smax - s) + 1e-9)),
+            )
+            for i in range(s + 1)
+        ]
+
+    def brackets(self) -> list[int]:
+        """Bracket indices in run order, smax down to 0."""
+        return list(range(self.smax, -1, -1))
+
+
+@dataclasses.dataclass
+class Evaluation:
+    index: int
+    fidelity: int
+    error: float
+
+
+class Proposer(ABC):
+    """Chooses `count` instructions from `candidates` for a new bracket, given all evaluations so far."""
+
+    @abstractmethod
+    def propose(
+        self, candidates: Sequence[int], count: int, history: Sequence[Evaluation], rng: random.Random
+    ) -> list[int]: ...
+
+
+class RandomProposer(Proposer):
+    def propose(self, candidates, count, history, rng):
+        return rng.sample(list(candidates), min(count, len(candidates)))
+
+
+def high_fidelity(history: Sequence[Evaluation], threshold: float) -> dict[int, float]:
+    """Each instruction's error at its highest fidelity, for those evaluated at >= threshold questions."""
+    best: dict[int, Evaluation] = {}
+    for e in history:
+        if e.fidelity >= threshold and (e.index not in best or e.fidelity >= best[e.index].fidelity):
+            best[e.index] = e
+    return {i: e.error for i, e in best.items()}
+
+
+def incumbent(history: Sequence[Evaluation]) -> Evaluation | None:
+    """The lowest-error evaluation among those at the highest fidelity reached."""
+    if not history:
+        return None
+    top = max(e.fidelity for e in history)
+    return min((e for e in history if e.fidelity == top), key=lambda e: e.error)
+
+
+def run_bracket(
+    schedule: HyperbandSchedule,
+    s: int,
+    pool_size: int,
+    evaluate: Callable[[int, int], float],
+    proposer: Proposer,
+    history: list[Evaluation],
+    rng: random.Random,
+    on_stage: Callable[[int, int, int], None] = lambda stage, n, b: None,
+) -> list[Evaluation]:
+    """Successive halving over one bracket; appends every evaluation to `history` and returns
+    this bracket's evaluations. The bracket's first stage is capped at the pool size."""
+    stages = schedule.bracket(s)
+    chosen = proposer.propose(range(pool_size), min(stages[0][0], pool_size), history, rng)
+    done: list[Evaluation] = []
+    for stage, (n_i, b_i) in enumerate(stages):
+        survivors = chosen[: max(1, min(n_i, len(chosen)))]
+        on_stage(stage, len(survivors), b_i)
+        scored = []
+        for index in survivors:
+            evaluation = Evaluation(index, b_i, evaluate(index, b_i))
+            history.append(evaluation)
+            done.append(evaluation)
+            scored.append(evaluation)
+        if stage + 1 < len(stages):
+            chosen = [e.index for e in sorted(scored, key=lambda e: e.error)]
+    return done

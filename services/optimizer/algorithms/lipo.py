@@ -1,0 +1,572 @@
+"""LIPO (seed 000): APE pool -> embeddings -> VAE latent -> Hyperband with BO proposals ->
+deep-kernel GP + LogEI in the latent -> decode -> InvBO inversion loop -> evaluate -> GP update.
+
+The optimizer only orchestrates: embeddings come from the encoder, the VAE, GP, acquisition and
+latent inversion from the surrogate, text from the decoder, scores from llm_eval (whose cache
+turns Hyperband's growing fidelities into fidelity extensions). Steps: 0 the APE pool (and
+loaded evaluations), 1 the VAE, 2 Hyperband (standard and hyperband-only), then one step per
+InvBO iteration. Models live in the surrogate by id; after a restart they are retrained from
+the checkpointed data (no LLM call is repeated: llm_eval answers from its cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.common.types import (
+    AcquisitionConfig,
+    EvaluationRequest,
+    GpTraining,
+    InversionConfig,
+    LatentPoint,
+    VaeConfig,
+    VaeResult,
+)
+from services.optimizer.algorithms.ape import generate_pool
+from services.optimizer.algorithms.base import Optimizer
+from services.optimizer.algorithms.hyperband import (
+    Evaluation,
+    HyperbandSchedule,
+    Proposer,
+    high_fidelity,
+    incumbent,
+    run_bracket,
+)
+
+MODES = ("standard", "skip-hbbops", "load-grid", "hyperband-only")
+DEBUG_DEFAULTS = {
+    "iterations": 1,
+    "ape_num_instructions": 10,
+    "vae_epochs": 300,
+    "vae_patience": 50,
+    "vae_annealing_epochs": 50,
+    "gp_epochs": 300,
+    "num_restarts": 4,
+    "raw_samples": 64,
+}
+DEBUG_FIDELITY = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class LipoConfig:
+    """Seed 000's `Config` (defaults from its tables); see LipoConfig in optimizer.proto."""
+
+    mode: str = "standard"
+    debug: bool = False
+    iterations: int = 10
+    ape_num_instructions: int = 1000
+    ape_cache_path: str = ""
+    ape_batch_size: int = 10
+    ape_max_tokens: int = 100
+    ape_max_length: int = 500
+    vae_beta: float = 0.003
+    vae_epochs: int = 10000
+    vae_annealing_epochs: int = 500
+    vae_patience: int = 500
+    vae_lr: float = 3e-4
+    vae_batch_size: int = 64
+    vae_hidden_dim: int = 256
+    vae_grad_clip: float = 1.0
+    vae_eta_min: float = 1e-4
+    latent_dim: int = 64
+    bmin: int = 10
+    eta: float = 2.0
+    random_interleaving_prob: float = 0.1
+    min_fidelity_pct: float = 0.75
+    gp_epochs: int = 10000
+    gp_lr: float = 0.01
+    gp_patience: int = 100
+    num_restarts: int = 64
+    raw_samples: int = 1024
+    use_inversion: bool = True
+    max_inversion_iters: int = 3
+    gap_threshold: float = 0.1
+    vec2text_beam: int = 8
+    decoder_steps: int = 0
+    inversion_n_steps: int = 100
+    inversion_lr: float = 0.1
+    inversion_convergence_threshold: float = 0.01
+    latent_margin: float = 0.2
+    gp_retrain_epochs: int = 500
+    gp_retrain_lr: float = 0.001
+    gp_retrain_patience: int = 10
+    hyperband_evals_path: str = ""
+    grid_path: str = ""
+    top_k: int = 25
+    evaluate_inference: bool = True
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> LipoConfig:
+        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
+        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"lipo.mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("ape_num_instructions", "ape_batch_size", "ape_max_tokens", "ape_max_length", "bmin", "top_k"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"lipo.{name} must be positive, got {getattr(self, name)}")
+        if self.iterations < 0 or self.max_inversion_iters < 0:
+            raise ValueError("lipo.iterations and lipo.max_inversion_iters must be >= 0")
+        if not 0 <= self.random_interleaving_prob <= 1 or not 0 < self.min_fidelity_pct <= 1:
+            raise ValueError("lipo.random_interleaving_prob must be in [0, 1], lipo.min_fidelity_pct in (0, 1]")
+        if self.mode == "skip-hbbops" and not self.hyperband_evals_path:
+            raise ValueError("lipo.hyperband_evals_path must be set in mode skip-hbbops")
+        if self.mode == "load-grid" and not self.grid_path:
+            raise ValueError("lipo.grid_path must be set in mode load-grid")
+        self.vae_config()  # validates the vae_* fields
+        self.gp_training()
+        self.acquisition()
+        self.inversion()
+
+    def vae_config(self, seed: int = 0) -> VaeConfig:
+        return VaeConfig(
+            latent_dim=self.latent_dim,
+            hidden_dim=self.vae_hidden_dim,
+            beta=self.vae_beta,
+            epochs=self.vae_epochs,
+            annealing_epochs=self.vae_annealing_epochs,
+            patience=self.vae_patience,
+            lr=self.vae_lr,
+            eta_min=self.vae_eta_min,
+            batch_size=self.vae_batch_size,
+            grad_clip=self.vae_grad_clip,
+            seed=seed,
+        )
+
+    def gp_training(self, seed: int = 0) -> GpTraining:
+        return GpTraining(self.gp_epochs, self.gp_lr, self.gp_patience, seed)
+
+    def hyperband_training(self, seed: int = 0) -> GpTraining:
+        """The seed's `for_hyperband_gp()`, capped by gp_epochs (debug runs)."""
+        fast = GpTraining.for_hyperband(seed)
+        return dataclasses.replace(fast, epochs=min(fast.epochs, self.gp_epochs))
+
+    def retrain(self, seed: int = 0) -> GpTraining:
+        return GpTraining(self.gp_retrain_epochs, self.gp_retrain_lr, self.gp_retrain_patience, seed)
+
+    def acquisition(self) -> AcquisitionConfig:
+        return AcquisitionConfig(
+            num_restarts=self.num_restarts, raw_samples=self.raw_samples, latent_margin=self.latent_margin
+        )
+
+    def inversion(self) -> InversionConfig:
+        return InversionConfig(self.inversion_n_steps, self.inversion_lr, self.inversion_convergence_threshold)
+
+
+class SurrogateApi(Protocol):
+    """What LIPO needs from the surrogate (`SurrogateEngine` in process, `SurrogateClient` over gRPC)."""
+
+    def train_vae(self, embeddings, config: VaeConfig) -> VaeResult: ...
+    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None): ...
+    def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]: ...
+    def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]: ...
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray: ...
+    def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint: ...
+    def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint: ...
+
+
+@dataclasses.dataclass
+class ModelServices:
+    """The model services LIPO orchestrates (clients or in-process equivalents)."""
+
+    encoder: object  # .encode(texts) -> [n, d]
+    decoder: object  # .invert(embeddings, seed_texts, num_steps, beam_width) -> ([(text, cosine)], Usage)
+    surrogate: SurrogateApi
+
+
+class GpProposer(Proposer):
+    """BO proposals for Hyperband: LogEI of a deep-kernel GP fitted on high-fidelity evaluations
+    ranks the candidates; each pick is random with probability `random_prob` (interleaving)."""
+
+    def __init__(
+        self,
+        surrogate: SurrogateApi,
+        embeddings: np.ndarray,
+        vae_id: str,
+        threshold: float,
+        random_prob: float,
+        training: GpTraining,
+    ):
+        self.surrogate, self.embeddings, self.vae_id = surrogate, embeddings, vae_id
+        self.threshold, self.random_prob, self.training = threshold, random_prob, training
+        self.fits = 0
+        self._fitted: tuple[frozenset, str] | None = None
+
+    def model_for(self, history: Sequence[Evaluation]) -> str | None:
+        """A GP on the high-fidelity data (refitted only when that data changed); None below 2 points."""
+        data = high_fidelity(history, self.threshold)
+        if len(data) < 2:
+            return None
+        key = frozenset(data.items())
+        if self._fitted is None or self._fitted[0] != key:
+            indices = sorted(data)
+            fit = self.surrogate.fit(
+                self.embeddings[indices], [data[i] for i in indices], self.vae_id, True, self.training
+            )
+            self._fitted = (key, fit.model_id)
+            self.fits += 1
+        return self._fitted[1]
+
+    def propose(self, candidates, count, history, rng):
+        candidates = list(candidates)
+        model_id = self.model_for(history)
+        if model_id is None:
+            return rng.sample(candidates, min(count, len(candidates)))
+        scores = self.surrogate.log_ei(model_id, self.embeddings[candidates])
+        ranked = [candidates[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
+        picks: list[int] = []
+        remaining = set(candidates)
+        for _ in range(min(count, len(candidates))):
+            if rng.random() < self.random_prob:
+                choice = rng.choice(sorted(remaining))
+            else:
+                choice = next(c for c in ranked if c in remaining)
+            picks.append(choice)
+            remaining.discard(choice)
+        return picks
+
+
+def load_evaluations(path: str | Path) -> list[dict]:
+    """Evaluated instructions as [{instruction, error, n}] from a results JSON (`results` with
+    accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"evaluations file {str(path)!r} does not exist on the optimizer")
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        data = json.loads(text)
+        rows = data.get("results", []) if isinstance(data, dict) else data
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or "instruction" not in row:
+            raise ValueError(f"{path}: every row needs an instruction and an accuracy or error_rate")
+        if "error_rate" in row:
+            error = float(row["error_rate"])
+        elif "accuracy" in row:
+            error = 1.0 - float(row["accuracy"])
+        else:
+            raise ValueError(f"{path}: row without accuracy or error_rate: {row['instruction']!r}")
+        out.append({"instruction": row["instruction"], "error": error, "n": int(row.get("n", row.get("total", 0)))})
+    if not out:
+        raise ValueError(f"{path}: no evaluated instructions")
+    return out
+
+
+def _cosine(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64).reshape(-1), np.asarray(b, dtype=np.float64).reshape(-1)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+class LipoOptimizer(Optimizer):
+    name = "lipo"
+
+    def __init__(
+        self,
+        config: LipoConfig,
+        evaluation,
+        llm,
+        emit,
+        models: ModelServices | None = None,
+        state_dir="state/optimizer",
+    ):
+        super().__init__(config, evaluation, llm, emit)
+        self.models = models
+        self.state_dir = Path(state_dir)
+        self._vae_id: str | None = None
+        self._model_id: str | None = None
+        self._embeddings: dict[str, np.ndarray] = {}
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        return 2 + int(self._runs_hyperband()) + (0 if self.config.mode == "hyperband-only" else self.config.iterations)
+
+    def _runs_hyperband(self) -> bool:
+        return self.config.mode in ("standard", "hyperband-only")
+
+    def nvalid(self) -> int:
+        if self.evaluation.fidelity:
+            return self.evaluation.fidelity
+        if self.config.debug:
+            return DEBUG_FIDELITY
+        return self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+
+    def initial_state(self) -> dict:
+        return {
+            "step": 0,
+            "history": [],
+            "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S"),
+            "pool": [],
+            "observations": [],
+            "vae": None,
+            "hyperband": None,
+            "inference": [],
+            "calls": {},
+        }
+
+    def _progress(self, message: str) -> None:
+        self.emit("progress", {"message": message})
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
+        if missing:
+            for text, row in zip(missing, np.asarray(self.models.encoder.encode(missing)), strict=True):
+                self._embeddings[text] = row
+        return np.stack([self._embeddings[t] for t in texts])
+
+    def _score(self, state: dict, instruction: str, fidelity: int) -> float:
+        """Error rate on the first `fidelity` questions of the run's shuffled order (recorded as a candidate)."""
+        result = self.llm.evaluate(
+            EvaluationRequest(
+                instruction=instruction,
+                dataset=self.evaluation.dataset,
+                split=self.evaluation.split,
+                fidelity=fidelity,
+                shuffle_seed=self.evaluation.seed,
+                params=self.evaluation.params(),
+            )
+        )
+        self.record(state, instruction, result.accuracy, result.num_evaluated)
+        return 1.0 - result.accuracy
+
+    def best(self, state: dict) -> tuple[str, float]:
+        """The lowest error among high-fidelity observations (loaded, Hyperband's top stage, InvBO)."""
+        if not state.get("observations"):
+            return super().best(state)
+        top = min(state["observations"], key=lambda o: o["error"])
+        return top["instruction"], 1.0 - top["error"]
+
+    def _calls(self) -> int:
+        return self.llm.usage.llm_calls
+
+    # -- models (retrained after a restart: ids do not survive the surrogate or this process) ----
+    def _vae(self, state: dict) -> str:
+        if self._vae_id is None:
+            result = self.models.surrogate.train_vae(
+                self._encode(state["pool"]), self.config.vae_config(self.evaluation.seed)
+            )
+            self._vae_id = result.vae_id
+            state["vae"] = {
+                "vae_quality_metrics": result.quality,
+                "vae_training": {
+                    "epochs_trained": result.epochs_trained,
+                    "final_recon_loss": result.final_recon_loss,
+                    "final_kl_loss": result.final_kl_loss,
+                    "early_stopped": result.early_stopped,
+                    "best_val_recon_loss": result.best_val_recon_loss,
+                },
+            }
+        return self._vae_id
+
+    def _gp(self, state: dict) -> str:
+        if self._model_id is None:
+            obs = state["observations"]
+            if len(obs) < 2:
+                raise ValueError(f"InvBO needs at least 2 evaluated instructions for the GP, got {len(obs)}")
+            fit = self.models.surrogate.fit(
+                self._encode([o["instruction"] for o in obs]),
+                [o["error"] for o in obs],
+                self._vae(state),
+                True,
+                self.config.gp_training(self.evaluation.seed),
+            )
+            self._model_id = fit.model_id
+            self._progress(f"GP fitted on {len(obs)} observations ({fit.epochs_trained} epochs)")
+        return self._model_id
+
+    # -- steps ---------------------------------------------------------------------------------
+    def step(self, state: dict) -> dict:
+        step = state["step"]
+        start = self._calls()
+        if step == 0:
+            self._load(state)
+        elif step == 1:
+            self._vae(state)
+            self._progress(f"VAE trained: {json.dumps(state['vae'])}")
+        elif step == 2 and self._runs_hyperband():
+            self._hyperband(state)
+        else:
+            self._vae(state)
+            self._invbo_iteration(state)
+        phase = (
+            "ape"
+            if step == 0
+            else "vae"
+            if step == 1
+            else "hyperband"
+            if step == 2 and self._runs_hyperband()
+            else "inference"
+        )
+        state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start
+        state["step"] = step + 1
+        return state
+
+    def _load(self, state: dict) -> None:
+        config = self.config
+        cache = config.ape_cache_path or str(self.state_dir / "ape_instructions.json")
+        state["pool"] = generate_pool(
+            self.llm,
+            config.ape_num_instructions,
+            cache,
+            config.ape_batch_size,
+            config.ape_max_tokens,
+            config.ape_max_length,
+            self.evaluation.seed,
+            self._progress,
+        )
+        if len(state["pool"]) < 2:
+            raise ValueError(f"the APE pool has {len(state['pool'])} instructions; at least 2 are needed")
+        self._progress(f"APE pool: {len(state['pool'])} instructions ({cache})")
+        if config.mode == "skip-hbbops":
+            rows = load_evaluations(config.hyperband_evals_path)
+        elif config.mode == "load-grid":
+            rows = sorted(load_evaluations(config.grid_path), key=lambda r: r["error"])[: config.top_k]
+        else:
+            return
+        state["observations"] = [{**r, "source": config.mode} for r in rows]
+        self._progress(f"loaded {len(rows)} evaluated instructions ({config.mode})")
+
+    def _hyperband(self, state: dict) -> None:
+        config = self.config
+        schedule = HyperbandSchedule(self.nvalid(), config.bmin, config.eta)
+        pool = state["pool"]
+        proposer = GpProposer(
+            self.models.surrogate,
+            self._encode(pool),
+            self._vae(state),
+            config.min_fidelity_pct * schedule.top_fidelity,
+            config.random_interleaving_prob,
+            config.hyperband_training(self.evaluation.seed),
+        )
+        history: list[Evaluation] = []
+        self._progress(f"Hyperband: nvalid {schedule.nvalid}, smax {schedule.smax}, B {schedule.budget}")
+        for s in schedule.brackets():
+            rng = random.Random(self.evaluation.seed * 1_000_003 + s)
+            run_bracket(
+                schedule,
+                s,
+                len(pool),
+                lambda i, b: self._score(state, pool[i], b),
+                proposer,
+                history,
+                rng,
+                lambda stage, n, b, s=s: self._progress(
+                    f"bracket s={s} stage {stage}: {n} instructions x {b} questions"
+                ),
+            )
+        best = incumbent(history)
+        top = high_fidelity(history, config.min_fidelity_pct * schedule.top_fidelity)
+        state["observations"] = [
+            {"instruction": pool[i], "error": e, "n": schedule.top_fidelity, "source": "hyperband"}
+            for i, e in top.items()
+        ]
+        state["hyperband"] = {
+            "best_instruction": pool[best.index],
+            "best_error": best.error,
+            "nvalid": schedule.nvalid,
+            "smax": schedule.smax,
+            "budget": schedule.budget,
+            "evaluations": len(history),
+            "gp_fits": proposer.fits,
+            "evaluations_by_fidelity": {
+                str(b): sum(e.fidelity == b for e in history) for b in sorted({e.fidelity for e in history})
+            },
+        }
+
+    def _decode(self, embedding, state: dict) -> tuple[str, float]:
+        seeds = list(dict.fromkeys(state["pool"] + [o["instruction"] for o in state["observations"]]))
+        pairs, usage = self.models.decoder.invert(
+            np.asarray([embedding], dtype=np.float32), seeds, self.config.decoder_steps, self.config.vec2text_beam
+        )
+        self.llm.usage.add(usage)
+        return pairs[0]
+
+    def _invbo_iteration(self, state: dict) -> None:
+        config, surrogate = self.config, self.models.surrogate
+        iteration = len(state["inference"]) + 1
+        model_id = self._gp(state)
+        incumbent_error = min(o["error"] for o in state["observations"])
+        point = surrogate.optimize(model_id, config.acquisition())
+        z, embedding = point.latent, point.embedding
+        text, cosine = self._decode(embedding, state)
+        inversions = [{"text": text, "decoder_cosine": cosine}]
+        gap = None
+        if config.use_inversion:
+            for _ in range(config.max_inversion_iters):
+                inverted = surrogate.invert(model_id, self._encode([text])[0], z, config.inversion())
+                gap = 1.0 - _cosine(embedding, inverted.embedding)
+                inversions[-1].update({"inversion_loss": inverted.value, "gap": gap})
+                if gap <= config.gap_threshold:
+                    break
+                z, embedding = inverted.latent, inverted.embedding
+                text, cosine = self._decode(embedding, state)
+                inversions.append({"text": text, "decoder_cosine": cosine})
+        reencoded = self._encode([text])
+        mean, variance = surrogate.predict(model_id, reencoded)
+        predicted, std = float(mean[0]), float(np.sqrt(max(variance[0], 0.0)))
+        if config.evaluate_inference:
+            error, n = self._score(state, text, self.nvalid()), self.nvalid()
+        else:
+            error, n = predicted, 0
+        surrogate.update(model_id, reencoded, [error], config.retrain(self.evaluation.seed))
+        state["observations"].append({"instruction": text, "error": error, "n": n, "source": "invbo"})
+        entry = {
+            "iteration": iteration,
+            "instruction": text,
+            "log_ei": point.value,
+            "decoder_cosine": cosine,
+            "gap": gap,
+            "inversions": inversions,
+            "predicted_error": predicted,
+            "predicted_std": std,
+            "actual_error": error if config.evaluate_inference else None,
+            "incumbent_error_before": incumbent_error,
+        }
+        state["inference"].append(entry)
+        self._progress(
+            f"InvBO iteration {iteration}: cosine {cosine:.3f}, gap {gap if gap is None else round(gap, 4)}, "
+            f"predicted error {predicted:.3f} +- {std:.3f}, actual {error:.3f}, instruction:\n{text}"
+        )
+
+    # -- results -------------------------------------------------------------------------------
+    def report(self, state: dict) -> dict:
+        """The seed's results JSON blocks."""
+        vae = state.get("vae") or {}
+        hyperband = state.get("hyperband")
+        if hyperband is not None:
+            hyperband = {**hyperband, "llm_calls": state["calls"].get("hyperband", 0)}
+        inference = None
+        if state["inference"]:
+            evaluated = [e for e in state["inference"] if e["actual_error"] is not None] or state["inference"]
+            best = min(
+                evaluated, key=lambda e: e["actual_error"] if e["actual_error"] is not None else e["predicted_error"]
+            )
+            best_error = best["actual_error"] if best["actual_error"] is not None else best["predicted_error"]
+            start = state["inference"][0]["incumbent_error_before"]
+            inference = {
+                "best_instruction": best["instruction"],
+                "best_error": best_error,
+                "improvement": start - best_error,
+                "iterations": len(state["inference"]),
+                "llm_calls": state["calls"].get("inference", 0),
+                "history": state["inference"],
+            }
+        return {
+            "timestamp": state["timestamp"],
+            "vae_quality_metrics": vae.get("vae_quality_metrics"),
+            "config": dataclasses.asdict(self.config),
+            "vae_training": vae.get("vae_training"),
+            "hyperband": hyperband,
+            "inference": inference,
+            "total_llm_calls": sum(state["calls"].values()),
+        }

@@ -1,0 +1,114 @@
+"""LIPO's seed modes on real parts in process: the replay backend over the 100 recorded
+Qwen2.5-7B instructions (SQLite answer cache), the shipped MiniLM embedder, the surrogate
+engine (VAE, deep-kernel GP, BoTorch) and nearest-text decoding, which keeps every decoded
+instruction inside the recorded table so the replay can score it."""
+
+import json
+
+import pytest
+
+from services.common.types import Usage
+from services.decoder.core import NearestTextInverter
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
+from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
+from services.surrogate.engine import SurrogateEngine
+
+FAST = {"debug": True, "vae_epochs": 40, "vae_patience": 40, "gp_epochs": 60, "gp_retrain_epochs": 20}
+
+
+@pytest.fixture(scope="module")
+def parts(datasets_dir, embedder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lipo")
+    recorded = datasets_dir / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
+    convert_results(recorded, tmp / "table.jsonl")
+    table = load_table(tmp / "table.jsonl")
+    (tmp / "pool.json").write_text(json.dumps([instruction for instruction, _ in table]))
+    store = DatasetStore(datasets_dir)
+    backend = ReplayBackend(table, store.load("gsm8k", "test"))
+    evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
+    models = ModelServices(embedder, _Decoder(NearestTextInverter(embedder.encode)), SurrogateEngine())
+    return {"tmp": tmp, "recorded": recorded, "evaluator": evaluator, "models": models}
+
+
+class _Decoder:
+    """The decoder client's call shape over an in-process Inverter."""
+
+    def __init__(self, inverter):
+        self.inverter = inverter
+
+    def invert(self, embeddings, seed_texts, num_steps=0, beam_width=0):
+        return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
+
+
+def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None):
+    config = LipoConfig.from_fields(
+        {**FAST, "ape_num_instructions": 100, "ape_cache_path": str(parts["tmp"] / "pool.json"), **fields}
+    )
+    usage = usage or Usage()
+    events = []
+    optimizer = LipoOptimizer(
+        config,
+        EvaluationSettings(split="test", fidelity=fidelity, seed=3),
+        MeteredLlm(parts["evaluator"], usage),
+        lambda kind, payload: events.append((kind, payload)),
+        parts["models"],
+    )
+    state = state or optimizer.initial_state()
+    while state["step"] < (stop_after or optimizer.total_steps()):
+        state = optimizer.step(state)
+    return optimizer, state, usage, events
+
+
+def test_skip_hbbops_loads_evaluations_then_runs_invbo(parts):
+    optimizer, state, usage, _ = run(
+        parts, {"mode": "skip-hbbops", "hyperband_evals_path": str(parts["recorded"]), "iterations": 2}
+    )
+    report = optimizer.report(state)
+    assert optimizer.total_steps() == 4 and report["hyperband"] is None
+    assert len([o for o in state["observations"] if o["source"] == "skip-hbbops"]) == 100
+    assert report["inference"]["iterations"] == 2
+    assert report["total_llm_calls"] == usage.llm_calls <= 2 * 80  # only InvBO candidates were evaluated
+    best_prompt, best_score = optimizer.best(state)
+    assert best_score == pytest.approx(0.8354814253222138)  # the best recorded instruction
+
+
+def test_load_grid_takes_top_k(parts):
+    optimizer, state, _, _ = run(
+        parts, {"mode": "load-grid", "grid_path": str(parts["tmp"] / "table.jsonl"), "top_k": 25, "iterations": 1}
+    )
+    loaded = [o for o in state["observations"] if o["source"] == "load-grid"]
+    assert len(loaded) == 25
+    errors = sorted(json.loads(line)["error_rate"] for line in (parts["tmp"] / "table.jsonl").read_text().splitlines())
+    assert max(o["error"] for o in loaded) == pytest.approx(errors[24])
+
+
+def test_hyperband_only_and_resume_without_repaying(parts):
+    optimizer, state, usage, events = run(parts, {"mode": "hyperband-only"}, fidelity=160)
+    report = optimizer.report(state)
+    assert optimizer.total_steps() == 3 and report["inference"] is None
+    hyperband = report["hyperband"]
+    assert (hyperband["nvalid"], hyperband["smax"], hyperband["budget"]) == (160, 4, 800)
+    assert hyperband["gp_fits"] >= 1  # BO proposals once two instructions reached the top fidelity
+    assert 0 < hyperband["llm_calls"] <= 5 * 800  # B per bracket, 5 brackets; the cache makes it less
+    candidates = [p for kind, p in events if kind == "candidate"]
+    assert len(candidates) == hyperband["evaluations"]
+    # A restarted optimizer re-runs the Hyperband step from the checkpoint before it: same answers, all cached.
+    checkpoint = json.loads(json.dumps({**state, "step": 2}))
+    _, again, usage_again, _ = run(parts, {"mode": "hyperband-only"}, fidelity=160, state=checkpoint)
+    assert usage_again.llm_calls == 0 and usage_again.cache_hits > 0
+    assert again["hyperband"]["best_instruction"] == state["hyperband"]["best_instruction"]
+
+
+def test_bad_modes_are_rejected():
+    with pytest.raises(ValueError, match="lipo.mode"):
+        LipoConfig(mode="fast")
+    with pytest.raises(ValueError, match="hyperband_evals_path"):
+        LipoConfig(mode="skip-hbbops")
+    with pytest.raises(ValueError, match="grid_path"):
+        LipoConfig(mode="load-grid")
+    assert LipoConfig.from_fields({"debug": True, "iterations": 3}).iterations == 3  # user fields beat debug defaults
+    assert LipoConfig.from_fields({"debug": True}).ape_num_instructions == 10
