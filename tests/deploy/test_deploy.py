@@ -119,9 +119,12 @@ def test_dockerfile_targets():
 
 def test_loopback_wiring_from_compose(tmp_path):
     specs = {s.module: s for s in compose.load_services(state_dir=tmp_path, port_offset=1000)}
-    assert list(specs) == ["encoder", "decoder", "llm_eval", "surrogate", "optimizer", "tuner"]
+    # depends_on order: the decoder waits for llm_eval (LLM-guided inversion asks its meta-LLM)
+    assert list(specs) == ["encoder", "llm_eval", "decoder", "surrogate", "optimizer", "tuner"]
     assert specs["optimizer"].env["PROMPTOPT_OPTIMIZER_LLM_EVAL_ADDRESS"] == "127.0.0.1:51053"
+    assert specs["optimizer"].env["PROMPTOPT_OPTIMIZER_SURROGATE_ADDRESS"] == "127.0.0.1:51054"
     assert specs["decoder"].env["PROMPTOPT_DECODER_ENCODER_ADDRESS"] == "127.0.0.1:51051"
+    assert specs["decoder"].env["PROMPTOPT_DECODER_LLM_EVAL_ADDRESS"] == "127.0.0.1:51053"
     assert (specs["llm_eval"].port, specs["llm_eval"].metrics_port) == (51053, 10103)
     assert specs["llm_eval"].env["PROMPTOPT_LLM_EVAL_HOST"] == "127.0.0.1"
     state = specs["optimizer"].env["PROMPTOPT_OPTIMIZER_STORE_PATH"]
