@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath ../shared/datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install protos demo test test-fast bench lint model clean gsm8k images images-gpu k8s-validate
+.PHONY: install protos demo test test-fast bench lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,7 @@ model: install
 	$(PY) -m services.llm_eval.models
 
 demo: install protos
-	$(PY) -m services.optimizer.demo
+	$(PY) -m services.optimizer.demo $(ARGS)
 
 test: install protos
 	$(PY) -m pytest
@@ -48,6 +48,12 @@ test-fast: install protos
 
 bench: install protos
 	$(PY) -m tests.bench.run_bench
+	$(PY) -m tests.bench.lipo_bench
+
+# The replay table of the 100 recorded Qwen2.5-7B instructions, for PROMPTOPT_LLM_EVAL_BACKEND=replay.
+replay-table: install
+	$(PY) -m services.llm_eval.replay convert $(PROMPTOPT_DATASETS_DIR)/prompts/gsm8k_100_instructions_qwen2.5-7b.json \
+	  state/replay/gsm8k_100_qwen2.5-7b.jsonl
 
 lint: install
 	$(VENV)/bin/ruff check services tests

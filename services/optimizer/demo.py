@@ -1,6 +1,8 @@
 """`make demo`: start the six services on loopback, run a short OPRO job on the CPU model, stop.
 
-State (answer cache, runs) stays in `state/demo`, so a second demo reuses cached answers.
+`python -m services.optimizer.demo lipo --debug` (or `make demo ARGS="lipo --debug"`) runs
+those `promptopt run` arguments instead. State (answer cache, runs, the APE pool) stays in
+`state/demo`, so a second demo reuses cached answers.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from pathlib import Path
 from services.common.launcher import LocalStack
 from services.optimizer import cli
 
+DEFAULT_RUN = ["opro", "--iterations", "2", "--candidates-per-step", "2", "--fidelity", "8", "--name", "demo"]
 
-def main() -> int:
+
+def main(argv: list[str] | None = None) -> int:
+    run_args = (sys.argv[1:] if argv is None else argv) or DEFAULT_RUN
     datasets = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
     if not (datasets / "gsm8k" / "train.jsonl").is_file():
         print(f"GSM8K not found under {datasets}; run `make gsm8k` and set PROMPTOPT_DATASETS_DIR", file=sys.stderr)
@@ -24,22 +29,7 @@ def main() -> int:
     cli.console.print("starting encoder, decoder, llm_eval, surrogate, optimizer, tuner on 127.0.0.1:50051-50056 ...")
     with LocalStack("state/demo", env=env) as stack:
         cli.console.print(f"all six services SERVING after {time.monotonic() - started:.0f}s")
-        code = cli.main(
-            [
-                "--optimizer",
-                stack.address("optimizer"),
-                "run",
-                "opro",
-                "--iterations",
-                "2",
-                "--candidates-per-step",
-                "2",
-                "--fidelity",
-                "8",
-                "--name",
-                "demo",
-            ]
-        )
+        code = cli.main(["--optimizer", stack.address("optimizer"), "run", *run_args])
     cli.console.print(f"demo finished in {time.monotonic() - started:.0f}s; services stopped")
     return code
 

@@ -75,6 +75,8 @@ def plot_scores(document: dict, path: Path) -> None:
 
 def plot_inference(ax, history: list[dict]) -> None:
     """InvBO iterations: the GP's predicted error (+- 2 std) against the measured one, and the gap."""
+    from matplotlib.ticker import MaxNLocator
+
     iterations = [h["iteration"] for h in history]
     predicted = [h["predicted_error"] for h in history]
     spread = [2 * h["predicted_std"] for h in history]
@@ -86,6 +88,7 @@ def plot_inference(ax, history: list[dict]) -> None:
     gaps = [(h["iteration"], h["gap"]) for h in history if h["gap"] is not None]
     if gaps:
         ax.plot(*zip(*gaps, strict=True), "x", color="C2", label="inversion gap (1 - cos)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("InvBO iteration")
     ax.set_ylabel("error rate / cosine gap")
     ax.set_title("InvBO")

@@ -1,0 +1,193 @@
+"""`make bench` (LIPO part): Hyperband+BO vs random search vs successive halving on the replay
+backend with the 100 recorded Qwen2.5-7B instructions (GSM8K test, 1319 questions), plus VAE
+reconstruction on held-out APE instructions and GP Spearman on held-out recorded instructions.
+
+Everything runs in process through the same classes the services use (LlmEvaluator over
+ReplayBackend with its SQLite cache, SurrogateEngine, the MiniLM embedder shipped on PyPI).
+Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from services.common.types import EvaluationRequest, GpTraining, VaeConfig
+from services.encoder.core import SentenceTransformerEmbedder
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+from services.optimizer.algorithms.hyperband import (
+    Evaluation,
+    HyperbandSchedule,
+    RandomProposer,
+    incumbent,
+    run_bracket,
+)
+from services.optimizer.algorithms.lipo import GpProposer
+from services.surrogate.engine import SurrogateEngine
+
+DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
+RECORDED = DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
+APE = DATASETS / "prompts" / "ape_instructions_1000.json"
+SEEDS = int(os.environ.get("PROMPTOPT_BENCH_SEEDS", "10"))
+TOLERANCE = 0.01  # "within 1 point" of the best recorded accuracy
+
+
+class Budgeted:
+    """Scores pool instructions through the evaluator; tracks LLM calls and when the incumbent
+    (the best instruction among those measured on >= `verified` questions) first has a recorded
+    accuracy within TOLERANCE of the best. Stops at the budget."""
+
+    def __init__(self, evaluator, pool, accuracy, seed, budget, verified):
+        self.evaluator, self.pool, self.accuracy, self.seed, self.budget = evaluator, pool, accuracy, seed, budget
+        self.verified = verified
+        self.calls, self.history, self.hit = 0, [], None
+        self.target = max(accuracy.values()) - TOLERANCE - 1e-12
+
+    def __call__(self, index: int, fidelity: int) -> float:
+        if self.calls >= self.budget:
+            raise StopIteration
+        request = EvaluationRequest(self.pool[index], split="test", fidelity=fidelity, shuffle_seed=self.seed)
+        result = self.evaluator.evaluate(request)
+        self.calls += result.usage.llm_calls
+        if fidelity >= self.verified:
+            self.history.append(Evaluation(index, fidelity, 1 - result.accuracy))
+            best = incumbent(self.history)
+            if self.hit is None and self.accuracy[self.pool[best.index]] >= self.target:
+                self.hit = self.calls
+        return 1 - result.accuracy
+
+
+def hyperband(schedule, pool_size, evaluate, proposer, seed, brackets=None):
+    history: list[Evaluation] = []
+    brackets = schedule.brackets() if brackets is None else brackets
+    try:
+        for k, s in enumerate(brackets):
+            run_bracket(schedule, s, pool_size, evaluate, proposer, history, random.Random(seed * 1000 + k))
+    except StopIteration:
+        pass
+
+
+def random_search(pool_size, evaluate, nvalid, seed):
+    try:
+        for index in random.Random(seed).sample(range(pool_size), pool_size):
+            evaluate(index, nvalid)
+    except StopIteration:
+        pass
+
+
+def summary(values: list[int | None], budget: int) -> str:
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return f"not reached in any of {len(values)} seeds (budget {budget})"
+    capped = sorted(v if v is not None else budget for v in values)
+    q1, q3 = np.percentile(capped, [25, 75])
+    return (
+        f"median {statistics.median(capped):7.0f}  IQR {q1:6.0f}-{q3:6.0f}  min {min(capped):5d}  "
+        f"reached {len(reached)}/{len(values)} (misses count as the budget)"
+    )
+
+
+def main() -> None:
+    embedder = SentenceTransformerEmbedder()
+    engine = SurrogateEngine()
+    with tempfile.TemporaryDirectory() as tmp:
+        table_path = Path(tmp) / "replay.jsonl"
+        convert_results(RECORDED, table_path)
+        table = load_table(table_path)
+        pool = [instruction for instruction, _ in table]
+        accuracy = {row.instruction: 1 - row.error_rate for row in table.values()}
+        ape = json.loads(APE.read_text())
+        start = time.perf_counter()
+        ape_emb = embedder.encode(ape)
+        pool_emb = embedder.encode(pool)
+        print(
+            f"embedded {len(ape)} APE + {len(pool)} recorded instructions with {embedder.model_name} "
+            f"({embedder.dimension}-D) in {time.perf_counter() - start:.1f} s"
+        )
+
+        # VAE reconstruction on held-out APE instructions (seed defaults, 10% of APE held out here).
+        order = np.random.default_rng(0).permutation(len(ape))
+        held, train = order[:100], order[100:]
+        start = time.perf_counter()
+        vae = engine.train_vae(ape_emb[train], VaeConfig())
+        held_quality = engine_quality(engine, vae.vae_id, ape_emb[held])
+        print(
+            f"VAE (seed defaults) on {len(train)} APE: {vae.epochs_trained} epochs (early stop {vae.early_stopped}) "
+            f"in {time.perf_counter() - start:.0f} s; train cosine {vae.quality['cosine_mean']:.4f}, "
+            f"held-out {len(held)} APE cosine {held_quality['cosine_mean']:.4f} +- {held_quality['cosine_std']:.4f}, "
+            f"active dims {vae.quality['active_dims']}/{vae.quality['total_dims']}"
+        )
+        full_vae = engine.train_vae(ape_emb, VaeConfig()).vae_id
+
+        # GP Spearman on held-out recorded instructions (5 folds of 20).
+        errors = np.array([1 - accuracy[p] for p in pool])
+        rhos = []
+        folds = np.array_split(np.random.default_rng(1).permutation(len(pool)), 5)
+        for k, test in enumerate(folds):
+            fit_rows = np.setdiff1d(np.arange(len(pool)), test)
+            fit = engine.fit(pool_emb[fit_rows], errors[fit_rows], full_vae, True, GpTraining(seed=k))
+            mean, _ = engine.predict(fit.model_id, pool_emb[test])
+            rhos.append(spearmanr(mean, errors[test]).statistic)
+            engine.delete(fit.model_id)
+        print(
+            f"deep-kernel GP, held-out recorded instructions (5 x 20): Spearman "
+            f"{' '.join(f'{r:+.3f}' for r in rhos)}; mean {np.mean(rhos):+.3f}"
+        )
+
+        # Hyperband+BO vs random search vs successive halving, same LLM-call budget, SEEDS seeds.
+        schedule = HyperbandSchedule(1319, 10, 2.0)
+        budget = (schedule.smax + 1) * schedule.budget  # all brackets of one Hyperband run, B each
+        store = DatasetStore(DATASETS)
+        examples = store.load("gsm8k", "test")
+        results: dict[str, list[int | None]] = {"Hyperband+BO": [], "random search": [], "successive halving": []}
+        start = time.perf_counter()
+        for seed in range(SEEDS):
+            backend = ReplayBackend(table, examples, seed=seed)
+            for method in results:
+                cache = AnswerCache(Path(tmp) / f"{method}-{seed}.sqlite")
+                evaluator = LlmEvaluator(backend, backend, store, cache, batch_size=256)
+                evaluate = Budgeted(evaluator, pool, accuracy, seed, budget, 0.75 * schedule.top_fidelity)
+                if method == "Hyperband+BO":
+                    proposer = GpProposer(
+                        engine, pool_emb, full_vae, 0.75 * schedule.top_fidelity, 0.1, GpTraining.for_hyperband(seed)
+                    )
+                    hyperband(schedule, len(pool), evaluate, proposer, seed)
+                elif method == "random search":
+                    random_search(len(pool), evaluate, schedule.nvalid, seed)
+                else:  # one bracket s = smax over the whole pool (capped at 100 of its 128)
+                    hyperband(schedule, len(pool), evaluate, RandomProposer(), seed, brackets=[schedule.smax])
+                results[method].append(evaluate.hit)
+            print(f"  seed {seed}: " + ", ".join(f"{m} {v[-1]}" for m, v in results.items()), flush=True)
+        best = max(accuracy.values())
+        within = sum(a >= best - TOLERANCE for a in accuracy.values())
+        print(
+            f"LLM calls until the best instruction measured on >= {0.75 * schedule.top_fidelity:.0f} questions is "
+            f"within 1 point of the best recorded accuracy ({best:.4f}; "
+            f"{within}/{len(pool)} qualify), replay backend, budget (smax+1) x B = {budget}, {SEEDS} seeds, "
+            f"{time.perf_counter() - start:.0f} s:"
+        )
+        for method, values in results.items():
+            print(f"  {method:19s} {summary(values, budget)}")
+
+
+def engine_quality(engine, vae_id, embeddings) -> dict:
+    import torch
+
+    from services.surrogate.vae import vae_quality
+
+    return vae_quality(engine.registry.get(vae_id), torch.as_tensor(embeddings))
+
+
+if __name__ == "__main__":
+    main()
