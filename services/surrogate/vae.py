@@ -184,10 +184,6 @@ class VAEWithAdapter(nn.Module):
         with torch.no_grad():
             return self.vae.encode(F.normalize(x.float(), dim=-1))[0]
 
-    def adapt(self, z: torch.Tensor) -> torch.Tensor:
-        """[n, latent] -> [n, gp_latent_dim]."""
-        return self.adapter(z)
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[n, latent] -> unit-norm embeddings [n, d]."""
         return self.vae.decode(z.float())
