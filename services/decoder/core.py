@@ -65,7 +65,8 @@ class NearestTextInverter(Inverter):
 
 LLM_GUIDED_PROMPT = (Path(__file__).resolve().parent / "prompts" / "llm_guided.txt").read_text()
 
-_BULLET = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)])\s+|instruction\s*\d*\s*[:.)-]\s*)", re.I)
+# Numbering, bullets, "Instruction 2:" and echoed similarity scores ("0.965: ...") before a candidate.
+_BULLET = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)])\s+|instruction\s*\d*\s*[:.)-]\s*|\d*\.\d+\s*[:)-]\s*)", re.I)
 
 
 class LlmGuidedInverter(Inverter):

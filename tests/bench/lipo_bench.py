@@ -145,6 +145,8 @@ def main() -> None:
             f"{' '.join(f'{r:+.3f}' for r in rhos)}; mean {np.mean(rhos):+.3f}"
         )
 
+        inversion_bench(embedder, ape)
+
         # Hyperband+BO vs random search vs successive halving, same LLM-call budget, SEEDS seeds.
         schedule = HyperbandSchedule(1319, 10, 2.0)
         budget = (schedule.smax + 1) * schedule.budget  # all brackets of one Hyperband run, B each
@@ -179,6 +181,38 @@ def main() -> None:
         )
         for method, values in results.items():
             print(f"  {method:19s} {summary(values, budget)}")
+
+
+def inversion_bench(embedder, ape: list[str], targets: int = 5, steps: int = 3) -> None:
+    """LLM-guided inversion with the embedded CPU LLM: held-out APE instructions as known targets,
+    200 others as seed texts; cosine of the nearest seed vs after `steps` LLM rounds."""
+    from services.common.types import ModelRole
+    from services.decoder.core import LlmGuidedInverter, NearestTextInverter
+    from services.llm_eval.backends import LlamaCppBackend
+    from services.llm_eval.models import QWEN25_CODER_05B, ensure_model
+
+    llm = LlamaCppBackend(str(ensure_model()), model_name=QWEN25_CODER_05B.name, n_ctx=2048)
+    store = DatasetStore(DATASETS)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluator = LlmEvaluator(llm, llm, store, AnswerCache(Path(tmp) / "a.sqlite"))
+        inverter = LlmGuidedInverter(embedder.encode, lambda p, d: evaluator.generate(p, d, ModelRole.META))
+        nearest = NearestTextInverter(embedder.encode)
+        seeds, held = ape[:200], ape[-targets:]
+        start = time.perf_counter()
+        before, after, calls = [], [], 0
+        for text in held:
+            target = embedder.encode([text])
+            before.append(nearest.invert(target, seeds)[0][0][1])
+            [(_, cosine)], usage = inverter.invert(target, seeds, num_steps=steps)
+            after.append(cosine)
+            calls += usage.llm_calls
+    improved = sum(a > b + 1e-6 for a, b in zip(after, before, strict=True))
+    print(
+        f"LLM-guided inversion ({QWEN25_CODER_05B.name}, {steps} steps x 4 candidates, beam 4) on {targets} held-out "
+        f"APE targets: nearest-seed cosine {np.mean(before):.4f} -> {np.mean(after):.4f}, "
+        f"improved {improved}/{targets}, "
+        f"{calls} LLM calls, {time.perf_counter() - start:.0f} s"
+    )
 
 
 def engine_quality(engine, vae_id, embeddings) -> dict:
