@@ -227,6 +227,14 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         pb2.StartRunRequest(opro=pb2.OproConfig(iterations=0)),
     )
     expect(INVALID, "protegi.ucb_c", stub.StartRun, pb2.StartRunRequest(protegi=pb2.ProtegiConfig(ucb_c=-1)))
+    expect(INVALID, "lipo.mode must be one of", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="fast")))
+    expect(
+        INVALID,
+        "lipo.hyperband_evals_path 'missing.json' is not a file",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="missing.json")),
+    )
+    expect(INVALID, "lipo.bmin must be positive", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(bmin=0)))
     expect(
         INVALID,
         "evaluation.fidelity",

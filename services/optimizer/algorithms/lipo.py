@@ -118,10 +118,12 @@ class LipoConfig:
             raise ValueError("lipo.iterations and lipo.max_inversion_iters must be >= 0")
         if not 0 <= self.random_interleaving_prob <= 1 or not 0 < self.min_fidelity_pct <= 1:
             raise ValueError("lipo.random_interleaving_prob must be in [0, 1], lipo.min_fidelity_pct in (0, 1]")
-        if self.mode == "skip-hbbops" and not self.hyperband_evals_path:
-            raise ValueError("lipo.hyperband_evals_path must be set in mode skip-hbbops")
-        if self.mode == "load-grid" and not self.grid_path:
-            raise ValueError("lipo.grid_path must be set in mode load-grid")
+        for mode, name in (("skip-hbbops", "hyperband_evals_path"), ("load-grid", "grid_path")):
+            path = getattr(self, name)
+            if self.mode == mode and not path:
+                raise ValueError(f"lipo.{name} must be set in mode {mode}")
+            if self.mode == mode and not Path(path).is_file():
+                raise ValueError(f"lipo.{name} {path!r} is not a file on the optimizer")
         self.vae_config()  # validates the vae_* fields
         self.gp_training()
         self.acquisition()
