@@ -25,6 +25,7 @@ from promptopt.tuner.v1 import tuner_pb2_grpc
 from services.common import convert
 from services.common.codec import decode_tensor, encode_tensor
 from services.common.config import ClientConfig
+from services.common.errors import NotFoundError
 from services.common.types import (
     AcquisitionConfig,
     DecodingParams,
@@ -199,18 +200,28 @@ class LlmEvalClient(BaseClient):
 
 
 class SurrogateClient(BaseClient):
-    """Mirrors `services.surrogate.engine.SurrogateEngine` over gRPC."""
+    """Mirrors `services.surrogate.engine.SurrogateEngine` over gRPC, including its NotFoundError
+    for an unknown model or VAE id (e.g. after the surrogate restarted)."""
 
     def __init__(self, config):
         super().__init__(config)
         self.stub = surrogate_pb2_grpc.SurrogateServiceStub(self.channel)
+
+    @staticmethod
+    def _call(rpc, request, timeout):
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(exc.details()) from exc
+            raise
 
     def train_vae(self, embeddings, config: VaeConfig | None = None, timeout: float | None = None) -> VaeResult:
         config = config or VaeConfig()
         request = surrogate_pb2.TrainVaeRequest(
             embeddings=encode_tensor(embeddings), settings=convert.settings_to_proto(config, surrogate_pb2.VaeSettings)
         )
-        r = self.stub.TrainVae(request, timeout=timeout)
+        r = self._call(self.stub.TrainVae, request, timeout)
         fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(VaeResult) if f.name != "quality"}
         return VaeResult(**fields, quality={f.name: getattr(r.quality, f.name) for f in r.quality.DESCRIPTOR.fields})
 
@@ -220,7 +231,7 @@ class SurrogateClient(BaseClient):
         )
         if training is not None:
             request.training.CopyFrom(convert.settings_to_proto(training, surrogate_pb2.GpTrainingSettings))
-        r = self.stub.FitModel(request, timeout=None)
+        r = self._call(self.stub.FitModel, request, None)
         return FitResult(r.model_id, r.mll, r.epochs_trained)
 
     def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]:
@@ -231,13 +242,12 @@ class SurrogateClient(BaseClient):
             y=list(map(float, y)),
             training=convert.settings_to_proto(training, surrogate_pb2.GpTrainingSettings),
         )
-        r = self.stub.UpdateModel(request, timeout=None)
+        r = self._call(self.stub.UpdateModel, request, None)
         return r.num_observations, r.epochs_trained
 
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
-        response = self.stub.Predict(
-            surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x)), timeout=self.timeout
-        )
+        request = surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x))
+        response = self._call(self.stub.Predict, request, self.timeout)
         return np.array(response.mean), np.array(response.variance)
 
     def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray:
@@ -246,19 +256,19 @@ class SurrogateClient(BaseClient):
         )
         if best_f is not None:
             request.best_f = best_f
-        return np.array(self.stub.ComputeAcquisition(request, timeout=self.timeout).values)
+        return np.array(self._call(self.stub.ComputeAcquisition, request, self.timeout).values)
 
     def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
         config = config or AcquisitionConfig()
         request = surrogate_pb2.OptimizeAcquisitionRequest(model_id=model_id, **dataclasses.asdict(config))
         if best_f is not None:
             request.best_f = best_f
-        r = self.stub.OptimizeAcquisition(request, timeout=None)
+        r = self._call(self.stub.OptimizeAcquisition, request, None)
         return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.log_ei)
 
     def decode(self, model_id: str, latents) -> np.ndarray:
         request = surrogate_pb2.DecodeLatentRequest(model_id=model_id, latents=encode_tensor(latents))
-        return decode_tensor(self.stub.DecodeLatent(request, timeout=self.timeout).embeddings)
+        return decode_tensor(self._call(self.stub.DecodeLatent, request, self.timeout).embeddings)
 
     def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint:
         config = config or InversionConfig()
@@ -268,11 +278,11 @@ class SurrogateClient(BaseClient):
             latent_init=encode_tensor(np.reshape(latent_init, -1)),
             **dataclasses.asdict(config),
         )
-        r = self.stub.InvertLatent(request, timeout=self.timeout)
+        r = self._call(self.stub.InvertLatent, request, self.timeout)
         return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.loss, r.steps)
 
     def delete(self, model_id: str) -> None:
-        self.stub.DeleteModel(surrogate_pb2.DeleteModelRequest(model_id=model_id), timeout=self.timeout)
+        self._call(self.stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id=model_id), self.timeout)
 
 
 class OptimizerClient(BaseClient):

@@ -103,6 +103,18 @@ def test_hyperband_only_and_resume_without_repaying(parts):
     assert again["hyperband"]["best_instruction"] == state["hyperband"]["best_instruction"]
 
 
+def test_a_restarted_surrogate_does_not_fail_the_run(parts):
+    """Model ids live in the surrogate's memory; when it forgets them, the step retrains and repeats."""
+    fields = {"mode": "skip-hbbops", "hyperband_evals_path": str(parts["recorded"]), "iterations": 2}
+    optimizer, state, usage, events = run(parts, fields, stop_after=3)
+    parts["models"].surrogate.registry._models.clear()  # what a surrogate restart does
+    calls = usage.llm_calls
+    state = optimizer.step(state)
+    assert state["step"] == 4 and len(state["inference"]) == 2
+    assert any("surrogate lost a model" in p.get("message", "") for kind, p in events if kind == "progress")
+    assert usage.llm_calls - calls <= 80  # at most the one new InvBO evaluation
+
+
 def test_bad_modes_are_rejected():
     with pytest.raises(ValueError, match="lipo.mode"):
         LipoConfig(mode="fast")

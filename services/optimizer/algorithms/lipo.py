@@ -11,6 +11,7 @@ the checkpointed data (no LLM call is repeated: llm_eval answers from its cache)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -21,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from services.common.errors import NotFoundError
 from services.common.types import (
     AcquisitionConfig,
     EvaluationRequest,
@@ -390,28 +392,33 @@ class LipoOptimizer(Optimizer):
     def step(self, state: dict) -> dict:
         step = state["step"]
         start = self._calls()
-        if step == 0:
+        phase = "ape" if step == 0 else "vae" if step == 1 else "hyperband" if self._is_hyperband(step) else "inference"
+        snapshot = copy.deepcopy(state)
+        try:
+            self._run_phase(phase, state)
+        except NotFoundError as exc:  # the surrogate restarted and lost our models: retrain, redo the step
+            self._progress(f"surrogate lost a model ({exc}); retraining from the checkpoint and repeating the step")
+            self._vae_id = self._model_id = None
+            state = snapshot
+            self._run_phase(phase, state)
+        state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start
+        state["step"] = step + 1
+        return state
+
+    def _is_hyperband(self, step: int) -> bool:
+        return step == 2 and self._runs_hyperband()
+
+    def _run_phase(self, phase: str, state: dict) -> None:
+        if phase == "ape":
             self._load(state)
-        elif step == 1:
+        elif phase == "vae":
             self._vae(state)
             self._progress(f"VAE trained: {json.dumps(state['vae'])}")
-        elif step == 2 and self._runs_hyperband():
+        elif phase == "hyperband":
             self._hyperband(state)
         else:
             self._vae(state)
             self._invbo_iteration(state)
-        phase = (
-            "ape"
-            if step == 0
-            else "vae"
-            if step == 1
-            else "hyperband"
-            if step == 2 and self._runs_hyperband()
-            else "inference"
-        )
-        state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start
-        state["step"] = step + 1
-        return state
 
     def _load(self, state: dict) -> None:
         config = self.config
