@@ -125,11 +125,9 @@ def usage_report_from_proto(msg: llm_eval_pb2.GetUsageResponse) -> UsageReport:
     return UsageReport(usage_from_proto(msg.usage), msg.task_model, msg.meta_model, msg.cached_answers)
 
 
-def settings_from_proto(cls, msg, **overrides):
-    """A frozen settings dataclass from the fields set on `msg` (unset fields keep the defaults)."""
-    fields = {field.name: value for field, value in msg.ListFields()}
-    fields.update(overrides)
-    return cls(**fields)
+def settings_from_proto(msg, default):
+    """`default` (a frozen settings dataclass) with the fields set on `msg` replaced, validated."""
+    return dataclasses.replace(default, **{field.name: value for field, value in msg.ListFields()})
 
 
 def settings_to_proto(settings, msg_cls):

@@ -12,6 +12,7 @@ from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from services.common.clients import EncoderClient, LlmEvalClient
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
+from services.common.text import EncodeMemo
 from services.common.types import ModelRole
 from services.decoder.core import (
     Inverter,
@@ -50,21 +51,22 @@ class DecoderConfig:
 
 
 def build_inverter(config: DecoderConfig, encoder: EncoderClient) -> Inverter:
+    encode = EncodeMemo(encoder.encode)  # callers send the same seed pool with every Invert
     if config.backend == "nearest":
-        return NearestTextInverter(encoder.encode)
+        return NearestTextInverter(encode)
     if config.backend == "vec2text":
         return Vec2TextInverter(
-            encoder.encode,
+            encode,
             config.vec2text_model_type,
             config.vec2text_inversion_model,
             config.vec2text_num_steps,
             config.vec2text_beam,
         )
     if config.backend == "sonar":
-        return SonarInverter(encoder.encode, config.sonar_decoder)
+        return SonarInverter(encode, config.sonar_decoder)
     llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
     return LlmGuidedInverter(
-        encoder.encode,
+        encode,
         lambda prompts, params: llm.generate(prompts, params, ModelRole.META),
         config.num_steps,
         config.beam_width,

@@ -10,13 +10,13 @@ their stacks lazily.
 from __future__ import annotations
 
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from services.common.text import instruction_lines
 from services.common.types import DecodingParams, GenerateResult, Usage
 
 log = logging.getLogger(__name__)
@@ -65,9 +65,6 @@ class NearestTextInverter(Inverter):
 
 LLM_GUIDED_PROMPT = (Path(__file__).resolve().parent / "prompts" / "llm_guided.txt").read_text()
 
-# Numbering, bullets, "Instruction 2:" and echoed similarity scores ("0.965: ...") before a candidate.
-_BULLET = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)])\s+|instruction\s*\d*\s*[:.)-]\s*|\d*\.\d+\s*[:)-]\s*)", re.I)
-
 
 class LlmGuidedInverter(Inverter):
     """Embedded default for any encoder: start from the `beam_width` seed texts nearest the target,
@@ -92,10 +89,6 @@ class LlmGuidedInverter(Inverter):
         self.num_steps, self.beam_width, self.candidates = num_steps, beam_width, candidates
         self.temperature, self.max_length = temperature, max_length
 
-    def _parse(self, text: str) -> list[str]:
-        lines = (_BULLET.sub("", line).strip().strip('"').strip() for line in text.splitlines())
-        return [line for line in lines if line and len(line) <= self.max_length and not line.endswith(":")]
-
     def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
         if not seed_texts:
             raise ValueError("seed_texts must not be empty for the llm-guided inverter")
@@ -112,7 +105,11 @@ class LlmGuidedInverter(Inverter):
                 params = DecodingParams(temperature=self.temperature, max_tokens=80 * self.candidates, seed=step)
                 result = self.generate([prompt], params)
                 usage.add(result.usage)
-                fresh = [c for c in dict.fromkeys(self._parse(result.completions[0].text)) if c not in known]
+                fresh = [
+                    c
+                    for c in dict.fromkeys(instruction_lines(result.completions[0].text, self.max_length))
+                    if c not in known
+                ]
                 if fresh:
                     known.update(zip(fresh, cosines(target[None], self.encode(fresh))[0].tolist(), strict=True))
                 log.info("llm-guided step %d: %d new candidates, best %.4f", step, len(fresh), max(known.values()))

@@ -68,9 +68,7 @@ class SurrogateEngine:
             model = DeepKernelSurrogate(
                 vae, _matrix(train_x, "train_x", vae.input_dim), y, training or GpTraining(), minimize
             )
-            with torch.no_grad():
-                mll = -model.final_loss
-            return FitResult(self.registry.add(model), mll, model.epochs_trained)
+            return FitResult(self.registry.add(model), -model.final_loss, model.epochs_trained)
         model = ExactGP(_matrix(train_x, "train_x").astype(np.float64), y, minimize=minimize)
         return FitResult(self.registry.add(model), model.mll, 0)
 

@@ -13,13 +13,6 @@ from services.common.errors import require
 from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 
 
-def _merge(default, msg):
-    """`default` with the fields set on `msg` replaced."""
-    values = dict(vars(default))
-    values.update({field.name: value for field, value in msg.ListFields()})
-    return type(default)(**values)
-
-
 class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
     def __init__(self, engine):
         """engine: a `services.surrogate.engine.SurrogateEngine` (set once models can load)."""
@@ -27,13 +20,13 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
 
     def TrainVae(self, request, context):
         embeddings = decode_tensor(request.embeddings, "embeddings", ndim=2)
-        result = self.engine.train_vae(embeddings, settings_from_proto(VaeConfig, request.settings))
+        result = self.engine.train_vae(embeddings, settings_from_proto(request.settings, VaeConfig()))
         fields = dataclasses.asdict(result)
         return surrogate_pb2.TrainVaeResponse(**fields | {"quality": surrogate_pb2.VaeQuality(**result.quality)})
 
     def FitModel(self, request, context):
         x = decode_tensor(request.train_x, "train_x", ndim=2)
-        training = settings_from_proto(GpTraining, request.training)
+        training = settings_from_proto(request.training, GpTraining())
         result = self.engine.fit(x, np.asarray(request.train_y), request.vae_id, request.minimize, training)
         return surrogate_pb2.FitModelResponse(
             model_id=result.model_id, mll=result.mll, epochs_trained=result.epochs_trained
@@ -43,7 +36,7 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
         require(bool(request.model_id), "model_id must be set")
         x = decode_tensor(request.x, "x", ndim=2)
         require(x.shape[0] == len(request.y) > 0, f"y has {len(request.y)} values but x has {x.shape[0]} rows")
-        training = _merge(GpTraining.for_retrain(), request.training)
+        training = settings_from_proto(request.training, GpTraining.for_retrain())
         n, epochs = self.engine.update(request.model_id, x, np.asarray(request.y), training)
         return surrogate_pb2.UpdateModelResponse(num_observations=n, epochs_trained=epochs)
 

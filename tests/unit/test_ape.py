@@ -2,8 +2,9 @@
 
 import json
 
+from services.common.text import instruction_lines
 from services.common.types import Usage
-from services.optimizer.algorithms.ape import STYLE_CATEGORIES, clean_lines, generate_pool
+from services.optimizer.algorithms.ape import STYLE_CATEGORIES, generate_pool
 from services.optimizer.algorithms.base import MeteredLlm
 
 
@@ -31,10 +32,10 @@ def test_style_categories_and_temperatures():
     }
 
 
-def test_clean_lines():
+def test_instruction_lines():
     text = 'Here are three instructions:\n1. Solve:\n- "Think step by step."\n\n' + "x" * 501 + "\n2) Check units."
-    assert clean_lines(text, 500) == ["Solve:", "Think step by step.", "Check units."]
-    assert clean_lines("Instruction 2: Add the totals.\n3.5 times the rate.", 500) == [
+    assert instruction_lines(text, 500) == ["Solve:", "Think step by step.", "Check units."]
+    assert instruction_lines("Instruction 2: Add the totals.\n3.5 times the rate.", 500) == [
         "Add the totals.",
         "3.5 times the rate.",
     ]

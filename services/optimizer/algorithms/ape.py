@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 
+from services.common.text import instruction_lines
 from services.common.types import DecodingParams
 from services.optimizer.algorithms.base import MeteredLlm, load_template
 
@@ -40,20 +40,6 @@ STYLE_CATEGORIES = {
         "temperature": 0.8,
     },
 }
-
-_BULLET = re.compile(r"^\s*(?:(?:[-*\u2022]|\d+[.)]|[A-Za-z][.)])\s+|instruction\s*\d*\s*[:.)-]\s*)", re.I)
-
-
-def clean_lines(text: str, max_length: int) -> list[str]:
-    """Instruction lines of a completion: bullets, numbering and quotes stripped; lines longer than
-    `max_length` and preambles ("Here are ten instructions:") dropped."""
-    out = []
-    for line in text.splitlines():
-        line = _BULLET.sub("", line).strip().strip('"').strip("'").strip()
-        preamble = line.endswith(":") and len(line.split()) > 3
-        if line and len(line) <= max_length and not preamble:
-            out.append(line)
-    return out
 
 
 def _norm(text: str) -> str:
@@ -105,7 +91,7 @@ def generate_pool(
         )
         params = DecodingParams(temperature=spec["temperature"], max_tokens=max_tokens * batch_size, seed=seed + call)
         added = 0
-        for line in clean_lines(llm.generate([prompt], params)[0], max_length)[:batch_size]:
+        for line in instruction_lines(llm.generate([prompt], params)[0], max_length)[:batch_size]:
             if _norm(line) not in seen and len(pool) < num_instructions:
                 seen.add(_norm(line))
                 pool.append(line)

@@ -23,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.errors import NotFoundError
+from services.common.text import EncodeMemo
 from services.common.types import (
     AcquisitionConfig,
     EvaluationRequest,
@@ -289,7 +290,7 @@ class LipoOptimizer(Optimizer):
         self.state_dir = Path(state_dir)
         self._vae_id: str | None = None
         self._model_id: str | None = None
-        self._embeddings: dict[str, np.ndarray] = {}
+        self._encode = EncodeMemo(models.encoder.encode) if models else None
 
     # -- plumbing ------------------------------------------------------------------------------
     def total_steps(self) -> int:
@@ -320,13 +321,6 @@ class LipoOptimizer(Optimizer):
 
     def _progress(self, message: str) -> None:
         self.emit("progress", {"message": message})
-
-    def _encode(self, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._embeddings]
-        if missing:
-            for text, row in zip(missing, np.asarray(self.models.encoder.encode(missing)), strict=True):
-                self._embeddings[text] = row
-        return np.stack([self._embeddings[t] for t in texts])
 
     def _score(self, state: dict, instruction: str, fidelity: int) -> float:
         """Error rate on the first `fidelity` questions of the run's shuffled order (recorded as a candidate)."""
@@ -360,16 +354,8 @@ class LipoOptimizer(Optimizer):
                 self._encode(state["pool"]), self.config.vae_config(self.evaluation.seed)
             )
             self._vae_id = result.vae_id
-            state["vae"] = {
-                "vae_quality_metrics": result.quality,
-                "vae_training": {
-                    "epochs_trained": result.epochs_trained,
-                    "final_recon_loss": result.final_recon_loss,
-                    "final_kl_loss": result.final_kl_loss,
-                    "early_stopped": result.early_stopped,
-                    "best_val_recon_loss": result.best_val_recon_loss,
-                },
-            }
+            training = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("vae_id", "quality")}
+            state["vae"] = {"vae_quality_metrics": result.quality, "vae_training": training}
         return self._vae_id
 
     def _gp(self, state: dict) -> str:
