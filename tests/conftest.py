@@ -13,6 +13,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", ROOT.parent / "shared" / "datasets")).resolve()
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run where CUDA is available (`pytest -m gpu` on a GPU box) and are skipped elsewhere."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
     if not (DATASETS / "gsm8k" / "test.jsonl").is_file():
@@ -24,9 +36,8 @@ def datasets_dir() -> Path:
 def llm_backend():
     """The embedded CPU model (Qwen2.5-Coder-0.5B-Instruct Q4_K_M via llama.cpp)."""
     from services.llm_eval.backends import LlamaCppBackend
-    from services.llm_eval.models import QWEN25_CODER_05B, ensure_model
 
-    return LlamaCppBackend(str(ensure_model()), model_name=QWEN25_CODER_05B.name, n_ctx=2048)
+    return LlamaCppBackend.embedded(n_ctx=2048)
 
 
 @pytest.fixture(scope="session")

@@ -118,11 +118,14 @@ def usage_report_to_proto(report: UsageReport) -> llm_eval_pb2.GetUsageResponse:
         task_model=report.task_model,
         meta_model=report.meta_model,
         cached_answers=report.cached_answers,
+        models=report.models,
     )
 
 
 def usage_report_from_proto(msg: llm_eval_pb2.GetUsageResponse) -> UsageReport:
-    return UsageReport(usage_from_proto(msg.usage), msg.task_model, msg.meta_model, msg.cached_answers)
+    return UsageReport(
+        usage_from_proto(msg.usage), msg.task_model, msg.meta_model, msg.cached_answers, list(msg.models)
+    )
 
 
 def settings_from_proto(msg, default):

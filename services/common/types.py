@@ -118,6 +118,7 @@ class UsageReport:
     task_model: str
     meta_model: str
     cached_answers: int
+    models: list[str] = dataclasses.field(default_factory=list)
 
 
 # -- surrogate settings and results (torch-free: the optimizer builds and reads them) ----------

@@ -14,7 +14,7 @@ from services.llm_eval.cache import AnswerCache
 from services.llm_eval.config import LlmEvalConfig
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
-from services.llm_eval.models import EMBEDDED_MODELS, ensure_model
+from services.llm_eval.models import EMBEDDED_MODELS
 from services.llm_eval.replay import ReplayBackend, load_table
 from services.llm_eval.server import LlmEvalServicer
 
@@ -26,8 +26,9 @@ def build_backend(config: LlmEvalConfig, backend: str, model: str) -> LLMBackend
         examples = DatasetStore(config.datasets_dir).load(config.replay_dataset, config.replay_split)
         return ReplayBackend(load_table(model), examples, config.replay_seed, name=f"replay:{Path(model).stem}")
     if backend == "llamacpp":
-        path = ensure_model(EMBEDDED_MODELS[model]) if model in EMBEDDED_MODELS else Path(model)
-        return LlamaCppBackend(str(path), model_name=model, n_ctx=config.n_ctx, n_threads=config.n_threads)
+        if model in EMBEDDED_MODELS:
+            return LlamaCppBackend.embedded(model, config.n_ctx, config.n_threads)
+        return LlamaCppBackend(model, model, config.n_ctx, config.n_threads)
     if backend == "openai":
         return OpenAIBackend(config.openai_base_url, model, config.openai_api_key_env)
     return VLLMBackend(model, config.vllm_tensor_parallel_size, config.vllm_gpu_memory_utilization)
@@ -52,6 +53,7 @@ def main() -> None:
             AnswerCache(config.cache_path),
             config.default_max_tokens,
             config.batch_size,
+            [build_backend(config, backend, model) for backend, model in config.extra()],
         )
 
     binding = ServiceBinding.of(

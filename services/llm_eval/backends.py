@@ -2,11 +2,13 @@
 
 Contract of `LLMBackend.generate`: takes user messages and returns one `Completion` per
 message, in order, applying the model's chat template; it must be safe to call from
-several threads (backends serialise internally where the engine is not).
+several threads (backends serialise internally where the engine is not). `identity()` names
+everything about the backend that changes its answers; it is part of every cached answer's key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 
 from services.common.errors import UnavailableError
 from services.common.types import Completion, DecodingParams
@@ -31,21 +34,51 @@ class LLMBackend(ABC):
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         """One completion per prompt, in order."""
 
+    @abstractmethod
+    def identity(self) -> dict:
+        """JSON-serialisable description of everything that changes this backend's answers."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
 
 class LlamaCppBackend(LLMBackend):
     """llama-cpp-python over a local GGUF file, on CPU (the embedded default)."""
 
-    def __init__(self, model_path: str, model_name: str = "", n_ctx: int = 4096, n_threads: int = 0):
-        from llama_cpp import Llama  # lazy: only this backend needs it
+    def __init__(
+        self, model_path: str, model_name: str = "", n_ctx: int = 4096, n_threads: int = 0, model_sha256: str = ""
+    ):
+        import llama_cpp  # lazy: only this backend needs it
+
+        from services.llm_eval.models import sha256_file
 
         self.model_name = model_name or os.path.basename(model_path)
-        self._llm = Llama(
+        self._llm = llama_cpp.Llama(
             model_path=model_path,
             n_ctx=n_ctx,
             n_threads=n_threads or os.cpu_count(),
             verbose=False,
         )
+        self._identity = {
+            "backend": "llamacpp",
+            "weights_sha256": model_sha256 or sha256_file(Path(model_path)),
+            "n_ctx": n_ctx,
+            "chat_template_sha256": _sha256(self._llm.metadata.get("tokenizer.chat_template", "")),
+            "llama_cpp": llama_cpp.__version__,
+        }
         self._lock = threading.Lock()
+
+    @classmethod
+    def embedded(cls, name: str = "", n_ctx: int = 4096, n_threads: int = 0) -> LlamaCppBackend:
+        """An embedded model by name (default: Qwen2.5-Coder-0.5B), assembled and verified on first use."""
+        from services.llm_eval.models import EMBEDDED_MODELS, QWEN25_CODER_05B, ensure_model
+
+        model = EMBEDDED_MODELS[name] if name else QWEN25_CODER_05B
+        return cls(str(ensure_model(model)), model.name, n_ctx, n_threads, model_sha256=model.sha256)
+
+    def identity(self) -> dict:
+        return self._identity
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         out = []
@@ -80,6 +113,9 @@ class OpenAIBackend(LLMBackend):
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._api_key = os.environ.get(api_key_env, "")
         self._timeout = timeout
+
+    def identity(self) -> dict:
+        return {"backend": "openai", "url": self._url, "model": self.model_name}
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         return [self._one(prompt, params) for prompt in prompts]
@@ -122,7 +158,13 @@ class VLLMBackend(LLMBackend):
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
         )
+        self._tensor_parallel_size = tensor_parallel_size
         self._lock = threading.Lock()
+
+    def identity(self) -> dict:
+        import vllm
+
+        return {"backend": "vllm", "model": self.model_name, "tp": self._tensor_parallel_size, "vllm": vllm.__version__}
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         from vllm import SamplingParams

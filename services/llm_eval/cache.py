@@ -1,4 +1,6 @@
-"""SQLite cache of LLM answers keyed by (model, prompt hash, dataset, question, decoding params).
+"""SQLite cache of LLM answers keyed by everything that changes an answer: the backend's
+identity (model, weights, context size, chat template, replay table and seed, ...), the prompt
+template, the instruction, the dataset file, the question and the decoding params.
 
 Every evaluated (prompt, question) pair is stored once, so a higher fidelity only pays for
 the questions it adds and a restarted job never pays twice.
@@ -21,10 +23,29 @@ def prompt_hash(instruction: str) -> str:
     return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
 
 
-def answer_key(model: str, p_hash: str, dataset: str, split: str, question_index: int, params: DecodingParams) -> str:
-    """Cache key of one answer; any change of model, prompt, question or params changes it."""
-    payload = json.dumps([model, p_hash, dataset, split, question_index, dataclasses.asdict(params)], sort_keys=True)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+@dataclasses.dataclass(frozen=True)
+class AnswerContext:
+    """What an answer depends on besides the instruction and the question.
+
+    backend: `LLMBackend.identity()`; template: the prompt template; dataset_digest: the
+    dataset file's sha256; split: the base split the question index refers to.
+    """
+
+    backend: dict
+    template: str
+    dataset: str
+    dataset_digest: str
+    split: str
+    params: DecodingParams
+
+    def digest(self) -> str:
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def answer_key(context: str, p_hash: str, question_index: int) -> str:
+    """Cache key of one answer: an `AnswerContext.digest()`, the instruction's hash and the question."""
+    return hashlib.sha256(f"{context}\0{p_hash}\0{question_index}".encode()).hexdigest()
 
 
 @dataclasses.dataclass

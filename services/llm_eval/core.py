@@ -20,7 +20,7 @@ from services.common.types import (
 )
 from services.llm_eval import gsm8k
 from services.llm_eval.backends import LLMBackend
-from services.llm_eval.cache import AnswerCache, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
 from services.llm_eval.datasets import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class LlmEvaluator:
         cache: the answer cache.
         default_max_tokens: used when a request's max_tokens is 0.
         batch_size: questions sent to the backend per call.
+        extra: further backends `generate` serves by model name (e.g. a larger meta model).
     """
 
     def __init__(
@@ -46,9 +47,11 @@ class LlmEvaluator:
         cache: AnswerCache,
         default_max_tokens: int = 512,
         batch_size: int = 16,
+        extra: Sequence[LLMBackend] = (),
     ):
         self.task = task
         self.meta = meta
+        self.models = {b.model_name: b for b in (*extra, meta, task)}
         self.datasets = datasets
         self.cache = cache
         self.default_max_tokens = default_max_tokens
@@ -86,14 +89,17 @@ class LlmEvaluator:
             self._usage.add(usage)
 
     def generate(
-        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META
+        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META, model: str = ""
     ) -> GenerateResult:
-        """Complete each prompt with the model of `role` (no caching: sampling is the point)."""
+        """Complete each prompt with `model` if named, else the model of `role` (no caching:
+        sampling is the point)."""
         if not prompts:
             raise ValueError("prompts must not be empty")
         if any(not p.strip() for p in prompts):
             raise ValueError("prompts must not contain empty strings")
-        backend = self.task if role == ModelRole.TASK else self.meta
+        if model and model not in self.models:
+            raise ValueError(f"model {model!r} is not served here (serves: {sorted(self.models)})")
+        backend = self.models[model] if model else self.task if role == ModelRole.TASK else self.meta
         completions = backend.generate(list(prompts), self._resolve(params))
         usage = Usage(
             llm_calls=len(completions),
@@ -106,6 +112,8 @@ class LlmEvaluator:
     def question_indices(self, request: EvaluationRequest) -> list[int]:
         """The questions a request covers, validated against the split size."""
         size = len(self.datasets.load(request.dataset, request.split))
+        if size == 0:
+            raise ValueError(f"split {request.split!r} of dataset {request.dataset!r} has no questions")
         if request.question_indices:
             bad = [i for i in request.question_indices if i >= size]
             if bad:
@@ -117,13 +125,26 @@ class LlmEvaluator:
         return order[: request.fidelity or size]
 
     def evaluate(self, request: EvaluationRequest, should_stop: Callable[[], bool] = lambda: False) -> EvaluationResult:
-        """Score an instruction; only questions missing from the cache reach the LLM."""
+        """Score an instruction; only questions missing from the cache reach the LLM.
+
+        Question indices are the split's own (a slice counts from its start); cache keys use the
+        base split's indices, so a slice shares answers with its base split.
+        """
         examples = self.datasets.load(request.dataset, request.split)
         indices = self.question_indices(request)
         params = self._resolve(request.params)
         model = self.task.model_name
         p_hash = prompt_hash(request.instruction)
-        keys = [answer_key(model, p_hash, request.dataset, request.split, i, params) for i in indices]
+        base_split, base = self.datasets.base_indices(request.dataset, request.split)
+        context = AnswerContext(
+            self.task.identity(),
+            gsm8k.PROMPT_TEMPLATE,
+            request.dataset,
+            self.datasets.digest(request.dataset, request.split),
+            base_split,
+            params,
+        ).digest()
+        keys = [answer_key(context, p_hash, base[i]) for i in indices]
         answers = self.cache.get_many(keys)
         usage = Usage(cache_hits=len(answers))
         cached = set(answers)
@@ -140,7 +161,8 @@ class LlmEvaluator:
                     rows = []
                     for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
                         answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
-                        rows.append((key, (model, p_hash, request.dataset, request.split, i, params_json), answer))
+                        meta = (model, p_hash, request.dataset, base_split, base[i], params_json)
+                        rows.append((key, meta, answer))
                         answers[key] = answer
                         usage.llm_calls += 1
                         usage.prompt_tokens += completion.prompt_tokens
@@ -195,4 +217,4 @@ class LlmEvaluator:
     def usage(self) -> UsageReport:
         with self._usage_lock:
             usage = dataclasses.replace(self._usage)
-        return UsageReport(usage, self.task.model_name, self.meta.model_name, self.cache.count())
+        return UsageReport(usage, self.task.model_name, self.meta.model_name, self.cache.count(), sorted(self.models))

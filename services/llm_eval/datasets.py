@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 from functools import cache
 from pathlib import Path
 
 from services.common.errors import NotFoundError
+from services.common.splits import SplitSpec
 from services.llm_eval import gsm8k
 
 
@@ -19,17 +21,35 @@ class Example:
 
 
 class DatasetStore:
-    """Reads GSM8K-style JSONL splits (`question`, `answer` with `#### n`) under `root`."""
+    """Reads GSM8K-style JSONL splits (`question`, `answer` with `#### n`) under `root`.
+
+    A split argument may be a slice of a split (`test[:50%]`, see `services.common.splits`).
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
     def splits(self, dataset: str) -> dict[str, int]:
-        """Split name -> number of examples."""
+        """Split name -> number of examples (base splits; slices of them are also accepted)."""
         directory = self._dir(dataset)
-        return {p.stem: len(self.load(dataset, p.stem)) for p in sorted(directory.glob("*.jsonl"))}
+        return {p.stem: len(self._base(dataset, p.stem)) for p in sorted(directory.glob("*.jsonl"))}
 
     def load(self, dataset: str, split: str) -> tuple[Example, ...]:
+        spec = SplitSpec.parse(split)
+        examples = self._base(dataset, spec.base)
+        rows = spec.bounds(len(examples))
+        return examples[rows.start : rows.stop]
+
+    def base_indices(self, dataset: str, split: str) -> tuple[str, range]:
+        """(base split, the base-split indices of the split's questions, in order)."""
+        spec = SplitSpec.parse(split)
+        return spec.base, spec.bounds(len(self._base(dataset, spec.base)))
+
+    def digest(self, dataset: str, split: str) -> str:
+        """sha256 of the base split's file: cached answers are tied to the questions' exact text."""
+        return _digest(self._dir(dataset) / f"{SplitSpec.parse(split).base}.jsonl")
+
+    def _base(self, dataset: str, split: str) -> tuple[Example, ...]:
         return _read(self._dir(dataset) / f"{split}.jsonl", dataset, split)
 
     def order(self, dataset: str, split: str, seed: int) -> list[int]:
@@ -45,6 +65,11 @@ class DatasetStore:
         if not directory.is_dir():
             raise NotFoundError(f"dataset {dataset!r} not found under {self.root}")
         return directory
+
+
+@cache
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @cache

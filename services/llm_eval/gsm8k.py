@@ -12,9 +12,13 @@ _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
 TOLERANCE = 1e-6
 
 
+# Q_end format (OPRO paper): the instruction after the question. Part of every answer's cache key.
+PROMPT_TEMPLATE = "Q: {question}\n{instruction}\nA:"
+
+
 def format_prompt(question: str, instruction: str) -> str:
-    """Q_end format: `Q: {question}\\n{instruction}\\nA:`."""
-    return f"Q: {question}\n{instruction}\nA:"
+    """The question and instruction in PROMPT_TEMPLATE."""
+    return PROMPT_TEMPLATE.format(question=question, instruction=instruction)
 
 
 def extract_last_number(text: str) -> str | None:

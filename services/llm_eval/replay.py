@@ -79,8 +79,13 @@ class ReplayBackend(LLMBackend):
         self.table = table
         self.examples = examples
         self.seed = seed
+        rows = sorted((r.instruction, r.exemplars, r.error_rate, r.n) for r in table.values())
+        self._table_sha256 = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
         self._index = {example.question: i for i, example in enumerate(examples)}
         self._correct: dict[tuple[str, str], frozenset[int]] = {}
+
+    def identity(self) -> dict:
+        return {"backend": "replay", "table_sha256": self._table_sha256, "seed": self.seed}
 
     def correct_set(self, row: ReplayRow) -> frozenset[int]:
         """The questions this row answers correctly (cached)."""

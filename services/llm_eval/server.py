@@ -33,7 +33,9 @@ class LlmEvalServicer(llm_eval_pb2_grpc.LlmEvalServiceServicer):
             f"role {request.role} is not a known ModelRole",
         )
         role = ModelRole.TASK if request.role == llm_eval_pb2.MODEL_ROLE_TASK else ModelRole.META
-        result = self.evaluator.generate(list(request.prompts), convert.params_from_proto(request.params), role)
+        result = self.evaluator.generate(
+            list(request.prompts), convert.params_from_proto(request.params), role, request.model
+        )
         _count(role.name.lower(), result.usage)
         return convert.generate_result_to_proto(result)
 

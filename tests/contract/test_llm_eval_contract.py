@@ -1,5 +1,8 @@
 """llm_eval contract: the same assertions against the in-process evaluator and the gRPC client."""
 
+import pytest
+
+from services.common.clients import LlmEvalClient
 from services.common.types import DecodingParams, EvaluationRequest
 from tests.contract.conftest import invalid_argument
 
@@ -57,3 +60,34 @@ def test_invalid_input(llm_service):
         llm_service.evaluate(EvaluationRequest("x", split="test", question_indices=(99999,)))
     with invalid_argument("prompts must not"):
         llm_service.generate([], DecodingParams())
+
+
+@pytest.fixture(scope="module")
+def second_model(llm_backend):
+    """The embedded GGUF loaded again under another name with a shorter context: a real second model."""
+    from services.llm_eval.backends import LlamaCppBackend
+    from services.llm_eval.models import ensure_model
+
+    return LlamaCppBackend(str(ensure_model()), "qwen-0.5b-ctx1024", n_ctx=1024)
+
+
+@pytest.fixture(params=["inprocess", "grpc"])
+def two_model_service(request, llm_backend, second_model, datasets_dir, tmp_path):
+    from services.llm_eval.cache import AnswerCache
+    from services.llm_eval.core import LlmEvaluator
+    from services.llm_eval.datasets import DatasetStore
+    from tests.contract.conftest import contract_subject, llm_eval_binding
+
+    core = LlmEvaluator(
+        llm_backend, llm_backend, DatasetStore(datasets_dir), AnswerCache(tmp_path / "a.sqlite"), extra=[second_model]
+    )
+    yield from contract_subject(request.param, core, llm_eval_binding, LlmEvalClient)
+
+
+def test_generate_with_a_named_model(two_model_service, llm_backend):
+    assert two_model_service.usage().models == sorted([llm_backend.model_name, "qwen-0.5b-ctx1024"])
+    params = DecodingParams(max_tokens=4)
+    assert two_model_service.generate(["Say hi."], params, model="qwen-0.5b-ctx1024").model == "qwen-0.5b-ctx1024"
+    assert two_model_service.generate(["Say hi."], params).model == llm_backend.model_name
+    with invalid_argument("model 'gpt-9' is not served here"):
+        two_model_service.generate(["Say hi."], params, model="gpt-9")

@@ -14,7 +14,7 @@ class ScriptedLlm:
     def __init__(self, completions):
         self.completions, self.calls = list(completions), []
 
-    def generate(self, prompts, params, role=None):
+    def generate(self, prompts, params, role=None, model=""):
         from services.common.types import Completion, GenerateResult
 
         self.calls.append((prompts[0], params))

@@ -5,23 +5,47 @@ import pytest
 from services.common.errors import NotFoundError
 from services.common.operations import RunState, RunStore
 from services.common.types import DecodingParams, Usage
-from services.llm_eval.cache import AnswerCache, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
 
 
 def test_answer_key_changes_with_every_component():
-    p = DecodingParams()
-    base = answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, p)
-    assert base == answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, DecodingParams())
-    variants = [
-        answer_key("m2", prompt_hash("x"), "gsm8k", "test", 1, p),
-        answer_key("m", prompt_hash("y"), "gsm8k", "test", 1, p),
-        answer_key("m", prompt_hash("x"), "other", "test", 1, p),
-        answer_key("m", prompt_hash("x"), "gsm8k", "train", 1, p),
-        answer_key("m", prompt_hash("x"), "gsm8k", "test", 2, p),
-        answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, dataclasses.replace(p, max_tokens=5)),
-        answer_key("m", prompt_hash("x"), "gsm8k", "test", 1, dataclasses.replace(p, temperature=0.5)),
+    context = AnswerContext(
+        {"backend": "llamacpp", "n_ctx": 2048},
+        "Q: {question}\n{instruction}\nA:",
+        "gsm8k",
+        "d0",
+        "test",
+        DecodingParams(),
+    )
+    base = answer_key(context.digest(), prompt_hash("x"), 1)
+    assert base == answer_key(dataclasses.replace(context).digest(), prompt_hash("x"), 1)
+    contexts = [
+        dataclasses.replace(context, backend={"backend": "llamacpp", "n_ctx": 4096}),
+        dataclasses.replace(context, backend={"backend": "replay", "seed": 1}),
+        dataclasses.replace(context, template="{instruction}\nQ: {question}\nA:"),
+        dataclasses.replace(context, dataset="other"),
+        dataclasses.replace(context, dataset_digest="d1"),
+        dataclasses.replace(context, split="train"),
+        dataclasses.replace(context, params=DecodingParams(max_tokens=5)),
+        dataclasses.replace(context, params=DecodingParams(temperature=0.5)),
     ]
-    assert len({base, *variants}) == 8
+    variants = [answer_key(c.digest(), prompt_hash("x"), 1) for c in contexts]
+    variants += [answer_key(context.digest(), prompt_hash("y"), 1), answer_key(context.digest(), prompt_hash("x"), 2)]
+    assert len({base, *variants}) == 11
+
+
+def test_llamacpp_identity_names_weights_context_and_chat_template(llm_backend):
+    from services.llm_eval.backends import LlamaCppBackend
+    from services.llm_eval.models import QWEN25_CODER_05B
+
+    other = LlamaCppBackend.embedded(n_ctx=1024)
+    a, b = llm_backend.identity(), other.identity()
+    assert a["weights_sha256"] == b["weights_sha256"] == QWEN25_CODER_05B.sha256
+    assert (a["n_ctx"], b["n_ctx"]) == (2048, 1024)
+    assert len(a["chat_template_sha256"]) == 64 and a["chat_template_sha256"] == b["chat_template_sha256"]
+    params = DecodingParams()
+    keys = {AnswerContext(i, "t", "gsm8k", "d", "test", params).digest() for i in (a, b)}
+    assert len(keys) == 2
 
 
 def test_answer_cache_persists(tmp_path):
@@ -64,6 +88,9 @@ def test_concurrent_evaluations_of_the_same_prompt_pay_once(tmp_path, datasets_d
 
         def __init__(self):
             self.prompts = []
+
+        def identity(self):
+            return {"backend": "slow-counter"}
 
         def generate(self, prompts, params):
             self.prompts += prompts

@@ -61,3 +61,27 @@ def test_unknown_prompt_and_bad_rows_are_errors(datasets_dir, recorded, tmp_path
     bad.write_text('{"instruction": "x", "error_rate": 1.5, "n": 10}\n')
     with pytest.raises(ValueError, match="error_rate must be in"):
         load_table(bad)
+
+
+def test_replay_seeds_on_a_shared_cache_do_not_share_answers(datasets_dir, recorded, tmp_path):
+    """The replay seed changes which questions are right, so it is part of every answer's key."""
+    instruction = next(iter(recorded))[0]
+    request = EvaluationRequest(instruction, split="test", fidelity=200, shuffle_seed=3, include_details=True)
+    results = [evaluator(datasets_dir, recorded, tmp_path / "shared.sqlite", seed).evaluate(request) for seed in (0, 1)]
+    assert results[1].usage.cache_hits == 0 and results[1].usage.llm_calls == 200
+    assert [r.correct for r in results[0].results] != [r.correct for r in results[1].results]
+    again = evaluator(datasets_dir, recorded, tmp_path / "shared.sqlite", 0).evaluate(request)
+    assert again.usage.cache_hits == 200 and again.num_correct == results[0].num_correct
+
+
+def test_a_split_slice_shares_answers_with_its_split(datasets_dir, recorded, tmp_path):
+    instruction = next(iter(recorded))[0]
+    ev = evaluator(datasets_dir, recorded, tmp_path / "a.sqlite")
+    whole = ev.evaluate(EvaluationRequest(instruction, split="test", include_details=True))
+    second_half = ev.evaluate(EvaluationRequest(instruction, split="test[50%:]", include_details=True))
+    assert second_half.num_evaluated == 1319 - 659 and second_half.usage.cache_hits == 660
+    by_index = {r.question_index: r for r in whole.results}  # slice indices count from the slice's start
+    assert all(by_index[659 + r.question_index].question == r.question for r in second_half.results)
+    assert all(by_index[659 + r.question_index].correct == r.correct for r in second_half.results)
+    first = ev.evaluate(EvaluationRequest(instruction, split="test[:50%]", fidelity=10, shuffle_seed=1))
+    assert first.num_evaluated == 10 and first.usage.llm_calls == 0
