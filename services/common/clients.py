@@ -180,10 +180,10 @@ class LlmEvalClient(BaseClient):
         self.stub = llm_eval_pb2_grpc.LlmEvalServiceStub(self.channel)
 
     def generate(
-        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META
+        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ModelRole.META, model: str = ""
     ) -> GenerateResult:
         request = llm_eval_pb2.GenerateRequest(
-            prompts=list(prompts), params=convert.params_to_proto(params), role=int(role)
+            prompts=list(prompts), params=convert.params_to_proto(params), role=int(role), model=model
         )
         return convert.generate_result_from_proto(self.stub.Generate(request, timeout=self.timeout))
 
@@ -216,18 +216,32 @@ class SurrogateClient(BaseClient):
                 raise NotFoundError(exc.details()) from exc
             raise
 
-    def train_vae(self, embeddings, config: VaeConfig | None = None, timeout: float | None = None) -> VaeResult:
+    def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
         config = config or VaeConfig()
         request = surrogate_pb2.TrainVaeRequest(
-            embeddings=encode_tensor(embeddings), settings=convert.settings_to_proto(config, surrogate_pb2.VaeSettings)
+            embeddings=encode_tensor(embeddings),
+            settings=convert.settings_to_proto(config, surrogate_pb2.VaeSettings),
+            owner=owner,
         )
-        r = self._call(self.stub.TrainVae, request, timeout)
+        r = self._call(self.stub.TrainVae, request, None)
         fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(VaeResult) if f.name != "quality"}
         return VaeResult(**fields, quality={f.name: getattr(r.quality, f.name) for f in r.quality.DESCRIPTOR.fields})
 
-    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None):
+    def fit(
+        self,
+        train_x,
+        train_y,
+        vae_id: str = "",
+        minimize: bool = False,
+        training: GpTraining | None = None,
+        owner: str = "",
+    ):
         request = surrogate_pb2.FitModelRequest(
-            train_x=encode_tensor(train_x), train_y=list(map(float, train_y)), vae_id=vae_id, minimize=minimize
+            train_x=encode_tensor(train_x),
+            train_y=list(map(float, train_y)),
+            vae_id=vae_id,
+            minimize=minimize,
+            owner=owner,
         )
         if training is not None:
             request.training.CopyFrom(convert.settings_to_proto(training, surrogate_pb2.GpTrainingSettings))
@@ -283,6 +297,10 @@ class SurrogateClient(BaseClient):
 
     def delete(self, model_id: str) -> None:
         self._call(self.stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id=model_id), self.timeout)
+
+    def delete_owned(self, owner: str) -> int:
+        request = surrogate_pb2.DeleteModelRequest(owner=owner)
+        return self._call(self.stub.DeleteModel, request, self.timeout).deleted
 
 
 class OptimizerClient(BaseClient):

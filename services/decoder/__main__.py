@@ -15,11 +15,13 @@ from services.common.server import ServiceBinding, serve
 from services.common.text import EncodeMemo
 from services.common.types import ModelRole
 from services.decoder.core import (
+    GTR_ST,
     Inverter,
     LlmGuidedInverter,
     NearestTextInverter,
     SonarInverter,
     Vec2TextInverter,
+    vec2text_model,
 )
 from services.decoder.server import DecoderServicer
 
@@ -29,7 +31,13 @@ BACKENDS = ("llm-guided", "nearest", "vec2text", "sonar")
 
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """backend: llm-guided (CPU default, needs llm_eval) | nearest | vec2text | sonar."""
+    """backend: llm-guided (CPU default, needs llm_eval) | nearest | vec2text | sonar.
+
+    vec2text_model_type: 32_tokens (the ielabgroup pair over sentence-transformers GTR), gtr-base
+    (vec2text's pair over its own GTR embedding) or 512_tokens (the seed's default: an
+    InversionModel named by vec2text_inversion_model, inverting vec2text_embedder's output).
+    The encoder must serve the embedding the inverter was trained on; start-up checks it.
+    """
 
     backend: str = "llm-guided"
     encoder_address: str = "127.0.0.1:50051"
@@ -39,6 +47,7 @@ class DecoderConfig:
     candidates_per_step: int = 4
     vec2text_model_type: str = "512_tokens"
     vec2text_inversion_model: str = ""
+    vec2text_embedder: str = GTR_ST
     vec2text_num_steps: int = 20
     vec2text_beam: int = 8
     sonar_decoder: str = "text_sonar_basic_decoder"
@@ -48,20 +57,23 @@ class DecoderConfig:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend == "vec2text":
+            vec2text_model(self.vec2text_model_type, self.vec2text_inversion_model, self.vec2text_embedder)
 
 
-def build_inverter(config: DecoderConfig, encoder: EncoderClient) -> Inverter:
+def build_inverter(config: DecoderConfig, encoder: EncoderClient, info) -> Inverter:
+    """The configured inverter over `encoder` (whose GetModelInfo is `info`)."""
     encode = EncodeMemo(encoder.encode)  # callers send the same seed pool with every Invert
     if config.backend == "nearest":
         return NearestTextInverter(encode)
     if config.backend == "vec2text":
-        return Vec2TextInverter(
-            encode,
-            config.vec2text_model_type,
-            config.vec2text_inversion_model,
-            config.vec2text_num_steps,
-            config.vec2text_beam,
-        )
+        model = vec2text_model(config.vec2text_model_type, config.vec2text_inversion_model, config.vec2text_embedder)
+        if info.model != model.embedder:
+            raise ValueError(
+                f"vec2text {config.vec2text_model_type} inverts {model.embedder} embeddings, but the encoder "
+                f"serves {info.model!r}: set PROMPTOPT_ENCODER_MODEL={model.embedder}"
+            )
+        return Vec2TextInverter(encode, model, info.normalized, config.vec2text_num_steps, config.vec2text_beam)
     if config.backend == "sonar":
         return SonarInverter(encode, config.sonar_decoder)
     llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
@@ -83,11 +95,12 @@ def main() -> None:
     def load():
         while True:  # the encoder may still be loading its model
             try:
-                servicer.dimension = encoder.model_info().dimension
+                info = encoder.model_info()
                 break
             except grpc.RpcError:
                 time.sleep(1.0)
-        servicer.inverter = build_inverter(config, encoder)
+        servicer.dimension = info.dimension
+        servicer.inverter = build_inverter(config, encoder, info)
 
     binding = ServiceBinding.of(
         decoder_pb2, "DecoderService", decoder_pb2_grpc.add_DecoderServiceServicer_to_server, servicer

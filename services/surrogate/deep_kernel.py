@@ -25,7 +25,7 @@ from gpytorch.priors import GammaPrior
 
 from services.common.types import AcquisitionConfig, GpTraining, InversionConfig
 from services.surrogate.acquisition import CompositeLogEI, latent_bounds, log_ei
-from services.surrogate.core import Surrogate
+from services.surrogate.core import Surrogate, tensor_bytes
 from services.surrogate.vae import InstructionVAE, VAEWithAdapter, invert_latent
 
 CHOLESKY_JITTER = 1e-4
@@ -177,6 +177,9 @@ class DeepKernelSurrogate(Surrogate):
         mean, var = self.predict(x)
         sign = -1.0 if self.minimize else 1.0
         return sign * mean + np.sqrt(beta * var)
+
+    def nbytes(self) -> int:
+        return tensor_bytes(self.model, self.embeddings, self.targets, self.train_unit)
 
     # -- latent-space optimisation -------------------------------------------------------------
     def optimize(self, config: AcquisitionConfig, best_f: float | None = None) -> tuple[np.ndarray, float]:

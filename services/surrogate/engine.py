@@ -40,7 +40,8 @@ class SurrogateEngine:
     def __init__(self, registry: ModelRegistry | None = None):
         self.registry = registry or ModelRegistry()
 
-    def train_vae(self, embeddings, config: VaeConfig | None = None) -> VaeResult:
+    def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
+        """Train an InstructionVAE, stored for `owner` (the run that frees it)."""
         config = config or VaeConfig()
         x = torch.as_tensor(_matrix(embeddings, "embeddings"))
         if x.shape[0] < 2:
@@ -51,7 +52,7 @@ class SurrogateEngine:
         quality = vae_quality(vae, x)
         log.info("vae trained: %s quality %s", training, quality)
         return VaeResult(
-            self.registry.add(vae),
+            self.registry.add(vae, owner),
             training.epochs_trained,
             training.final_recon_loss,
             training.final_kl_loss,
@@ -60,17 +61,25 @@ class SurrogateEngine:
             quality,
         )
 
-    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None):
-        """Exact GP on train_x, or the deep-kernel GP on the latents of VAE `vae_id`."""
+    def fit(
+        self,
+        train_x,
+        train_y,
+        vae_id: str = "",
+        minimize: bool = False,
+        training: GpTraining | None = None,
+        owner: str = "",
+    ):
+        """Exact GP on train_x, or the deep-kernel GP on the latents of VAE `vae_id`; stored for `owner`."""
         y = np.asarray(train_y, dtype=np.float64)
         if vae_id:
             vae = self.registry.get(vae_id, InstructionVAE, "vae_id")
             model = DeepKernelSurrogate(
                 vae, _matrix(train_x, "train_x", vae.input_dim), y, training or GpTraining(), minimize
             )
-            return FitResult(self.registry.add(model), -model.final_loss, model.epochs_trained)
+            return FitResult(self.registry.add(model, owner), -model.final_loss, model.epochs_trained)
         model = ExactGP(_matrix(train_x, "train_x").astype(np.float64), y, minimize=minimize)
-        return FitResult(self.registry.add(model), model.mll, 0)
+        return FitResult(self.registry.add(model, owner), model.mll, 0)
 
     def _deep(self, model_id: str) -> DeepKernelSurrogate:
         model = self.registry.get(model_id, Surrogate)
@@ -85,6 +94,7 @@ class SurrogateEngine:
         training = training or GpTraining.for_retrain()
         model = self._deep(model_id)
         model.add_observations(_matrix(x, "x", model.vae.input_dim), y, training)
+        self.registry.resized(model_id)
         return len(model.targets), model.epochs_trained
 
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
@@ -116,3 +126,9 @@ class SurrogateEngine:
 
     def delete(self, model_id: str) -> None:
         self.registry.delete(model_id)
+
+    def delete_owned(self, owner: str) -> int:
+        """Delete every model (VAEs and GPs) `owner` made; returns how many."""
+        if not owner:
+            raise ValueError("owner must be set")
+        return self.registry.delete_owned(owner)

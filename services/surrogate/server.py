@@ -5,12 +5,38 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.codec import decode_tensor, encode_tensor
 from services.common.convert import settings_from_proto
 from services.common.errors import require
 from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+
+MODEL_KINDS = ("InstructionVAE", "DeepKernelSurrogate", "ExactGP")  # exported at 0 when none is held
+
+
+class RegistryCollector:
+    """Scrape-time metrics of the servicer's model registry: models and bytes held by kind, evictions."""
+
+    def __init__(self, servicer):
+        self.servicer = servicer
+
+    def collect(self):
+        models = GaugeMetricFamily("promptopt_surrogate_models", "Trained models held, by kind.", labels=["kind"])
+        size = GaugeMetricFamily("promptopt_surrogate_model_bytes", "Memory of held models, by kind.", labels=["kind"])
+        evictions = CounterMetricFamily(
+            "promptopt_surrogate_evictions", "Models evicted to stay under the registry's byte bound."
+        )
+        if self.servicer.engine is not None:
+            registry = self.servicer.engine.registry
+            stats = registry.stats()
+            for kind in sorted(set(MODEL_KINDS) | set(stats)):
+                count, nbytes = stats.get(kind, (0, 0))
+                models.add_metric([kind], count)
+                size.add_metric([kind], nbytes)
+            evictions.add_metric([], registry.evictions)
+        yield from (models, size, evictions)
 
 
 class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
@@ -20,14 +46,16 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
 
     def TrainVae(self, request, context):
         embeddings = decode_tensor(request.embeddings, "embeddings", ndim=2)
-        result = self.engine.train_vae(embeddings, settings_from_proto(request.settings, VaeConfig()))
+        result = self.engine.train_vae(embeddings, settings_from_proto(request.settings, VaeConfig()), request.owner)
         fields = dataclasses.asdict(result)
         return surrogate_pb2.TrainVaeResponse(**fields | {"quality": surrogate_pb2.VaeQuality(**result.quality)})
 
     def FitModel(self, request, context):
         x = decode_tensor(request.train_x, "train_x", ndim=2)
         training = settings_from_proto(request.training, GpTraining())
-        result = self.engine.fit(x, np.asarray(request.train_y), request.vae_id, request.minimize, training)
+        result = self.engine.fit(
+            x, np.asarray(request.train_y), request.vae_id, request.minimize, training, request.owner
+        )
         return surrogate_pb2.FitModelResponse(
             model_id=result.model_id, mll=result.mll, epochs_trained=result.epochs_trained
         )
@@ -90,6 +118,8 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
         )
 
     def DeleteModel(self, request, context):
-        require(bool(request.model_id), "model_id must be set")
+        require(bool(request.model_id) != bool(request.owner), "exactly one of model_id and owner must be set")
+        if request.owner:
+            return surrogate_pb2.DeleteModelResponse(deleted=self.engine.delete_owned(request.owner))
         self.engine.delete(request.model_id)
-        return surrogate_pb2.DeleteModelResponse()
+        return surrogate_pb2.DeleteModelResponse(deleted=1)

@@ -76,7 +76,8 @@ def kl_beta(epoch: int, config: VaeConfig) -> float:
 
 @dataclasses.dataclass
 class VaeTraining:
-    """The seed's `vae_training` block plus validation figures."""
+    """The seed's `vae_training` block (final losses: the returned checkpoint on the training rows,
+    decoding mu) plus the best held-out reconstruction loss."""
 
     epochs_trained: int
     final_recon_loss: float
@@ -107,7 +108,6 @@ def train_vae(embeddings: torch.Tensor, config: VaeConfig, progress=None) -> tup
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=2 * config.epochs, eta_min=config.eta_min)
     best, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
-    recon_value = kl_value = math.nan
     epoch = 0
     for epoch in range(config.epochs):
         model.train()
@@ -125,7 +125,6 @@ def train_vae(embeddings: torch.Tensor, config: VaeConfig, progress=None) -> tup
             recon_sum += recon_loss.item() * batch.shape[0]
             kl_sum += kl.item() * batch.shape[0]
         scheduler.step()
-        recon_value, kl_value = recon_sum / train.shape[0], kl_sum / train.shape[0]
         model.eval()
         with torch.no_grad():
             mu, _ = model.encode(val)
@@ -135,15 +134,18 @@ def train_vae(embeddings: torch.Tensor, config: VaeConfig, progress=None) -> tup
         else:
             since_best += 1
         if progress is not None and epoch % 100 == 0:
-            progress(epoch, recon_value, kl_value)
+            progress(epoch, recon_sum / train.shape[0], kl_sum / train.shape[0])
         if since_best >= config.patience:
             break
     model.load_state_dict(best_state)
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    with torch.no_grad():  # the returned checkpoint's losses on the training rows (decoding mu)
+        mu, log_var = model.encode(train)
+        recon_loss, kl = vae_losses(train, model.decode(mu), mu, log_var)
     early = epoch + 1 < config.epochs
-    return model, VaeTraining(epoch + 1, recon_value, kl_value, early, best)
+    return model, VaeTraining(epoch + 1, float(recon_loss), float(kl), early, best)
 
 
 @torch.no_grad()

@@ -52,3 +52,22 @@ def test_latent_calls_reject_bad_input(surrogate_service, ape):
         surrogate_service.decode(deep.model_id, np.zeros((1, 3), dtype=np.float32))
     with pytest.raises(not_found, match="model_id 'gone' not found"):
         surrogate_service.invert("gone", ape[0], np.zeros(64))
+
+
+def test_a_runs_models_are_deleted_by_owner(surrogate_service, ape):
+    """A finished run frees every VAE and GP it made, and nobody else's."""
+    from services.common.errors import NotFoundError
+
+    tiny = VaeConfig(epochs=2, patience=2)
+    mine = surrogate_service.train_vae(ape[:20], tiny, owner="run-a")
+    theirs = surrogate_service.train_vae(ape[:20], tiny, owner="run-b")
+    gp = surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], mine.vae_id, True, GpTraining(epochs=2), owner="run-a")
+    assert surrogate_service.delete_owned("run-a") == 2
+    assert surrogate_service.delete_owned("run-a") == 0
+    with pytest.raises(NotFoundError, match="not found"):
+        surrogate_service.predict(gp.model_id, ape[:1])
+    with pytest.raises(NotFoundError, match="vae_id"):
+        surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], mine.vae_id, True, GpTraining(epochs=2))
+    surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], theirs.vae_id, True, GpTraining(epochs=2))  # still there
+    with invalid_argument("owner must be set"):
+        surrogate_service.delete_owned("")

@@ -52,6 +52,20 @@ def test_vae_reconstructs_held_out_instructions(ape_embeddings):
     assert held["total_dims"] == 64 and 0 <= held["active_dims"] <= 64
 
 
+def test_final_losses_are_the_returned_checkpoints(ape_embeddings):
+    """vae_training's final_*_loss describe the model handed back (the best epoch's), not the last epoch."""
+    x = ape_embeddings[:120]
+    config = VaeConfig(epochs=80, patience=10, annealing_epochs=20, lr=3e-3, val_fraction=0.0)
+    vae, training = train_vae(x, config)
+    with torch.no_grad():
+        mu, log_var = vae.encode(x)
+        recon = float((1 - torch.cosine_similarity(x, vae.decode(mu), dim=-1)).mean())
+        kl = float(-0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=-1)))
+    assert training.final_recon_loss == pytest.approx(recon, abs=1e-6)
+    assert training.final_kl_loss == pytest.approx(kl, rel=1e-5)
+    assert training.best_val_recon_loss == pytest.approx(recon, abs=1e-6)  # no held-out rows: val = train
+
+
 def test_inversion_converges_on_a_known_target(ape_embeddings):
     vae, _ = train_vae(ape_embeddings, VaeConfig(epochs=60, patience=60, annealing_epochs=20))
     with torch.no_grad():
@@ -76,6 +90,9 @@ def test_deep_kernel_gp_fit_predict_optimize_update(ape_embeddings):
     assert np.corrcoef(mean, y[:50])[0, 1] > 0.8 and (var > 0).all()
     point = engine.optimize(fit.model_id, AcquisitionConfig(num_restarts=2, raw_samples=32, maxiter=50))
     assert len(point.latent) == 64 and len(point.embedding) == 384 and np.isfinite(point.value)
+    # a minimising acquisition goes where the predicted error is low
+    optimum, _ = engine.registry.get(fit.model_id)._posterior_unit(torch.tensor([point.latent], dtype=torch.float64))
+    assert float(optimum[0]) < np.quantile(y[:50], 0.25)
     decoded = engine.decode(fit.model_id, np.array([point.latent]))
     assert np.allclose(decoded[0], point.embedding, atol=1e-5)
     inverted = engine.invert(fit.model_id, point.embedding, np.zeros(64), InversionConfig(n_steps=200))
