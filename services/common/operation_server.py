@@ -58,7 +58,7 @@ class OperationServicer:
 
     @staticmethod
     def event_to_proto(event: RunEvent) -> operations_pb2.RunEvent:
-        pb2, p = operations_pb2, event.payload
+        pb2, p = operations_pb2, {k: v for k, v in event.payload.items() if v is not None}
         body = {
             "progress": lambda: {"progress": pb2.Progress(**p)},
             "candidate": lambda: {"candidate": pb2.Candidate(**p)},

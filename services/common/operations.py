@@ -243,16 +243,30 @@ class Job(ABC):
         """Algorithm-specific results sent with the final result event (JSON-serialisable)."""
         return {}
 
+    def result(self, state: dict) -> dict:
+        """Typed fields of the final result event beyond the best prompt and score (e.g. held_out)."""
+        return {}
+
+    def release(self) -> None:
+        """Free what the job holds outside its state (e.g. models in another service) once the
+        run has ended: succeeded, failed or cancelled. Not called when the process dies; a
+        resumed run rebuilds what it needs."""
+        return None
+
 
 JobFactory = Callable[[RunRecord, Callable[[str, dict], None], Usage, Callable[[], bool]], Job]
 
 
 class RunManager:
-    """Runs jobs in background threads with a checkpoint after every completed step."""
+    """Runs jobs in background threads with a checkpoint after every completed step.
 
-    def __init__(self, store: RunStore, factory: JobFactory):
+    `on_best(record, score)`, if given, is called with the job's best score after every step.
+    """
+
+    def __init__(self, store: RunStore, factory: JobFactory, on_best: Callable[[RunRecord, float], None] | None = None):
         self.store = store
         self.factory = factory
+        self.on_best = on_best
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -303,6 +317,7 @@ class RunManager:
         def cancelled() -> bool:
             return self.store.get(run_id).cancel_requested
 
+        job = None
         try:
             job = self.factory(record, emit, usage, cancelled)
             state = record.checkpoint or job.initial_state()
@@ -318,6 +333,8 @@ class RunManager:
                 self.store.update(
                     run_id, step=state["step"], checkpoint=state, usage=usage, best_prompt=prompt, best_score=score
                 )
+                if self.on_best is not None:
+                    self.on_best(record, score)
                 emit(
                     "progress",
                     {
@@ -328,7 +345,15 @@ class RunManager:
                     },
                 )
             prompt, score = job.best(state)
-            emit("result", {"best_prompt": prompt, "best_score": score, "report_json": json.dumps(job.report(state))})
+            emit(
+                "result",
+                {
+                    "best_prompt": prompt,
+                    "best_score": score,
+                    "report_json": json.dumps(job.report(state)),
+                    **job.result(state),
+                },
+            )
             self.store.update(run_id, state=RunState.SUCCEEDED)
             return RunState.SUCCEEDED
         except Cancelled:
@@ -340,3 +365,9 @@ class RunManager:
             emit("error", {"message": f"{type(exc).__name__}: {exc}"})
             self.store.update(run_id, state=RunState.FAILED, error=f"{type(exc).__name__}: {exc}", usage=usage)
             return RunState.FAILED
+        finally:
+            if job is not None:
+                try:
+                    job.release()
+                except Exception:  # noqa: BLE001 - the run's outcome stands; the resources age out
+                    log.warning("run %s: releasing its resources failed", run_id, exc_info=True)

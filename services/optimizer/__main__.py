@@ -17,7 +17,7 @@ from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
 from services.common.server import ServiceBinding, serve
 from services.optimizer.algorithms.lipo import ModelServices
-from services.optimizer.server import build_optimizer, parse_start
+from services.optimizer.server import build_optimizer, parse_start, track_best
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
 
@@ -52,8 +52,8 @@ def main() -> None:
     def factory(record, emit, usage, cancelled):
         return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir)
 
-    manager = RunManager(store, factory)
-    servicer = OperationServicer(optimizer_pb2, store, manager, parse_start)
+    manager = RunManager(store, factory, on_best=track_best)
+    servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm))
     binding = ServiceBinding.of(
         optimizer_pb2, "OptimizerService", optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server, servicer
     )

@@ -58,7 +58,7 @@ def _usage_text(usage) -> str:
 
 
 def start_request(args) -> optimizer_pb2.StartRunRequest:
-    request = optimizer_pb2.StartRunRequest(display_name=args.name)
+    request = optimizer_pb2.StartRunRequest(display_name=args.name, meta_model=args.meta_model)
     ev = request.evaluation
     ev.dataset, ev.split, ev.fidelity, ev.seed, ev.max_tokens = (
         args.dataset,
@@ -67,6 +67,7 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
         args.seed,
         args.max_tokens,
     )
+    ev.test_split, ev.test_fidelity = args.test_split, args.test_fidelity
     config = getattr(request, args.algorithm)
     config.SetInParent()
     for flag, _ in ALGORITHM_FLAGS[args.algorithm]:
@@ -102,21 +103,24 @@ def watch(client: OptimizerClient, run_id: str, after: int = 0):
         task = progress.add_task(
             run_id, total=run.total_steps or None, completed=run.step, best=run.best_score, calls=0, hits=0
         )
-        best = run.best_score
         for event in client.watch(run_id, after):
             events.append(event)
             kind = event.WhichOneof("event")
             progress.update(task, calls=event.usage.llm_calls, hits=event.usage.cache_hits)
             if kind == "progress":
-                if event.progress.total_steps:
-                    progress.update(task, total=event.progress.total_steps, completed=event.progress.step)
+                if event.progress.total_steps:  # a finished step: the winner's validation score
+                    progress.update(
+                        task,
+                        total=event.progress.total_steps,
+                        completed=event.progress.step,
+                        best=event.progress.best_score,
+                    )
                 progress.console.log(event.progress.message)
             elif kind == "candidate":
-                best = max(best, event.candidate.score)
-                progress.update(task, best=best)
+                c = event.candidate
+                kind_text = "" if c.comparable else " screening"
                 progress.console.log(
-                    f"[cyan]score {event.candidate.score:.3f}[/] (n={event.candidate.num_evaluated})"
-                    f" step {event.candidate.step}:\n{event.candidate.prompt}"
+                    f"[cyan]score {c.score:.3f}[/] (n={c.num_evaluated}{kind_text}) step {c.step}:\n{c.prompt}"
                 )
             elif kind == "error":
                 progress.console.log(f"[red]{event.error.message}")
@@ -137,10 +141,19 @@ def _finish(client, run_id, events, results_dir) -> int:
     run = client.get(run_id)
     state = operations_pb2.RunState.Name(run.state)
     console.print(f"\n[bold]{run_id}[/] {state}")
-    console.print(f"best prompt (accuracy {run.best_score:.3f}):\n{run.best_prompt}")
-    console.print(_usage_text(run.usage))
     if len(events) < run.last_sequence:  # watched from the middle: fetch the whole history
         events = list(client.watch(run_id, 0))
+    results = [e.result for e in events if e.WhichOneof("event") == "result"]
+    if results and results[-1].HasField("held_out"):
+        h = results[-1].held_out
+        console.print(
+            f"winner: validation accuracy {h.validation_score:.3f} on {h.validation_questions} {h.validation_split}"
+            f" questions; [bold]held-out accuracy {h.test_score:.3f}[/] on {h.test_questions} {h.test_split}"
+            f" questions:\n{h.prompt}"
+        )
+    else:
+        console.print(f"best prompt (validation accuracy {run.best_score:.3f}):\n{run.best_prompt}")
+    console.print(_usage_text(run.usage))
     json_path, png_path = write_results(run, events, results_dir)
     console.print(f"results: {json_path}  plot: {png_path}")
     return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
@@ -223,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     for algorithm, flags in ALGORITHM_FLAGS.items():
         p = algos.add_parser(algorithm)
         evaluation_flags(p, "train")
+        p.add_argument("--test-split", default="test", help="held-out split the winner is reported on")
+        p.add_argument("--test-fidelity", type=int, default=0, help="held-out questions (0: the whole split)")
+        p.add_argument("--meta-model", default="", help="meta-LLM served by llm_eval (default: its meta model)")
         for flag, kind in flags:
             if kind is bool:
                 p.add_argument("--" + flag.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)

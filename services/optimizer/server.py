@@ -27,11 +27,25 @@ def _config(config_cls, fields: dict):
     return config_cls.from_fields(fields) if hasattr(config_cls, "from_fields") else config_cls(**fields)
 
 
-BEST_SCORE = Gauge("promptopt_optimizer_best_score_ratio", "Best score of a run so far.", ["run_id", "algorithm"])
+BEST_SCORE = Gauge(
+    "promptopt_optimizer_best_score_ratio",
+    "Validation score of a run's current winner (comparable candidates only).",
+    ["run_id", "algorithm"],
+)
 
 
-def parse_start(request) -> tuple[str, str, dict, int]:
-    """Validate a StartRunRequest into (algorithm, display name, resolved config, total steps)."""
+def track_best(record: RunRecord, score: float) -> None:
+    """RunManager hook: the best-score gauge follows each run's winner after every step."""
+    BEST_SCORE.labels(record.run_id, record.algorithm).set(score)
+
+
+def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
+    """Validate a StartRunRequest into (algorithm, display name, resolved config, total steps).
+
+    With `llm` (llm_eval's client or evaluator) the request is also checked against what it
+    serves: the validation and test splits exist, fit the fidelities and share no question, and
+    every model the run names is served.
+    """
     algorithm = request.WhichOneof("algorithm")
     if algorithm is None:
         raise ValueError("algorithm must be set (one of: " + ", ".join(ALGORITHMS) + ")")
@@ -39,8 +53,20 @@ def parse_start(request) -> tuple[str, str, dict, int]:
     config = _config(config_cls, MessageToDict(getattr(request, algorithm), preserving_proto_field_name=True))
     evaluation = EvaluationSettings(**MessageToDict(request.evaluation, preserving_proto_field_name=True))
     evaluation = dataclasses.replace(evaluation, seed=int(evaluation.seed))
+    if llm is not None:
+        evaluation.check_sizes(llm.dataset_info(evaluation.dataset))
+        served = llm.usage().models
+        named = {"meta_model": request.meta_model}
+        named.update({f"{algorithm}.{f}": getattr(config, f, "") for f in ("gradient_model", "edit_model")})
+        for field, model in named.items():
+            if model and model not in served:
+                raise ValueError(f"{field} {model!r} is not served by llm_eval (serves: {sorted(served)})")
     steps = optimizer_cls(config, evaluation, None, None).total_steps()
-    resolved = {"algorithm": dataclasses.asdict(config), "evaluation": dataclasses.asdict(evaluation)}
+    resolved = {
+        "algorithm": dataclasses.asdict(config),
+        "evaluation": dataclasses.asdict(evaluation),
+        "meta_model": request.meta_model,
+    }
     return algorithm, request.display_name, resolved, steps
 
 
@@ -51,16 +77,8 @@ def build_optimizer(
     config_cls, optimizer_cls = ALGORITHMS[record.algorithm]
     config = _config(config_cls, dict(record.config["algorithm"]))
 
-    gauge = BEST_SCORE.labels(record.run_id, record.algorithm)
-    best = [record.best_score]
-
-    def emit_and_track(kind: str, payload: dict) -> None:
-        if kind == "candidate":
-            best[0] = max(best[0], payload["score"])
-            gauge.set(best[0])
-        emit(kind, payload)
-
-    args = (config, EvaluationSettings(**record.config["evaluation"]), MeteredLlm(llm_service, usage, cancelled))
+    llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""))
+    args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
     if optimizer_cls is LipoOptimizer:
-        return LipoOptimizer(*args, emit_and_track, models=models, state_dir=state_dir)
-    return optimizer_cls(*args, emit_and_track)
+        return LipoOptimizer(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
+    return optimizer_cls(*args, emit)

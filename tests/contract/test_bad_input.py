@@ -81,6 +81,12 @@ def test_llm_eval_bad_input(channel_to, evaluator):
         llm_eval_pb2.GenerateRequest(prompts=["x"], params=P(temperature=3)),
     )
     expect(INVALID, "role 7", stub.Generate, llm_eval_pb2.GenerateRequest(prompts=["x"], role=7))
+    expect(
+        INVALID,
+        "model 'gpt-9' is not served here",
+        stub.Generate,
+        llm_eval_pb2.GenerateRequest(prompts=["x"], model="gpt-9"),
+    )
     expect(INVALID, "instruction must not be empty", stub.EvaluatePrompt, R(dataset="gsm8k", split="test"))
     expect(INVALID, "dataset must be set", stub.EvaluatePrompt, R(instruction="x", split="test"))
     expect(
@@ -133,6 +139,13 @@ def test_surrogate_bad_input_and_real_fit(channel_to):
         NOT_FOUND, "model_id 'gone'", stub.Predict, surrogate_pb2.PredictRequest(model_id="gone", x=encode_tensor(x))
     )
     expect(NOT_FOUND, "model_id 'gone'", stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id="gone"))
+    expect(INVALID, "exactly one of model_id and owner", stub.DeleteModel, surrogate_pb2.DeleteModelRequest())
+    expect(
+        INVALID,
+        "exactly one of model_id and owner",
+        stub.DeleteModel,
+        surrogate_pb2.DeleteModelRequest(model_id="a", owner="b"),
+    )
 
     client = SurrogateClient(channel._channel.target().decode())
     model_id = client.fit(x, y).model_id
@@ -203,7 +216,10 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     store = RunStore(tmp_path / "runs.sqlite")
     if service == "optimizer":
         manager = RunManager(store, lambda r, e, u, c: build_optimizer(r, evaluator, e, u, c))
-        parse = parse_start
+
+        def parse(request):
+            return parse_start(request, evaluator)
+
     else:
         manager, parse = RunManager(store, no_jobs), tuner_parse
     servicer = OperationServicer(pb2, store, manager, parse)
@@ -227,6 +243,34 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         pb2.StartRunRequest(opro=pb2.OproConfig(iterations=0)),
     )
     expect(INVALID, "protegi.ucb_c", stub.StartRun, pb2.StartRunRequest(protegi=pb2.ProtegiConfig(ucb_c=-1)))
+    expect(
+        INVALID,
+        "protegi.bandit must be one of",
+        stub.StartRun,
+        pb2.StartRunRequest(protegi=pb2.ProtegiConfig(bandit="x")),
+    )
+    expect(
+        INVALID,
+        "protegi.gradient_model 'gpt-9' is not served by llm_eval",
+        stub.StartRun,
+        pb2.StartRunRequest(protegi=pb2.ProtegiConfig(gradient_model="gpt-9")),
+    )
+    expect(
+        INVALID,
+        "meta_model 'gpt-9' is not served",
+        stub.StartRun,
+        pb2.StartRunRequest(opro=pb2.OproConfig(), meta_model="gpt-9"),
+    )
+    for settings, message in [
+        (pb2.EvaluationSettings(split="train", test_split="train"), "evaluation.test_split 'train' is the validation"),
+        (pb2.EvaluationSettings(split="test[:60%]", test_split="test[50%:]"), "shares questions with evaluation.split"),
+        (pb2.EvaluationSettings(test_split="dev"), "evaluation.test_split 'dev': dataset 'gsm8k' has no split 'dev'"),
+        (pb2.EvaluationSettings(split="train[:"), "evaluation.split 'train[:' is not a split name or slice"),
+        (pb2.EvaluationSettings(test_fidelity=5000), "evaluation.test_fidelity 5000 exceeds the 1319 questions"),
+        (pb2.EvaluationSettings(dataset="nope"), "dataset 'nope' not found"),
+    ]:
+        code = NOT_FOUND if settings.dataset == "nope" else INVALID
+        expect(code, message, stub.StartRun, pb2.StartRunRequest(evaluation=settings, opro=pb2.OproConfig()))
     expect(INVALID, "lipo.mode must be one of", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="fast")))
     expect(
         INVALID,

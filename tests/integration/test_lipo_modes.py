@@ -44,7 +44,7 @@ class _Decoder:
         return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
 
 
-def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None):
+def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None, owner=""):
     config = LipoConfig.from_fields(
         {**FAST, "ape_num_instructions": 100, "ape_cache_path": str(parts["tmp"] / "pool.json"), **fields}
     )
@@ -52,10 +52,11 @@ def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None):
     events = []
     optimizer = LipoOptimizer(
         config,
-        EvaluationSettings(split="test", fidelity=fidelity, seed=3),
+        EvaluationSettings(split="test[:50%]", fidelity=fidelity, seed=3, test_split="test[50%:]"),
         MeteredLlm(parts["evaluator"], usage),
         lambda kind, payload: events.append((kind, payload)),
         parts["models"],
+        owner=owner,
     )
     state = state or optimizer.initial_state()
     while state["step"] < (stop_after or optimizer.total_steps()):
@@ -68,12 +69,26 @@ def test_skip_hbbops_loads_evaluations_then_runs_invbo(parts):
         parts, {"mode": "skip-hbbops", "hyperband_evals_path": str(parts["recorded"]), "iterations": 2}
     )
     report = optimizer.report(state)
-    assert optimizer.total_steps() == 4 and report["hyperband"] is None
-    assert len([o for o in state["observations"] if o["source"] == "skip-hbbops"]) == 100
+    assert optimizer.total_steps() == 5 and report["hyperband"] is None  # APE, VAE, 2 InvBO, held-out
+    loaded = [o for o in state["observations"] if o["source"] == "skip-hbbops"]
+    assert len(loaded) == 100 and not any(o["comparable"] for o in loaded)
+    # the loaded best (recorded on the whole test split) is re-scored on the 80 validation questions
+    recorded_best = min(loaded, key=lambda o: o["error"])
+    incumbent = next(o for o in state["observations"] if o["source"] == "incumbent")
+    assert incumbent["instruction"] == recorded_best["instruction"] and incumbent["n"] == 80
     assert report["inference"]["iterations"] == 2
-    assert report["total_llm_calls"] == usage.llm_calls <= 2 * 80  # only InvBO candidates were evaluated
+    held_out = state["held_out"]
+    assert held_out["test_split"] == "test[50%:]" and held_out["test_questions"] == 660
+    # only the incumbent, InvBO candidates (80 validation questions each) and the held-out winner were paid for
+    assert report["total_llm_calls"] == usage.llm_calls <= 3 * 80 + 660
     best_prompt, best_score = optimizer.best(state)
-    assert best_score == pytest.approx(0.8354814253222138)  # the best recorded instruction
+    comparable = [o for o in state["observations"] if o["comparable"]]
+    assert best_score == pytest.approx(1 - min(o["error"] for o in comparable))
+    assert (held_out["prompt"], held_out["validation_score"], held_out["validation_questions"]) == (
+        best_prompt,
+        best_score,
+        80,
+    )
 
 
 def test_load_grid_takes_top_k(parts):
@@ -87,17 +102,28 @@ def test_load_grid_takes_top_k(parts):
 
 
 def test_hyperband_only_and_resume_without_repaying(parts):
-    optimizer, state, usage, events = run(parts, {"mode": "hyperband-only"}, fidelity=160)
+    optimizer, state, usage, events = run(parts, {"mode": "hyperband-only"}, fidelity=160, owner="run-hb")
     report = optimizer.report(state)
-    assert optimizer.total_steps() == 3 and report["inference"] is None
+    assert optimizer.total_steps() == 4 and report["inference"] is None
     hyperband = report["hyperband"]
     assert (hyperband["nvalid"], hyperband["smax"], hyperband["budget"]) == (160, 4, 800)
-    assert hyperband["gp_fits"] >= 1  # BO proposals once two instructions reached the top fidelity
+    assert hyperband["gp_fits"] >= 1  # BO proposals once four instructions reached full fidelity
     assert 0 < hyperband["llm_calls"] <= 5 * 800  # B per bracket, 5 brackets; the cache makes it less
+    assert max(int(b) for b in hyperband["evaluations_by_fidelity"]) == 160  # every bracket ends at nvalid
     candidates = [p for kind, p in events if kind == "candidate"]
     assert len(candidates) == hyperband["evaluations"]
+    # only full-fidelity scores compete: the winner is Hyperband's incumbent, never a 10-question fluke
+    assert {c["comparable"] for c in candidates if c["num_evaluated"] < 160} == {False}
+    assert optimizer.best(state) == (hyperband["best_instruction"], 1 - hyperband["best_error"])
+    assert all(o["n"] == 160 for o in state["observations"])
+    # the surrogate holds the run's VAE and its latest GP only (superseded GPs were deleted), until it ends
+    registry = parts["models"].surrogate.registry
+    held = sorted(type(e.model).__name__ for e in registry._models.values() if e.owner == "run-hb")
+    assert held == ["DeepKernelSurrogate", "InstructionVAE"]
+    optimizer.release()
+    assert not any(e.owner == "run-hb" for e in registry._models.values())
     # A restarted optimizer re-runs the Hyperband step from the checkpoint before it: same answers, all cached.
-    checkpoint = json.loads(json.dumps({**state, "step": 2}))
+    checkpoint = json.loads(json.dumps({**state, "step": 2, "held_out": None}))
     _, again, usage_again, _ = run(parts, {"mode": "hyperband-only"}, fidelity=160, state=checkpoint)
     assert usage_again.llm_calls == 0 and usage_again.cache_hits > 0
     assert again["hyperband"]["best_instruction"] == state["hyperband"]["best_instruction"]
@@ -110,7 +136,7 @@ def test_a_restarted_surrogate_does_not_fail_the_run(parts):
     parts["models"].surrogate.registry._models.clear()  # what a surrogate restart does
     calls = usage.llm_calls
     state = optimizer.step(state)
-    assert state["step"] == 4 and len(state["inference"]) == 2
+    assert state["step"] == 4 and len(state["inference"]) == 2 and optimizer.total_steps() == 5
     assert any("surrogate lost a model" in p.get("message", "") for kind, p in events if kind == "progress")
     assert usage.llm_calls - calls <= 80  # at most the one new InvBO evaluation
 

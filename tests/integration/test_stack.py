@@ -87,14 +87,23 @@ def run_cli(stack, tmp_path, *args) -> dict:
     return json.loads(path.read_text())
 
 
-def test_opro_end_to_end(stack, tmp_path):
-    doc = run_cli(stack, tmp_path, "opro", "--iterations", "1", "--candidates-per-step", "2", "--fidelity", "3")
+def test_opro_end_to_end(stack, tmp_path, capsys):
+    meta = "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"  # named explicitly: the one model this stack serves
+    args = ["opro", "--iterations", "1", "--candidates-per-step", "2", "--fidelity", "3", "--test-fidelity", "3"]
+    doc = run_cli(stack, tmp_path, *args, "--meta-model", meta)
     assert doc["state"] == "RUN_STATE_SUCCEEDED"
     assert doc["candidates"][0]["prompt"] == "Let's solve the problem."
     assert len(doc["candidates"]) >= 2  # the initial prompt and at least one new proposal
     assert doc["best_score"] == max(c["score"] for c in doc["candidates"])
     assert doc["usage"]["llm_calls"] >= 3 + 2  # 3 answers for the seed prompt, 2 meta proposals
-    assert doc["config"]["algorithm"]["num_buckets"] == 20
+    assert doc["config"]["algorithm"]["num_buckets"] == 20 and doc["config"]["meta_model"] == meta
+    held_out = doc["held_out"]
+    assert (held_out["prompt"], held_out["validation_score"]) == (doc["best_prompt"], doc["best_score"])
+    assert (held_out["validation_split"], held_out["validation_questions"]) == ("train", 3)
+    assert (held_out["test_split"], held_out["test_questions"]) == ("test", 3)
+    assert "held-out accuracy" in capsys.readouterr().out
+    code = cli.main(["--optimizer", stack.address("optimizer"), "run", *args, "--meta-model", "gpt-9"])
+    assert code == 2 and "meta_model 'gpt-9' is not served" in capsys.readouterr().out
 
 
 def test_protegi_end_to_end(stack, tmp_path):
@@ -114,15 +123,26 @@ def test_protegi_end_to_end(stack, tmp_path):
         "2",
         "--paraphrases-per-edit",
         "0",
-        "--ucb-sample-size",
+        "--bandit-sample-size",
         "2",
-        "--ucb-rounds",
-        "2",
+        "--bandit-budget",
+        "3",
+        "--fidelity",
+        "3",
+        "--test-fidelity",
+        "3",
     )
     assert doc["state"] == "RUN_STATE_SUCCEEDED"
-    steps = {c["step"] for c in doc["candidates"]}
-    assert steps == {0, 1}
+    assert doc["candidates"][0]["step"] == 0 and {c["step"] for c in doc["candidates"]} <= {0, 1}
+    # step 1 expanded the beam: 3 answers to collect errors, a gradient and an edit (the 0.5B model
+    # often echoes the prompt, so a new candidate is not guaranteed), then 3 held-out answers;
+    # answers the OPRO test already paid for come from the cache
+    usage = doc["usage"]
+    assert usage["llm_calls"] >= 2 and usage["llm_calls"] + usage["cache_hits"] >= 3 + 3 + 2 + 3
     assert doc["config"]["algorithm"]["beam_width"] == 1
+    fixed = [c for c in doc["candidates"] if c["comparable"]]
+    assert {c["num_evaluated"] for c in fixed} == {3} and doc["held_out"]["test_questions"] == 3
+    assert doc["best_score"] == max(c["score"] for c in fixed)
 
 
 def test_lipo_debug_end_to_end(stack, tmp_path):
@@ -148,6 +168,8 @@ def test_lipo_debug_end_to_end(stack, tmp_path):
         "1",
         "--max-inversion-iters",
         "1",
+        "--test-fidelity",
+        "2",
     )
     assert doc["state"] == "RUN_STATE_SUCCEEDED"
     for key in ("timestamp", "vae_quality_metrics", "vae_training", "hyperband", "inference", "total_llm_calls"):
@@ -161,7 +183,8 @@ def test_lipo_debug_end_to_end(stack, tmp_path):
     [iteration] = doc["inference"]["history"]
     assert 0 < iteration["decoder_cosine"] <= 1 and iteration["gap"] is not None
     assert iteration["instruction"] == doc["inference"]["best_instruction"]
-    assert doc["total_llm_calls"] == doc["usage"]["llm_calls"] > 0  # APE, task answers and decoder calls
+    assert doc["total_llm_calls"] == doc["usage"]["llm_calls"] > 0  # APE, task answers, decoder, held-out
+    assert doc["held_out"]["test_questions"] == 2 and doc["held_out"]["validation_questions"] == 4
 
 
 def test_dashboard_metrics_are_exported(stack):
@@ -181,7 +204,7 @@ def test_dashboard_metrics_are_exported(stack):
 
 def test_killed_optimizer_resumes_without_repaying(stack):
     request = optimizer_pb2.StartRunRequest(
-        evaluation=optimizer_pb2.EvaluationSettings(fidelity=4, seed=11),
+        evaluation=optimizer_pb2.EvaluationSettings(fidelity=4, seed=11, test_fidelity=2),
         opro=optimizer_pb2.OproConfig(iterations=2, candidates_per_step=2),
     )
     with OptimizerClient(stack.address("optimizer")) as client:
@@ -197,7 +220,7 @@ def test_killed_optimizer_resumes_without_repaying(stack):
         run = client.get(run_id)
     assert run.state == operations_pb2.RUN_STATE_SUCCEEDED, run.error
     messages = [e.progress.message for e in events if e.WhichOneof("event") == "progress"]
-    assert any(m.startswith("resumed at step 1/3") for m in messages)
+    assert any(m.startswith("resumed at step 1/4") for m in messages)
     assert run.usage.cache_hits > 0  # the re-run step found its answers in the cache
     # Nothing paid twice: every task-model call produced a distinct cached answer.
     text = scrape(stack.services["llm_eval"].metrics_port)

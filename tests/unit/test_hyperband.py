@@ -19,16 +19,30 @@ def test_schedule_numbers_for_gsm8k_test():
     assert schedule.brackets() == [7, 6, 5, 4, 3, 2, 1, 0]
     starts = {s: schedule.bracket(s)[0][0] for s in schedule.brackets()}
     assert starts == {7: 128, 6: 74, 5: 43, 4: 26, 3: 16, 2: 11, 1: 8, 0: 8}
-    assert schedule.bracket(7) == [(128, 10), (64, 20), (32, 40), (16, 80), (8, 160), (4, 320), (2, 640), (1, 1280)]
-    assert schedule.bracket(3) == [(16, 160), (8, 320), (4, 640), (2, 1280)]
-    assert schedule.bracket(0) == [(8, 1280)]
-    assert schedule.top_fidelity == 1280
+    # b_i = floor(nvalid * eta^(i - s)): bmin-sized first stage, full fidelity (all 1319) last
+    assert schedule.bracket(7) == [(128, 10), (64, 20), (32, 41), (16, 82), (8, 164), (4, 329), (2, 659), (1, 1319)]
+    assert schedule.bracket(3) == [(16, 164), (8, 329), (4, 659), (2, 1319)]
+    assert schedule.bracket(0) == [(8, 1319)]
+    for s in schedule.brackets():
+        assert schedule.bracket(s)[-1][1] == 1319
+
+
+@pytest.mark.parametrize(("nvalid", "bmin", "eta"), [(7473, 10, 2.0), (1000, 10, 2.0), (1319, 10, 3.0), (200, 20, 2.0)])
+def test_every_bracket_runs_bmin_to_full_fidelity(nvalid, bmin, eta):
+    schedule = HyperbandSchedule(nvalid=nvalid, bmin=bmin, eta=eta)
+    first = schedule.bracket(schedule.smax)
+    assert bmin <= first[0][1] < eta * bmin  # the seed's bmin, up to rounding
+    for s in schedule.brackets():
+        stages = schedule.bracket(s)
+        assert len(stages) == s + 1 and stages[-1][1] == nvalid
+        assert all(b1 < b2 for (_, b1), (_, b2) in zip(stages, stages[1:], strict=False))
 
 
 def test_schedule_small_and_invalid():
     schedule = HyperbandSchedule(nvalid=20)
     assert (schedule.smax, schedule.budget) == (1, 40)
     assert [schedule.bracket(s) for s in schedule.brackets()] == [[(2, 10), (1, 20)], [(2, 20)]]
+    assert HyperbandSchedule(nvalid=30).bracket(1) == [(2, 15), (1, 30)]
     assert HyperbandSchedule(nvalid=80, bmin=10).smax == 3  # exact power of eta is not lost to rounding
     with pytest.raises(ValueError, match="nvalid"):
         HyperbandSchedule(nvalid=5, bmin=10)
@@ -56,11 +70,16 @@ def test_successive_halving_keeps_the_best():
     assert sorted(stage1) == sorted(sorted(stage0, key=lambda i: true_error[i])[:2])
     final = [i for i, b in calls if b == 40]
     assert final == [min(stage0, key=lambda i: true_error[i])]
-    assert incumbent(history).index == final[0]
+    assert incumbent(history, 40).index == final[0]
 
 
 def test_high_fidelity_takes_each_instructions_top_evaluation():
     history = [Evaluation(0, 10, 0.5), Evaluation(0, 40, 0.3), Evaluation(1, 30, 0.2), Evaluation(2, 10, 0.0)]
-    assert high_fidelity(history, 30) == {0: 0.3, 1: 0.2}
-    assert incumbent(history) == Evaluation(0, 40, 0.3)
-    assert incumbent([]) is None
+    assert high_fidelity(history, 30) == {0: Evaluation(0, 40, 0.3), 1: Evaluation(1, 30, 0.2)}
+
+
+def test_incumbent_comes_from_full_fidelity_only():
+    history = [Evaluation(0, 10, 0.0), Evaluation(1, 40, 0.3), Evaluation(2, 40, 0.25), Evaluation(3, 20, 0.1)]
+    assert incumbent(history, 40) == Evaluation(2, 40, 0.25)  # never the 0.0 measured on 10 questions
+    assert incumbent(history[:1], 40) is None
+    assert incumbent([], 40) is None

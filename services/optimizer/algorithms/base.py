@@ -2,13 +2,19 @@
 
 Contract: an optimiser is a resumable state machine. `initial_state()` returns a
 JSON-serialisable dict with at least `step`, `history` (scored prompts) and the fields its
-`step()` needs; `step(state)` performs one step and returns the new state with `step`
-incremented. Everything random derives from (seed, step), so a step re-run after a crash
-asks the same questions and the evaluation cache answers them for free.
+`search_step()` needs; `search_step(state)` performs one search step in place. Everything
+random derives from (seed, step), so a step re-run after a crash asks the same questions and
+the evaluation cache answers them for free.
+
+Honest scores: an optimiser selects on the validation split (`EvaluationSettings.split`) and
+its `winner()` compares only candidates scored on the same validation questions
+("comparable" ones). After the search, one last step scores the winner on the held-out
+split (`test_split`, default GSM8K test), which no search step ever saw.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from collections.abc import Callable, Sequence
@@ -16,11 +22,15 @@ from pathlib import Path
 from typing import Protocol
 
 from services.common.operations import Cancelled, Job
+from services.common.splits import SplitSpec
 from services.common.types import DecodingParams, EvaluationRequest, EvaluationResult, GenerateResult, ModelRole, Usage
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_INITIAL_PROMPT = "Let's solve the problem."
 MAX_PROMPT_CHARS = 1000
+# 3.5% of the GSM8K training set, the OPRO paper's evaluation subset: the default number of
+# validation questions every comparable candidate is scored on (OPRO, ProTeGi).
+DEFAULT_FIDELITY = 261
 
 
 def load_template(name: str) -> str:
@@ -31,7 +41,9 @@ def load_template(name: str) -> str:
 class LlmService(Protocol):
     """What optimisers need from llm_eval (the in-process evaluator and the gRPC client both fit)."""
 
-    def generate(self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ...) -> GenerateResult: ...
+    def generate(
+        self, prompts: Sequence[str], params: DecodingParams, role: ModelRole = ..., model: str = ...
+    ) -> GenerateResult: ...
 
     def evaluate(self, request: EvaluationRequest) -> EvaluationResult: ...
 
@@ -39,20 +51,31 @@ class LlmService(Protocol):
 
 
 class MeteredLlm:
-    """Wraps an `LlmService`: adds every call's usage to `usage` and stops calls once cancelled."""
+    """Wraps an `LlmService`: adds every call's usage to `usage` and stops calls once cancelled.
 
-    def __init__(self, service: LlmService, usage: Usage, cancelled: Callable[[], bool] = lambda: False):
+    `meta_model` names the meta-LLM this run's proposals use ('' = llm_eval's default meta model).
+    """
+
+    def __init__(
+        self,
+        service: LlmService,
+        usage: Usage,
+        cancelled: Callable[[], bool] = lambda: False,
+        meta_model: str = "",
+    ):
         self.service = service
         self.usage = usage
+        self.meta_model = meta_model
         self._cancelled = cancelled
 
     def _check(self):
         if self._cancelled():
             raise Cancelled()
 
-    def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[str]:
+    def generate(self, prompts: Sequence[str], params: DecodingParams, model: str = "") -> list[str]:
+        """Meta-LLM completions from `model` (default: the run's meta model)."""
         self._check()
-        result = self.service.generate(list(prompts), params, ModelRole.META)
+        result = self.service.generate(list(prompts), params, ModelRole.META, model or self.meta_model)
         self.usage.add(result.usage)
         return [c.text for c in result.completions]
 
@@ -62,32 +85,82 @@ class MeteredLlm:
         self.usage.add(result.usage)
         return result
 
-    def split_size(self, dataset: str, split: str) -> int:
-        sizes = self.service.dataset_info(dataset)
-        if split not in sizes:
-            raise ValueError(f"evaluation.split {split!r} not in dataset {dataset!r} (has {sorted(sizes)})")
-        return sizes[split]
+    def split_size(self, dataset: str, split: str, field: str = "evaluation.split") -> int:
+        """Questions in `split` (a split or a slice of one, e.g. `test[:50%]`)."""
+        return split_size(self.service.dataset_info(dataset), dataset, split, field)
+
+
+def split_size(sizes: dict[str, int], dataset: str, split: str, field: str) -> int:
+    """Size of `split` given the dataset's base split sizes; ValueError naming `field` if unknown."""
+    spec = SplitSpec.parse(split, field)
+    if spec.base not in sizes:
+        raise ValueError(f"{field} {split!r}: dataset {dataset!r} has no split {spec.base!r} (has {sorted(sizes)})")
+    return len(spec.bounds(sizes[spec.base]))
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
-    """Where candidates are scored. fidelity 0 means the algorithm's default."""
+    """Where candidates are scored: selection on `split` (validation), the winner reported on
+    `test_split` (held out). fidelity 0 means the algorithm's default, test_fidelity 0 the whole
+    test split. Splits may be slices (`test[:50%]`); the two must not share a question."""
 
     dataset: str = "gsm8k"
     split: str = "train"
     fidelity: int = 0
     seed: int = 0
     max_tokens: int = 0
+    test_split: str = "test"
+    test_fidelity: int = 0
 
     def __post_init__(self):
         if self.fidelity < 0:
             raise ValueError(f"evaluation.fidelity must be >= 0, got {self.fidelity}")
+        if self.test_fidelity < 0:
+            raise ValueError(f"evaluation.test_fidelity must be >= 0, got {self.test_fidelity}")
         if self.max_tokens < 0:
             raise ValueError(f"evaluation.max_tokens must be >= 0, got {self.max_tokens}")
+        if not self.dataset:
+            raise ValueError("evaluation.dataset must be set")
+        validation = SplitSpec.parse(self.split, "evaluation.split")
+        test = SplitSpec.parse(self.test_split, "evaluation.test_split")
+        if validation.base == test.base and not (validation.start or validation.stop or test.start or test.stop):
+            raise ValueError(f"evaluation.test_split {self.test_split!r} is the validation split: it must be held out")
+
+    def check_sizes(self, sizes: dict[str, int]) -> None:
+        """Given the dataset's split sizes: both splits exist, fidelities fit, and no question
+        is both a validation and a test question."""
+        validation = split_size(sizes, self.dataset, self.split, "evaluation.split")
+        test = split_size(sizes, self.dataset, self.test_split, "evaluation.test_split")
+        if self.fidelity > validation:
+            raise ValueError(
+                f"evaluation.fidelity {self.fidelity} exceeds the {validation} questions of {self.split!r}"
+            )
+        if self.test_fidelity > test:
+            raise ValueError(
+                f"evaluation.test_fidelity {self.test_fidelity} exceeds the {test} questions of {self.test_split!r}"
+            )
+        a, b = SplitSpec.parse(self.split), SplitSpec.parse(self.test_split)
+        if a.base == b.base and a.overlaps(b, sizes[a.base]):
+            raise ValueError(
+                f"evaluation.test_split {self.test_split!r} shares questions with evaluation.split {self.split!r}"
+            )
 
     def params(self) -> DecodingParams:
         """Greedy decoding for the task model."""
         return DecodingParams(temperature=0.0, max_tokens=self.max_tokens)
+
+    def request(self, instruction: str, fidelity: int = 0, held_out: bool = False, **kwargs) -> EvaluationRequest:
+        """Score `instruction` on the first `fidelity` questions of the run's shuffled order of the
+        validation split (or of the test split when `held_out`)."""
+        return EvaluationRequest(
+            instruction=instruction,
+            dataset=self.dataset,
+            split=self.test_split if held_out else self.split,
+            fidelity=fidelity,
+            shuffle_seed=self.seed,
+            params=self.params(),
+            **kwargs,
+        )
 
 
 Emit = Callable[[str, dict], None]
@@ -95,6 +168,9 @@ Emit = Callable[[str, dict], None]
 
 class Optimizer(Job):
     """A resumable prompt optimiser (see the module docstring for the state contract).
+
+    Subclasses implement `search_steps`, `initial_state`, `search_step` and `winner`; the base
+    adds the final held-out step and derives `best` from `winner`.
 
     Args:
         config: the algorithm's frozen config dataclass.
@@ -111,20 +187,92 @@ class Optimizer(Job):
         self.llm = llm
         self.emit = emit
 
-    @staticmethod
-    def best(state: dict) -> tuple[str, float]:
-        """The best (prompt, score) in the history."""
-        if not state["history"]:
-            return "", 0.0
-        top = max(state["history"], key=lambda h: h["score"])
-        return top["prompt"], top["score"]
+    @abc.abstractmethod
+    def search_steps(self) -> int:
+        """Steps of the search, before the held-out step."""
 
-    def record(self, state: dict, prompt: str, score: float, num_evaluated: int) -> None:
-        """Add a scored prompt to the history and emit a candidate event."""
-        state["history"].append({"step": state["step"], "prompt": prompt, "score": score, "n": num_evaluated})
+    @abc.abstractmethod
+    def search_step(self, state: dict) -> None:
+        """One search step, updating `state` in place (the base advances `step`)."""
+
+    @abc.abstractmethod
+    def winner(self, state: dict) -> dict | None:
+        """The selected candidate, `{prompt, score, n}`: the best validation score among
+        comparable candidates (all scored on the same n validation questions); None before any."""
+
+    def total_steps(self) -> int:
+        return self.search_steps() + 1
+
+    def step(self, state: dict) -> dict:
+        if state["step"] < self.search_steps():
+            self.search_step(state)
+        else:
+            self.held_out(state)
+        state["step"] += 1
+        return state
+
+    def best(self, state: dict) -> tuple[str, float]:
+        """The winner and its validation score (never a held-out score: that is only reported)."""
+        top = self.winner(state)
+        return (top["prompt"], top["score"]) if top else ("", 0.0)
+
+    def held_out(self, state: dict) -> None:
+        """Score the winner on the held-out test split; stores `state["held_out"]`."""
+        top = self.winner(state)
+        if top is None:
+            raise ValueError("the search produced no comparable candidate to report on the test split")
+        ev = self.evaluation
         self.emit(
-            "candidate", {"step": state["step"], "prompt": prompt, "score": score, "num_evaluated": num_evaluated}
+            "progress",
+            {"message": f"held-out: scoring the winner on {ev.test_fidelity or 'all'} {ev.test_split} questions"},
         )
+        calls = self.llm.usage.llm_calls
+        result = self.llm.evaluate(ev.request(top["prompt"], ev.test_fidelity, held_out=True))
+        state["held_out"] = {
+            "prompt": top["prompt"],
+            "validation_split": ev.split,
+            "validation_questions": top["n"],
+            "validation_score": top["score"],
+            "test_split": ev.test_split,
+            "test_questions": result.num_evaluated,
+            "test_score": result.accuracy,
+            "llm_calls": self.llm.usage.llm_calls - calls,
+        }
+        self.emit(
+            "progress",
+            {
+                "message": f"winner: validation {top['score']:.3f} on {top['n']} {ev.split} questions, "
+                f"held-out test {result.accuracy:.3f} on {result.num_evaluated} {ev.test_split} questions:\n"
+                f"{top['prompt']}"
+            },
+        )
+
+    def result(self, state: dict) -> dict:
+        held_out = state.get("held_out")
+        return {"held_out": {k: v for k, v in held_out.items() if k != "llm_calls"}} if held_out else {}
+
+    def record(self, state: dict, prompt: str, score: float, num_evaluated: int, comparable: bool = True) -> None:
+        """Add a scored prompt to the history and emit a candidate event. `comparable`: scored on
+        the run's reference validation questions, so it competes for the winner."""
+        state["history"].append(
+            {"step": state["step"], "prompt": prompt, "score": score, "n": num_evaluated, "comparable": comparable}
+        )
+        self.emit(
+            "candidate",
+            {
+                "step": state["step"],
+                "prompt": prompt,
+                "score": score,
+                "num_evaluated": num_evaluated,
+                "comparable": comparable,
+            },
+        )
+
+
+def best_comparable(history: Sequence[dict]) -> dict | None:
+    """The highest-scoring comparable history entry (the first one on ties), or None."""
+    entries = [h for h in history if h.get("comparable", True)]
+    return max(entries, key=lambda h: h["score"]) if entries else None
 
 
 _TAGGED = {

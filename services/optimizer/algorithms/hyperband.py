@@ -19,9 +19,10 @@ class HyperbandSchedule:
     """r = nvalid / bmin, smax = floor(log r / log eta), B = (smax + 1) * nvalid.
 
     Bracket s starts n = ceil((B / nvalid) * eta^s / (s + 1)) instructions; stage i keeps
-    n_i = floor(n * eta^-i) at b_i = bmin * eta^(i + smax - s) questions, so the most
-    aggressive bracket (s = smax) runs the seed's b_i = bmin * eta^i and every bracket ends
-    at the same top fidelity bmin * eta^smax <= nvalid.
+    n_i = floor(n * eta^-i) at b_i = floor(nvalid * eta^(i - s)) questions (Hyperband's
+    r_i = R eta^(i - s), as HbBoPs uses it), so every bracket ends at full fidelity nvalid, and
+    the most aggressive bracket (s = smax) starts at floor(nvalid / eta^smax), which lies in
+    [bmin, eta * bmin): the seed's "bmin to full fidelity" with b_i = bmin * eta^i up to rounding.
     """
 
     nvalid: int
@@ -44,10 +45,6 @@ class HyperbandSchedule:
     def budget(self) -> int:
         return (self.smax + 1) * self.nvalid
 
-    @property
-    def top_fidelity(self) -> int:
-        return min(self.nvalid, math.floor(self.bmin * self.eta**self.smax + 1e-9))
-
     def bracket(self, s: int) -> list[tuple[int, int]]:
         """Stages (n_i instructions, b_i questions) of bracket s."""
         if not 0 <= s <= self.smax:
@@ -56,7 +53,7 @@ class HyperbandSchedule:
         return [
             (
                 max(1, math.floor(n * self.eta**-i + 1e-9)),
-                min(self.nvalid, math.floor(self.bmin * self.eta ** (i + self.smax - s) + 1e-9)),
+                math.floor(self.nvalid * self.eta ** (i - s) + 1e-9),
             )
             for i in range(s + 1)
         ]
@@ -87,21 +84,20 @@ class RandomProposer(Proposer):
         return rng.sample(list(candidates), min(count, len(candidates)))
 
 
-def high_fidelity(history: Sequence[Evaluation], threshold: float) -> dict[int, float]:
-    """Each instruction's error at its highest fidelity, for those evaluated at >= threshold questions."""
+def high_fidelity(history: Sequence[Evaluation], threshold: float) -> dict[int, Evaluation]:
+    """Each instruction's evaluation at its highest fidelity, for those evaluated at >= threshold questions."""
     best: dict[int, Evaluation] = {}
     for e in history:
         if e.fidelity >= threshold and (e.index not in best or e.fidelity >= best[e.index].fidelity):
             best[e.index] = e
-    return {i: e.error for i, e in best.items()}
+    return best
 
 
-def incumbent(history: Sequence[Evaluation]) -> Evaluation | None:
-    """The lowest-error evaluation among those at the highest fidelity reached."""
-    if not history:
-        return None
-    top = max(e.fidelity for e in history)
-    return min((e for e in history if e.fidelity == top), key=lambda e: e.error)
+def incumbent(history: Sequence[Evaluation], fidelity: int) -> Evaluation | None:
+    """The lowest-error evaluation at exactly `fidelity` (full fidelity: HbBoPs takes the incumbent
+    from top-fidelity evaluations only), or None before any exists."""
+    top = [e for e in history if e.fidelity == fidelity]
+    return min(top, key=lambda e: e.error) if top else None
 
 
 def run_bracket(

@@ -11,6 +11,7 @@ the checkpointed data (no LLM call is repeated: llm_eval answers from its cache)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -26,7 +27,6 @@ from services.common.errors import NotFoundError
 from services.common.text import EncodeMemo
 from services.common.types import (
     AcquisitionConfig,
-    EvaluationRequest,
     GpTraining,
     InversionConfig,
     LatentPoint,
@@ -170,8 +170,10 @@ class LipoConfig:
 class SurrogateApi(Protocol):
     """What LIPO needs from the surrogate (`SurrogateEngine` in process, `SurrogateClient` over gRPC)."""
 
-    def train_vae(self, embeddings, config: VaeConfig) -> VaeResult: ...
-    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training: GpTraining | None = None): ...
+    def train_vae(self, embeddings, config: VaeConfig, owner: str = "") -> VaeResult: ...
+    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training=None, owner: str = ""): ...
+    def delete(self, model_id: str) -> None: ...
+    def delete_owned(self, owner: str) -> int: ...
     def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]: ...
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]: ...
     def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray: ...
@@ -188,9 +190,13 @@ class ModelServices:
     surrogate: SurrogateApi
 
 
+MIN_GP_POINTS = 4  # HbBoPs: BO proposals start once 4 instructions have high-fidelity evaluations
+
+
 class GpProposer(Proposer):
     """BO proposals for Hyperband: LogEI of a deep-kernel GP fitted on high-fidelity evaluations
-    ranks the candidates; each pick is random with probability `random_prob` (interleaving)."""
+    ranks the candidates; each pick is random with probability `random_prob` (interleaving).
+    Proposals are random until MIN_GP_POINTS instructions have high-fidelity evaluations."""
 
     def __init__(
         self,
@@ -200,23 +206,27 @@ class GpProposer(Proposer):
         threshold: float,
         random_prob: float,
         training: GpTraining,
+        owner: str = "",
     ):
         self.surrogate, self.embeddings, self.vae_id = surrogate, embeddings, vae_id
-        self.threshold, self.random_prob, self.training = threshold, random_prob, training
+        self.threshold, self.random_prob, self.training, self.owner = threshold, random_prob, training, owner
         self.fits = 0
         self._fitted: tuple[frozenset, str] | None = None
 
     def model_for(self, history: Sequence[Evaluation]) -> str | None:
-        """A GP on the high-fidelity data (refitted only when that data changed); None below 2 points."""
-        data = high_fidelity(history, self.threshold)
-        if len(data) < 2:
+        """A GP on the high-fidelity data (refitted only when that data changed); None below MIN_GP_POINTS."""
+        data = {i: e.error for i, e in high_fidelity(history, self.threshold).items()}
+        if len(data) < MIN_GP_POINTS:
             return None
         key = frozenset(data.items())
         if self._fitted is None or self._fitted[0] != key:
             indices = sorted(data)
             fit = self.surrogate.fit(
-                self.embeddings[indices], [data[i] for i in indices], self.vae_id, True, self.training
+                self.embeddings[indices], [data[i] for i in indices], self.vae_id, True, self.training, self.owner
             )
+            if self._fitted is not None:  # the superseded GP is no longer needed
+                with contextlib.suppress(NotFoundError):
+                    self.surrogate.delete(self._fitted[1])
             self._fitted = (key, fit.model_id)
             self.fits += 1
         return self._fitted[1]
@@ -284,16 +294,18 @@ class LipoOptimizer(Optimizer):
         emit,
         models: ModelServices | None = None,
         state_dir="state/optimizer",
+        owner: str = "",
     ):
         super().__init__(config, evaluation, llm, emit)
         self.models = models
+        self.owner = owner  # the run id: the surrogate's models made for this run belong to it
         self.state_dir = Path(state_dir)
         self._vae_id: str | None = None
         self._model_id: str | None = None
         self._encode = EncodeMemo(models.encoder.encode) if models else None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def total_steps(self) -> int:
+    def search_steps(self) -> int:
         return 2 + int(self._runs_hyperband()) + (0 if self.config.mode == "hyperband-only" else self.config.iterations)
 
     def _runs_hyperband(self) -> bool:
@@ -323,26 +335,20 @@ class LipoOptimizer(Optimizer):
         self.emit("progress", {"message": message})
 
     def _score(self, state: dict, instruction: str, fidelity: int) -> float:
-        """Error rate on the first `fidelity` questions of the run's shuffled order (recorded as a candidate)."""
-        result = self.llm.evaluate(
-            EvaluationRequest(
-                instruction=instruction,
-                dataset=self.evaluation.dataset,
-                split=self.evaluation.split,
-                fidelity=fidelity,
-                shuffle_seed=self.evaluation.seed,
-                params=self.evaluation.params(),
-            )
-        )
-        self.record(state, instruction, result.accuracy, result.num_evaluated)
+        """Error rate on the first `fidelity` validation questions of the run's shuffled order,
+        recorded as a candidate (comparable at full fidelity nvalid)."""
+        result = self.llm.evaluate(self.evaluation.request(instruction, fidelity))
+        self.record(state, instruction, result.accuracy, result.num_evaluated, comparable=fidelity == self.nvalid())
         return 1.0 - result.accuracy
 
-    def best(self, state: dict) -> tuple[str, float]:
-        """The lowest error among high-fidelity observations (loaded, Hyperband's top stage, InvBO)."""
-        if not state.get("observations"):
-            return super().best(state)
-        top = min(state["observations"], key=lambda o: o["error"])
-        return top["instruction"], 1.0 - top["error"]
+    def winner(self, state: dict) -> dict | None:
+        """The lowest validation error at full fidelity nvalid (Hyperband's top stage, the loaded
+        incumbent re-scored, InvBO); loaded evaluations from elsewhere only train the GP."""
+        comparable = [o for o in state.get("observations", []) if o.get("comparable")]
+        if not comparable:
+            return None
+        top = min(comparable, key=lambda o: o["error"])
+        return {"prompt": top["instruction"], "score": 1.0 - top["error"], "n": top["n"]}
 
     def _calls(self) -> int:
         return self.llm.usage.llm_calls
@@ -351,7 +357,7 @@ class LipoOptimizer(Optimizer):
     def _vae(self, state: dict) -> str:
         if self._vae_id is None:
             result = self.models.surrogate.train_vae(
-                self._encode(state["pool"]), self.config.vae_config(self.evaluation.seed)
+                self._encode(state["pool"]), self.config.vae_config(self.evaluation.seed), self.owner
             )
             self._vae_id = result.vae_id
             training = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("vae_id", "quality")}
@@ -369,13 +375,21 @@ class LipoOptimizer(Optimizer):
                 self._vae(state),
                 True,
                 self.config.gp_training(self.evaluation.seed),
+                self.owner,
             )
             self._model_id = fit.model_id
             self._progress(f"GP fitted on {len(obs)} observations ({fit.epochs_trained} epochs)")
         return self._model_id
 
+    def release(self) -> None:
+        """Free this run's VAE and GPs in the surrogate (the run has ended)."""
+        if self.owner and self.models is not None:
+            deleted = self.models.surrogate.delete_owned(self.owner)
+            self._vae_id = self._model_id = None
+            self._progress(f"freed {deleted} surrogate models of this run")
+
     # -- steps ---------------------------------------------------------------------------------
-    def step(self, state: dict) -> dict:
+    def search_step(self, state: dict) -> None:
         step = state["step"]
         start = self._calls()
         phase = "ape" if step == 0 else "vae" if step == 1 else "hyperband" if self._is_hyperband(step) else "inference"
@@ -385,11 +399,10 @@ class LipoOptimizer(Optimizer):
         except NotFoundError as exc:  # the surrogate restarted and lost our models: retrain, redo the step
             self._progress(f"surrogate lost a model ({exc}); retraining from the checkpoint and repeating the step")
             self._vae_id = self._model_id = None
-            state = snapshot
+            state.clear()
+            state.update(snapshot)
             self._run_phase(phase, state)
         state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start
-        state["step"] = step + 1
-        return state
 
     def _is_hyperband(self, step: int) -> bool:
         return step == 2 and self._runs_hyperband()
@@ -428,8 +441,15 @@ class LipoOptimizer(Optimizer):
             rows = sorted(load_evaluations(config.grid_path), key=lambda r: r["error"])[: config.top_k]
         else:
             return
-        state["observations"] = [{**r, "source": config.mode} for r in rows]
+        state["observations"] = [{**r, "source": config.mode, "comparable": False} for r in rows]
         self._progress(f"loaded {len(rows)} evaluated instructions ({config.mode})")
+        # Loaded scores come from another split or question count: re-score the loaded best on the
+        # run's validation questions so InvBO's candidates are compared with it at equal counts.
+        best = min(rows, key=lambda r: r["error"])["instruction"]
+        error = self._score(state, best, self.nvalid())
+        state["observations"].append(
+            {"instruction": best, "error": error, "n": self.nvalid(), "source": "incumbent", "comparable": True}
+        )
 
     def _hyperband(self, state: dict) -> None:
         config = self.config
@@ -439,9 +459,10 @@ class LipoOptimizer(Optimizer):
             self.models.surrogate,
             self._encode(pool),
             self._vae(state),
-            config.min_fidelity_pct * schedule.top_fidelity,
+            config.min_fidelity_pct * schedule.nvalid,
             config.random_interleaving_prob,
             config.hyperband_training(self.evaluation.seed),
+            self.owner,
         )
         history: list[Evaluation] = []
         self._progress(f"Hyperband: nvalid {schedule.nvalid}, smax {schedule.smax}, B {schedule.budget}")
@@ -459,10 +480,16 @@ class LipoOptimizer(Optimizer):
                     f"bracket s={s} stage {stage}: {n} instructions x {b} questions"
                 ),
             )
-        best = incumbent(history)
-        top = high_fidelity(history, config.min_fidelity_pct * schedule.top_fidelity)
+        best = incumbent(history, schedule.nvalid)
+        top = high_fidelity(history, config.min_fidelity_pct * schedule.nvalid)
         state["observations"] = [
-            {"instruction": pool[i], "error": e, "n": schedule.top_fidelity, "source": "hyperband"}
+            {
+                "instruction": pool[i],
+                "error": e.error,
+                "n": e.fidelity,
+                "source": "hyperband",
+                "comparable": e.fidelity == schedule.nvalid,
+            }
             for i, e in top.items()
         ]
         state["hyperband"] = {
@@ -490,7 +517,8 @@ class LipoOptimizer(Optimizer):
         config, surrogate = self.config, self.models.surrogate
         iteration = len(state["inference"]) + 1
         model_id = self._gp(state)
-        incumbent_error = min(o["error"] for o in state["observations"])
+        incumbent = self.winner(state)
+        incumbent_error = None if incumbent is None else 1.0 - incumbent["score"]
         point = surrogate.optimize(model_id, config.acquisition())
         z, embedding = point.latent, point.embedding
         text, cosine = self._decode(embedding, state)
@@ -514,7 +542,9 @@ class LipoOptimizer(Optimizer):
         else:
             error, n = predicted, 0
         surrogate.update(model_id, reencoded, [error], config.retrain(self.evaluation.seed))
-        state["observations"].append({"instruction": text, "error": error, "n": n, "source": "invbo"})
+        state["observations"].append(
+            {"instruction": text, "error": error, "n": n, "source": "invbo", "comparable": config.evaluate_inference}
+        )
         entry = {
             "iteration": iteration,
             "instruction": text,
@@ -551,7 +581,7 @@ class LipoOptimizer(Optimizer):
             inference = {
                 "best_instruction": best["instruction"],
                 "best_error": best_error,
-                "improvement": start - best_error,
+                "improvement": None if start is None or best["actual_error"] is None else start - best_error,
                 "iterations": len(state["inference"]),
                 "llm_calls": state["calls"].get("inference", 0),
                 "history": state["inference"],
@@ -563,5 +593,5 @@ class LipoOptimizer(Optimizer):
             "vae_training": vae.get("vae_training"),
             "hyperband": hyperband,
             "inference": inference,
-            "total_llm_calls": sum(state["calls"].values()),
+            "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
         }

@@ -10,17 +10,16 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from services.common.types import DecodingParams, EvaluationRequest
+from services.common.types import DecodingParams
 from services.optimizer.algorithms.base import (
+    DEFAULT_FIDELITY,
     DEFAULT_INITIAL_PROMPT,
     Optimizer,
+    best_comparable,
     extract_tagged,
     load_template,
     unique_new,
 )
-
-# 3.5% of the GSM8K training set, the OPRO paper's evaluation subset.
-DEFAULT_FIDELITY = 261
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,22 +68,18 @@ class OproOptimizer(Optimizer):
     def fidelity(self) -> int:
         return self.evaluation.fidelity or DEFAULT_FIDELITY
 
-    def total_steps(self) -> int:
+    def search_steps(self) -> int:
         return self.config.iterations + 1
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "exemplars": []}
 
+    def winner(self, state: dict) -> dict | None:
+        """Every proposal is scored on the same questions, so the whole history competes."""
+        return best_comparable(state["history"])
+
     def _score(self, state: dict, prompt: str) -> None:
-        request = EvaluationRequest(
-            instruction=prompt,
-            dataset=self.evaluation.dataset,
-            split=self.evaluation.split,
-            fidelity=self.fidelity(),
-            shuffle_seed=self.evaluation.seed,
-            params=self.evaluation.params(),
-            include_details=not state["exemplars"],
-        )
+        request = self.evaluation.request(prompt, self.fidelity(), include_details=not state["exemplars"])
         result = self.llm.evaluate(request)
         if not state["exemplars"] and result.results:
             rng = random.Random(self.evaluation.seed)
@@ -92,7 +87,7 @@ class OproOptimizer(Optimizer):
             state["exemplars"] = [[r.question, r.gold] for r in picks]
         self.record(state, prompt, result.accuracy, result.num_evaluated)
 
-    def step(self, state: dict) -> dict:
+    def search_step(self, state: dict) -> None:
         step = state["step"]
         if step == 0:
             for prompt in self.config.initial_prompts:
@@ -112,5 +107,3 @@ class OproOptimizer(Optimizer):
             self.emit("progress", {"message": f"step {step}: {len(fresh)} new of {len(proposals)} proposals"})
             for prompt in fresh:
                 self._score(state, prompt)
-        state["step"] = step + 1
-        return state
