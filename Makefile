@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath ../shared/datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install protos demo test test-fast bench lint model clean gsm8k images images-gpu k8s-validate replay-table
+.PHONY: install protos demo test test-fast bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ bench: install protos
 	$(PY) -m tests.bench.run_bench
 	$(PY) -m tests.bench.lipo_bench
 
+# Mutation testing of the search-direction code ([tool.mutmut] in pyproject.toml; tens of minutes on 2 cores).
+mutation: install protos
+	rm -rf mutants
+	$(VENV)/bin/mutmut run || true
+	$(PY) -m tests.mutation.report
+
 # The replay table of the 100 recorded Qwen2.5-7B instructions, for PROMPTOPT_LLM_EVAL_BACKEND=replay.
 replay-table: install
 	$(PY) -m services.llm_eval.replay convert $(PROMPTOPT_DATASETS_DIR)/prompts/gsm8k_100_instructions_qwen2.5-7b.json \
@@ -83,4 +89,4 @@ k8s-validate: install
 	$(PY) -m tests.deploy.validate all
 
 clean:
-	rm -rf gen results state
+	rm -rf gen results state mutants
