@@ -53,7 +53,7 @@ bench: install protos
 # Mutation testing of the search-direction code ([tool.mutmut] in pyproject.toml; tens of minutes on 2 cores).
 mutation: install protos
 	rm -rf mutants
-	$(VENV)/bin/mutmut run || true
+	$(VENV)/bin/mutmut run
 	$(PY) -m tests.mutation.report
 
 # The replay table of the 100 recorded Qwen2.5-7B instructions, for PROMPTOPT_LLM_EVAL_BACKEND=replay.

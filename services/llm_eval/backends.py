@@ -164,7 +164,14 @@ class VLLMBackend(LLMBackend):
     def identity(self) -> dict:
         import vllm
 
-        return {"backend": "vllm", "model": self.model_name, "tp": self._tensor_parallel_size, "vllm": vllm.__version__}
+        template = getattr(self._llm.get_tokenizer(), "chat_template", None) or ""
+        return {
+            "backend": "vllm",
+            "model": self.model_name,
+            "tp": self._tensor_parallel_size,
+            "chat_template_sha256": _sha256(template),
+            "vllm": vllm.__version__,
+        }
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         from vllm import SamplingParams

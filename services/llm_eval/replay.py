@@ -81,11 +81,18 @@ class ReplayBackend(LLMBackend):
         self.seed = seed
         rows = sorted((r.instruction, r.exemplars, r.error_rate, r.n) for r in table.values())
         self._table_sha256 = hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+        questions = [(e.question, e.gold) for e in examples]  # which question is which row, and its gold
+        self._examples_sha256 = hashlib.sha256(json.dumps(questions).encode()).hexdigest()
         self._index = {example.question: i for i, example in enumerate(examples)}
         self._correct: dict[tuple[str, str], frozenset[int]] = {}
 
     def identity(self) -> dict:
-        return {"backend": "replay", "table_sha256": self._table_sha256, "seed": self.seed}
+        return {
+            "backend": "replay",
+            "table_sha256": self._table_sha256,
+            "examples_sha256": self._examples_sha256,
+            "seed": self.seed,
+        }
 
     def correct_set(self, row: ReplayRow) -> frozenset[int]:
         """The questions this row answers correctly (cached)."""

@@ -54,7 +54,7 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
     evaluation = EvaluationSettings(**MessageToDict(request.evaluation, preserving_proto_field_name=True))
     evaluation = dataclasses.replace(evaluation, seed=int(evaluation.seed))
     if llm is not None:
-        evaluation.check_sizes(llm.dataset_info(evaluation.dataset))
+        evaluation.check_sizes(llm.dataset_info(evaluation.dataset), getattr(config, "seen_splits", list)())
         served = llm.usage().models
         named = {"meta_model": request.meta_model}
         named.update({f"{algorithm}.{f}": getattr(config, f, "") for f in ("gradient_model", "edit_model")})

@@ -31,12 +31,12 @@ from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
+    GpProposer,
     HyperbandSchedule,
     RandomProposer,
     incumbent,
     run_bracket,
 )
-from services.optimizer.algorithms.lipo import GpProposer
 from services.surrogate.engine import SurrogateEngine
 
 DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()

@@ -28,7 +28,7 @@ from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
 from services.tuner.__main__ import no_jobs
 from services.tuner.__main__ import parse_start as tuner_parse
-from tests.conftest import start_server
+from tests.conftest import DATASETS, start_server
 from tests.contract.conftest import encoder_binding, llm_eval_binding
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -268,6 +268,7 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         (pb2.EvaluationSettings(split="train[:"), "evaluation.split 'train[:' is not a split name or slice"),
         (pb2.EvaluationSettings(test_fidelity=5000), "evaluation.test_fidelity 5000 exceeds the 1319 questions"),
         (pb2.EvaluationSettings(dataset="nope"), "dataset 'nope' not found"),
+        (pb2.EvaluationSettings(split="test[50%:50%]"), "evaluation.split 'test[50%:50%]' has no questions"),
     ]:
         code = NOT_FOUND if settings.dataset == "nope" else INVALID
         expect(code, message, stub.StartRun, pb2.StartRunRequest(evaluation=settings, opro=pb2.OproConfig()))
@@ -285,7 +286,17 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         stub.StartRun,
         pb2.StartRunRequest(evaluation=pb2.EvaluationSettings(fidelity=-3), opro=pb2.OproConfig()),
     )
+    recorded = str(DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json")  # recorded on GSM8K test
+    skip = pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path=recorded)
+    expect(
+        INVALID,
+        "evaluation.test_split 'test' shares questions with lipo.evaluations_split 'test'",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo=skip),
+    )
     assert stub.ListRuns(pb2.ListRunsRequest()).runs == []  # rejected runs store nothing
+    honest = pb2.EvaluationSettings(split="train[1000:]", test_split="train[:1000]")
+    assert parse_start(pb2.StartRunRequest(lipo=skip, evaluation=honest), evaluator)[0] == "lipo"
 
 
 def test_loading_is_unavailable_and_token_is_checked(embedder):

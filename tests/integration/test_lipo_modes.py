@@ -70,20 +70,24 @@ def test_skip_hbbops_loads_evaluations_then_runs_invbo(parts):
     )
     report = optimizer.report(state)
     assert optimizer.total_steps() == 5 and report["hyperband"] is None  # APE, VAE, 2 InvBO, held-out
+    # the loaded best (recorded on the whole test split) is re-scored on the 80 validation questions,
+    # replacing its loaded row; the other 99 loaded rows only train the GP
+    recorded = json.loads(parts["recorded"].read_text())["results"]
+    recorded_best = max(recorded, key=lambda r: r["accuracy"])["instruction"]
     loaded = [o for o in state["observations"] if o["source"] == "skip-hbbops"]
-    assert len(loaded) == 100 and not any(o["comparable"] for o in loaded)
-    # the loaded best (recorded on the whole test split) is re-scored on the 80 validation questions
-    recorded_best = min(loaded, key=lambda o: o["error"])
+    assert len(loaded) == 99 and recorded_best not in {o["instruction"] for o in loaded}
     incumbent = next(o for o in state["observations"] if o["source"] == "incumbent")
-    assert incumbent["instruction"] == recorded_best["instruction"] and incumbent["n"] == 80
+    assert incumbent["instruction"] == recorded_best and incumbent["n"] == 80
     assert report["inference"]["iterations"] == 2
     held_out = state["held_out"]
     assert held_out["test_split"] == "test[50%:]" and held_out["test_questions"] == 660
     # only the incumbent, InvBO candidates (80 validation questions each) and the held-out winner were paid for
     assert report["total_llm_calls"] == usage.llm_calls <= 3 * 80 + 660
     best_prompt, best_score = optimizer.best(state)
-    comparable = [o for o in state["observations"] if o["comparable"]]
+    comparable = [o for o in state["observations"] if o["source"] != "skip-hbbops"]
+    assert {o["n"] for o in comparable} == {80}
     assert best_score == pytest.approx(1 - min(o["error"] for o in comparable))
+    assert report["inference"]["history"][0]["incumbent_error_before"] == pytest.approx(incumbent["error"])
     assert (held_out["prompt"], held_out["validation_score"], held_out["validation_questions"]) == (
         best_prompt,
         best_score,
@@ -96,26 +100,31 @@ def test_load_grid_takes_top_k(parts):
         parts, {"mode": "load-grid", "grid_path": str(parts["tmp"] / "table.jsonl"), "top_k": 25, "iterations": 1}
     )
     loaded = [o for o in state["observations"] if o["source"] == "load-grid"]
-    assert len(loaded) == 25
+    assert len(loaded) == 24  # the top 25, the best of them re-scored as the incumbent
+    assert [o["source"] for o in state["observations"]].count("incumbent") == 1
     errors = sorted(json.loads(line)["error_rate"] for line in (parts["tmp"] / "table.jsonl").read_text().splitlines())
     assert max(o["error"] for o in loaded) == pytest.approx(errors[24])
+    assert min(o["error"] for o in loaded) == pytest.approx(errors[1])
 
 
 def test_hyperband_only_and_resume_without_repaying(parts):
-    optimizer, state, usage, events = run(parts, {"mode": "hyperband-only"}, fidelity=160, owner="run-hb")
+    fields = {"mode": "hyperband-only", "min_fidelity_pct": 0.4}
+    optimizer, state, usage, events = run(parts, fields, fidelity=150, owner="run-hb")
     report = optimizer.report(state)
     assert optimizer.total_steps() == 4 and report["inference"] is None
     hyperband = report["hyperband"]
-    assert (hyperband["nvalid"], hyperband["smax"], hyperband["budget"]) == (160, 4, 800)
-    assert hyperband["gp_fits"] >= 1  # BO proposals once four instructions reached full fidelity
-    assert 0 < hyperband["llm_calls"] <= 5 * 800  # B per bracket, 5 brackets; the cache makes it less
-    assert max(int(b) for b in hyperband["evaluations_by_fidelity"]) == 160  # every bracket ends at nvalid
+    assert (hyperband["nvalid"], hyperband["smax"], hyperband["budget"]) == (150, 3, 600)
+    assert hyperband["gp_fits"] >= 1  # BO proposals once four instructions reached 40% of nvalid
+    assert 0 < hyperband["llm_calls"] <= 4 * 600  # B per bracket, 4 brackets; the cache makes it less
+    # bracket 3 runs 18, 37, 75, 150 questions: every bracket ends at full fidelity nvalid
+    assert sorted(map(int, hyperband["evaluations_by_fidelity"])) == [18, 37, 75, 150]
     candidates = [p for kind, p in events if kind == "candidate"]
     assert len(candidates) == hyperband["evaluations"]
-    # only full-fidelity scores compete: the winner is Hyperband's incumbent, never a 10-question fluke
-    assert {c["comparable"] for c in candidates if c["num_evaluated"] < 160} == {False}
+    # only full-fidelity scores compete: the winner is Hyperband's incumbent, never a 18-question fluke
+    assert {c["comparable"] for c in candidates if c["num_evaluated"] < 150} == {False}
     assert optimizer.best(state) == (hyperband["best_instruction"], 1 - hyperband["best_error"])
-    assert all(o["n"] == 160 for o in state["observations"])
+    # the GP's data: each instruction's highest fidelity >= 40% of nvalid, with its real question count
+    assert {o["n"] for o in state["observations"]} == {75, 150}
     # the surrogate holds the run's VAE and its latest GP only (superseded GPs were deleted), until it ends
     registry = parts["models"].surrogate.registry
     held = sorted(type(e.model).__name__ for e in registry._models.values() if e.owner == "run-hb")
@@ -124,7 +133,7 @@ def test_hyperband_only_and_resume_without_repaying(parts):
     assert not any(e.owner == "run-hb" for e in registry._models.values())
     # A restarted optimizer re-runs the Hyperband step from the checkpoint before it: same answers, all cached.
     checkpoint = json.loads(json.dumps({**state, "step": 2, "held_out": None}))
-    _, again, usage_again, _ = run(parts, {"mode": "hyperband-only"}, fidelity=160, state=checkpoint)
+    _, again, usage_again, _ = run(parts, fields, fidelity=150, state=checkpoint)
     assert usage_again.llm_calls == 0 and usage_again.cache_hits > 0
     assert again["hyperband"]["best_instruction"] == state["hyperband"]["best_instruction"]
 

@@ -83,3 +83,46 @@ def test_incumbent_comes_from_full_fidelity_only():
     assert incumbent(history, 40) == Evaluation(2, 40, 0.25)  # never the 0.0 measured on 10 questions
     assert incumbent(history[:1], 40) is None
     assert incumbent([], 40) is None
+
+
+def test_schedule_validation_boundaries():
+    assert HyperbandSchedule(nvalid=10, bmin=10).smax == 0  # nvalid == bmin is allowed: one stage
+    assert HyperbandSchedule(nvalid=100, eta=1.5).smax == 5  # floor(log(10) / log(1.5))
+    with pytest.raises(ValueError, match="bmin must be positive, got 0"):
+        HyperbandSchedule(nvalid=100, bmin=0)
+    with pytest.raises(ValueError, match=r"nvalid \(9\) must be >= bmin \(10\)"):
+        HyperbandSchedule(nvalid=9, bmin=10)
+
+
+class RecordingProposer:
+    """Proposes the first `count` candidates and remembers what it was shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def propose(self, candidates, count, history, rng):
+        self.seen.append((list(candidates), count, list(history)))
+        return list(candidates)[:count]
+
+
+def test_run_bracket_shows_history_reports_stages_and_halves_by_error():
+    schedule = HyperbandSchedule(nvalid=40, bmin=10)  # bracket 2: 4 x 10 -> 2 x 20 -> 1 x 40
+    earlier = [Evaluation(5, 40, 0.5)]
+    history, stages, proposer = list(earlier), [], RecordingProposer()
+    errors = {0: 0.4, 1: 0.1, 2: 0.3, 3: 0.2}
+    done = run_bracket(
+        schedule,
+        2,
+        4,
+        lambda i, b: errors[i] + b / 1000,
+        proposer,
+        history,
+        random.Random(0),
+        lambda stage, n, b: stages.append((stage, n, b)),
+    )
+    assert proposer.seen == [([0, 1, 2, 3], 4, earlier)]  # the proposer sees the run's history so far
+    assert stages == [(0, 4, 10), (1, 2, 20), (2, 1, 40)]
+    assert [(e.index, e.fidelity) for e in done] == [(0, 10), (1, 10), (2, 10), (3, 10), (1, 20), (3, 20), (1, 40)]
+    assert history == earlier + done
+    # a bracket's first stage is capped at the pool size
+    assert run_bracket(schedule, 2, 3, lambda i, b: errors[i], RecordingProposer(), [], random.Random(0))[2].index == 2

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from services.common.types import FitResult, GpTraining, VaeConfig
-from services.optimizer.algorithms.hyperband import Evaluation
-from services.optimizer.algorithms.lipo import MIN_GP_POINTS, GpProposer
+from services.optimizer.algorithms.hyperband import MIN_GP_POINTS, Evaluation, GpProposer
 from services.surrogate.engine import SurrogateEngine
 
 

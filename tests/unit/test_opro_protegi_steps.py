@@ -3,8 +3,10 @@ accuracies: what the meta-LLM is shown, which candidates survive, which one wins
 the winner is reported on the held-out split it was never selected on."""
 
 import math
+import random
 import re
 
+import numpy as np
 import pytest
 
 from services.common.types import Usage
@@ -110,14 +112,35 @@ def test_ucb_spends_its_budget_on_the_promising_arms():
     assert stats.counts[1] > stats.counts[5]
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_ucb_with_the_default_config_concentrates_pulls_under_noise(seed):
+    """ProTeGi's defaults (c = 1 over question counts, 4 pulls per candidate, 8 questions per
+    pull): the three best of 12 arms get well over their uniform share, the three worst less."""
+    rng = np.random.default_rng(seed)
+    means = np.linspace(0.15, 0.7, 12)
+    draws = {}
+
+    def pull(arm, k):
+        return draws.setdefault((arm, k), rng.binomial(8, means[arm]) / 8)
+
+    config = ProtegiConfig()
+    kept, stats = ucb_bandit(12, config.budget(12), config.beam_width, pull, config.ucb_c, config.bandit_sample_size)
+    assert sum(stats.counts) == 48 == config.budget(12)
+    assert sum(stats.counts[-3:]) > 1.5 * 12 and sum(stats.counts[:3]) < 12
+    assert 11 in kept
+
+
 def test_successive_rejects_follows_its_schedule_and_keeps_the_best():
     means = [0.2, 0.9, 0.5, 0.3, 0.8]
     pulls = []
     pull = bernoulli_arms(means)
     kept, stats = successive_rejects(5, 40, 2, lambda arm, k: pulls.append(arm) or pull(arm, k))
-    # logbar(5) = 1/2 + 1/2 + 1/3 + 1/4 + 1/5; n_k = ceil(35 / (logbar * (6 - k))) = 4, 5, 7
-    assert stats.counts == [4, 7, 7, 5, 7]  # rejected in order: arm 0 (mean 0.2), arm 3 (0.3), arm 2 (0.5)
-    assert sorted(kept) == [1, 4] and len(pulls) == 30 <= 40
+    # logbar = 2/3 + 1/3 + 1/4 + 1/5; n_k = floor(40 / (logbar * (6 - k))) = 5, 6, 9
+    # rejected in order: arm 3 (ties arm 0 at 1/5 after 5 pulls; the later arm goes), arm 0, arm 2
+    assert stats.counts == [6, 9, 9, 5, 9]
+    assert sorted(kept) == [1, 4] and 40 - 3 <= len(pulls) <= 40  # the budget, short by rounding only
+    kept, stats = successive_rejects(3, 30, 1, bernoulli_arms([0.5, 0.5, 0.5]))
+    assert kept == [0]  # ties: the later arm is rejected first
 
 
 # -- ProTeGi steps ---------------------------------------------------------------------------
@@ -182,3 +205,95 @@ def test_protegi_expands_with_its_models_selects_the_good_edits_and_reports_held
     # bandit means never win, even when one is higher than every fixed-set score
     state["history"].append({"prompt": "lucky", "score": 1.0, "n": 8, "comparable": False})
     assert optimizer.winner(state)["prompt"] == winner["prompt"]
+
+
+def test_protegi_successive_rejects_step_and_paired_pulls():
+    service = protegi_service()
+    config = ProtegiConfig(
+        iterations=1,
+        beam_width=2,
+        minibatch_size=16,
+        num_gradients=2,
+        paraphrases_per_edit=1,
+        bandit="successive-rejects",
+    )
+    optimizer, _ = make(ProtegiOptimizer, config, service)
+    state = run_to_end(optimizer)
+    assert all(text.startswith(("good", "paraphrase")) for text in state["beam"]), state["beam"]
+    pulls = [(i, q) for i, split, q in service.evaluated if split == "train" and q == 8]
+    assert 5 <= len(pulls) <= config.budget(5) == 20  # successive rejects spends at most its budget
+    # paired pulls: the k-th pull of every candidate scores the same questions, later pulls new ones
+    pulls_by_arm: dict[str, list[tuple[int, ...]]] = {}
+    inner = service.evaluate
+
+    def recording(request):
+        pulls_by_arm.setdefault(request.instruction, []).append(request.question_indices)
+        return inner(request)
+
+    service.evaluate = recording
+    arms = [f"arm {i}" for i in range(5)]
+    optimizer._select(arms, random.Random(0), 2000, {"history": [], "step": 1})
+    assert set(pulls_by_arm) == set(arms)
+    for pulls in pulls_by_arm.values():
+        assert all(len(q) == 8 for q in pulls)
+        assert len({i for q in pulls for i in q}) == 8 * len(pulls)  # no question twice for one arm
+        for k, questions in enumerate(pulls):
+            assert all(other[k] == questions for other in pulls_by_arm.values() if len(other) > k)
+
+
+def test_protegi_resumes_checkpoints_written_before_scores_were_marked():
+    """Older runs stored ucb_rounds/ucb_sample_size and unmarked bandit means in the history."""
+    config = ProtegiConfig.from_fields({"iterations": 1, "ucb_rounds": 3, "ucb_sample_size": 4})
+    assert config.bandit_sample_size == 4 and config.bandit_budget == 0
+    service = protegi_service()
+    optimizer, _ = make(ProtegiOptimizer, config, service)
+    old = {"step": 1, "beam": ["Let's solve the problem."], "history": [{"prompt": "fluke", "score": 1.0, "n": 8}]}
+    assert optimizer.winner(old) is None  # an unmarked 8-question mean never wins
+    optimizer._score_beam(old, 2000)
+    assert optimizer.winner(old)["prompt"] == "Let's solve the problem." and optimizer.winner(old)["n"] == 200
+
+
+@pytest.mark.parametrize(
+    ("cls", "fields", "message"),
+    [
+        (OproConfig, {"candidates_per_step": 0}, "opro.candidates_per_step must be positive"),
+        (OproConfig, {"top_k": 0}, "opro.top_k must be positive"),
+        (OproConfig, {"num_buckets": 0}, "opro.num_buckets must be positive"),
+        (OproConfig, {"num_exemplars": -1}, "opro.num_exemplars must be >= 0"),
+        (OproConfig, {"meta_temperature": 2.1}, "opro.meta_temperature must be in"),
+        (OproConfig, {"meta_temperature": -0.1}, "opro.meta_temperature must be in"),
+        (OproConfig, {"initial_prompts": (" ",)}, "opro.initial_prompts"),
+        (OproConfig, {"initial_prompts": ()}, "opro.initial_prompts"),
+        (ProtegiConfig, {"iterations": 0}, "protegi.iterations must be positive"),
+        (ProtegiConfig, {"minibatch_size": 0}, "protegi.minibatch_size must be positive"),
+        (ProtegiConfig, {"num_gradients": 0}, "protegi.num_gradients must be positive"),
+        (ProtegiConfig, {"errors_per_gradient": 0}, "protegi.errors_per_gradient must be positive"),
+        (ProtegiConfig, {"edits_per_gradient": 0}, "protegi.edits_per_gradient must be positive"),
+        (ProtegiConfig, {"bandit_sample_size": 0}, "protegi.bandit_sample_size must be positive"),
+        (ProtegiConfig, {"paraphrases_per_edit": -1}, "protegi.paraphrases_per_edit and protegi.bandit_budget"),
+        (ProtegiConfig, {"bandit_budget": -1}, "protegi.paraphrases_per_edit and protegi.bandit_budget"),
+        (ProtegiConfig, {"ucb_c": -0.5}, "protegi.ucb_c must be >= 0"),
+        (ProtegiConfig, {"initial_prompts": ("",)}, "protegi.initial_prompts"),
+    ],
+)
+def test_config_validation_names_the_field(cls, fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cls(**fields)
+
+
+def test_config_edges_are_accepted_and_defaults_hold():
+    assert OproConfig(num_exemplars=0, meta_temperature=0.0).meta_temperature == 0.0
+    assert OproConfig(meta_temperature=2.0).num_buckets == 20
+    assert ProtegiConfig(paraphrases_per_edit=0, bandit_budget=0, ucb_c=0.0).ucb_c == 0.0
+    defaults = ProtegiConfig()
+    assert (defaults.beam_width, defaults.minibatch_size, defaults.num_gradients, defaults.errors_per_gradient) == (
+        4,
+        64,
+        4,
+        4,
+    )
+    assert (defaults.iterations, defaults.paraphrases_per_edit, defaults.bandit, defaults.ucb_c) == (6, 2, "ucb", 1.0)
+    assert (defaults.bandit_sample_size, defaults.budget(10), defaults.budget(1)) == (8, 40, 4)
+    assert ProtegiConfig(bandit_budget=3).budget(10) == 10  # at least one pull per candidate
+    opro = OproConfig()
+    assert (opro.iterations, opro.candidates_per_step, opro.top_k, opro.num_exemplars) == (10, 8, 20, 3)

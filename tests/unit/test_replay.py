@@ -85,3 +85,14 @@ def test_a_split_slice_shares_answers_with_its_split(datasets_dir, recorded, tmp
     assert all(by_index[659 + r.question_index].correct == r.correct for r in second_half.results)
     first = ev.evaluate(EvaluationRequest(instruction, split="test[:50%]", fidelity=10, shuffle_seed=1))
     assert first.num_evaluated == 10 and first.usage.llm_calls == 0
+
+
+def test_replay_identity_names_table_seed_and_questions(datasets_dir, recorded):
+    store = DatasetStore(datasets_dir)
+    test, train = store.load("gsm8k", "test"), store.load("gsm8k", "train")
+    base = ReplayBackend(recorded, test, 0).identity()
+    assert base == ReplayBackend(recorded, test, 0).identity()
+    assert base != ReplayBackend(recorded, test, 1).identity()  # the seed picks which questions are right
+    assert base != ReplayBackend(recorded, train, 0).identity()  # the questions the rows map onto
+    fewer = dict(list(recorded.items())[:50])
+    assert base != ReplayBackend(fewer, test, 0).identity()

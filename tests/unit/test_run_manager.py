@@ -51,13 +51,45 @@ def test_runs_report_best_scores_results_and_release(tmp_path, fail):
     assert result["best_score"] == 0.5 and result["held_out"]["test_score"] == 0.25
 
 
-def test_results_best_line_and_gauge_use_comparable_scores_only(tmp_path):
+def test_gauge_and_best_follow_the_winner_not_screening_flukes(tmp_path):
+    """A scripted ProTeGi run through RunManager: a bandit mean (8-question pulls) beats every
+    fixed-set score, yet the best-score gauge, the run's best score and the held-out validation
+    score are the winner's score on the fixed 200 questions."""
+    import dataclasses
+
     from prometheus_client import REGISTRY
 
-    from services.common.operations import RunRecord
-    from services.common.types import Usage
+    from services.optimizer.algorithms.base import EvaluationSettings
+    from services.optimizer.algorithms.protegi import ProtegiConfig
+    from services.optimizer.server import build_optimizer, track_best
+    from tests.unit.test_opro_protegi_steps import protegi_service
+
+    service = protegi_service()
+    store = RunStore(tmp_path / "runs.sqlite")
+    config = ProtegiConfig(iterations=1, beam_width=2, minibatch_size=16, num_gradients=2, paraphrases_per_edit=1)
+    evaluation = EvaluationSettings(fidelity=200, seed=1, test_fidelity=300)
+    resolved = {"algorithm": dataclasses.asdict(config), "evaluation": dataclasses.asdict(evaluation), "meta_model": ""}
+    run = store.create("protegi", "", resolved, 3)
+    manager = RunManager(store, lambda r, e, u, c: build_optimizer(r, service, e, u, c), on_best=track_best)
+    manager.start(run.run_id)
+    manager.join(run.run_id, 60)
+    record = store.get(run.run_id)
+    assert record.state == RunState.SUCCEEDED, record.error
+    events = store.events(run.run_id)
+    screening = [e.payload["score"] for e in events if e.kind == "candidate" and not e.payload["comparable"]]
+    fixed = [e.payload["score"] for e in events if e.kind == "candidate" and e.payload["comparable"]]
+    gauge = REGISTRY.get_sample_value(
+        "promptopt_optimizer_best_score_ratio", {"run_id": run.run_id, "algorithm": "protegi"}
+    )
+    assert max(screening) > gauge == record.best_score == max(fixed)
+    result = [e for e in events if e.kind == "result"][0].payload
+    assert result["held_out"]["validation_score"] == gauge and result["held_out"]["test_questions"] == 300
+
+
+def test_plot_draws_the_best_line_from_comparable_scores_only(tmp_path, monkeypatch):
+    import matplotlib.axes
+
     from services.optimizer.results import best_so_far, plot_scores
-    from services.optimizer.server import track_best
 
     candidates = [
         {"llm_calls": 10, "score": 0.4, "comparable": True, "num_evaluated": 100},
@@ -65,6 +97,10 @@ def test_results_best_line_and_gauge_use_comparable_scores_only(tmp_path):
         {"llm_calls": 30, "score": 0.5, "comparable": True, "num_evaluated": 100},
     ]
     assert best_so_far(candidates) == [(10, 0.4), (30, 0.5)]
+    drawn, step = [], matplotlib.axes.Axes.step
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "step", lambda ax, x, y, *a, **k: drawn.append((x, y)) or step(ax, x, y, *a, **k)
+    )
     document = {
         "run_id": "r",
         "candidates": candidates,
@@ -72,8 +108,5 @@ def test_results_best_line_and_gauge_use_comparable_scores_only(tmp_path):
         "held_out": {"test_split": "test", "test_questions": 50, "test_score": 0.45},
     }
     plot_scores(document, tmp_path / "r.png")
+    assert drawn == [([10, 30], [0.4, 0.5])]
     assert (tmp_path / "r.png").stat().st_size > 1000
-    record = RunRecord("run-g", "opro", "", RunState.RUNNING, 1, 3, "", 0.0, Usage(), {}, None, "", 0, 0, 0, False)
-    track_best(record, 0.5)
-    labels = {"run_id": "run-g", "algorithm": "opro"}
-    assert REGISTRY.get_sample_value("promptopt_optimizer_best_score_ratio", labels) == 0.5

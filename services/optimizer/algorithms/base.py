@@ -126,11 +126,18 @@ class EvaluationSettings:
         if validation.base == test.base and not (validation.start or validation.stop or test.start or test.stop):
             raise ValueError(f"evaluation.test_split {self.test_split!r} is the validation split: it must be held out")
 
-    def check_sizes(self, sizes: dict[str, int]) -> None:
-        """Given the dataset's split sizes: both splits exist, fidelities fit, and no question
-        is both a validation and a test question."""
+    def check_sizes(self, sizes: dict[str, int], seen: Sequence[tuple[str, str]] = ()) -> None:
+        """Given the dataset's split sizes: both splits exist and are not empty, fidelities fit,
+        and no question is both a test question and a validation question or in another split
+        the search `seen` ((field, split) pairs, e.g. where loaded evaluations were recorded)."""
         validation = split_size(sizes, self.dataset, self.split, "evaluation.split")
         test = split_size(sizes, self.dataset, self.test_split, "evaluation.test_split")
+        for field, split, size in (
+            ("evaluation.split", self.split, validation),
+            ("evaluation.test_split", self.test_split, test),
+        ):
+            if size == 0:
+                raise ValueError(f"{field} {split!r} has no questions")
         if self.fidelity > validation:
             raise ValueError(
                 f"evaluation.fidelity {self.fidelity} exceeds the {validation} questions of {self.split!r}"
@@ -139,11 +146,14 @@ class EvaluationSettings:
             raise ValueError(
                 f"evaluation.test_fidelity {self.test_fidelity} exceeds the {test} questions of {self.test_split!r}"
             )
-        a, b = SplitSpec.parse(self.split), SplitSpec.parse(self.test_split)
-        if a.base == b.base and a.overlaps(b, sizes[a.base]):
-            raise ValueError(
-                f"evaluation.test_split {self.test_split!r} shares questions with evaluation.split {self.split!r}"
-            )
+        test_spec = SplitSpec.parse(self.test_split)
+        for field, split in (("evaluation.split", self.split), *seen):
+            spec = SplitSpec.parse(split, field)
+            if spec.base == test_spec.base and spec.overlaps(test_spec, sizes[spec.base]):
+                raise ValueError(
+                    f"evaluation.test_split {self.test_split!r} shares questions with {field} {split!r}: "
+                    "hold out questions the search never sees"
+                )
 
     def params(self) -> DecodingParams:
         """Greedy decoding for the task model."""

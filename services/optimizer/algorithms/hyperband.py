@@ -1,17 +1,25 @@
 """Hyperband schedule and successive halving with pluggable proposals (seed 000, HbBoPs-style).
 
-Pure logic over instruction indices: `evaluate(index, fidelity) -> error rate` and a
-`Proposer` choosing which instructions enter a bracket. LIPO proposes with a GP (BO); the
-bench also runs it with random proposals and as plain successive halving.
+Logic over instruction indices: `evaluate(index, fidelity) -> error rate` and a `Proposer`
+choosing which instructions enter a bracket. LIPO proposes with a GP (`GpProposer`: BO over
+the surrogate service); the bench also runs it with random proposals and as plain successive
+halving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+
+from services.common.errors import NotFoundError
+from services.common.types import GpTraining
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,10 +27,11 @@ class HyperbandSchedule:
     """r = nvalid / bmin, smax = floor(log r / log eta), B = (smax + 1) * nvalid.
 
     Bracket s starts n = ceil((B / nvalid) * eta^s / (s + 1)) instructions; stage i keeps
-    n_i = floor(n * eta^-i) at b_i = floor(nvalid * eta^(i - s)) questions (Hyperband's
-    r_i = R eta^(i - s), as HbBoPs uses it), so every bracket ends at full fidelity nvalid, and
-    the most aggressive bracket (s = smax) starts at floor(nvalid / eta^smax), which lies in
+    n_i = floor(n * eta^-i) at b_i = floor(nvalid * eta^(i - s)) questions (Li et al.'s
+    Hyperband, r_i = R eta^(i - s)), so every bracket ends at full fidelity nvalid and the most
+    aggressive bracket (s = smax) starts at floor(nvalid / eta^smax), which lies in
     [bmin, eta * bmin): the seed's "bmin to full fidelity" with b_i = bmin * eta^i up to rounding.
+    (HbBoPs' floor(floor(nvalid eta^-s) eta^i) ends below nvalid, e.g. at 1280 of 1319.)
     """
 
     nvalid: int
@@ -127,3 +136,71 @@ def run_bracket(
         if stage + 1 < len(stages):
             chosen = [e.index for e in sorted(scored, key=lambda e: e.error)]
     return done
+
+
+class GpSurrogate(Protocol):
+    """What BO proposals need from the surrogate service (its client or `SurrogateEngine`)."""
+
+    def fit(self, train_x, train_y, vae_id: str = "", minimize: bool = False, training=None, owner: str = ""): ...
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray: ...
+    def delete(self, model_id: str) -> None: ...
+
+
+MIN_GP_POINTS = 4  # HbBoPs: BO proposals start once 4 instructions have high-fidelity evaluations
+
+
+class GpProposer(Proposer):
+    """BO proposals for Hyperband: LogEI of a deep-kernel GP fitted on high-fidelity evaluations
+    ranks the candidates; each pick is random with probability `random_prob` (interleaving).
+    Proposals are random until MIN_GP_POINTS instructions have high-fidelity evaluations."""
+
+    def __init__(
+        self,
+        surrogate: GpSurrogate,
+        embeddings: np.ndarray,
+        vae_id: str,
+        threshold: float,
+        random_prob: float,
+        training: GpTraining,
+        owner: str = "",
+    ):
+        self.surrogate, self.embeddings, self.vae_id = surrogate, embeddings, vae_id
+        self.threshold, self.random_prob, self.training, self.owner = threshold, random_prob, training, owner
+        self.fits = 0
+        self._fitted: tuple[frozenset, str] | None = None
+
+    def model_for(self, history: Sequence[Evaluation]) -> str | None:
+        """A GP on the high-fidelity data (refitted only when that data changed); None below MIN_GP_POINTS."""
+        data = {i: e.error for i, e in high_fidelity(history, self.threshold).items()}
+        if len(data) < MIN_GP_POINTS:
+            return None
+        key = frozenset(data.items())
+        if self._fitted is None or self._fitted[0] != key:
+            indices = sorted(data)
+            fit = self.surrogate.fit(
+                self.embeddings[indices], [data[i] for i in indices], self.vae_id, True, self.training, self.owner
+            )
+            if self._fitted is not None:  # the superseded GP is no longer needed
+                with contextlib.suppress(NotFoundError):
+                    self.surrogate.delete(self._fitted[1])
+            self._fitted = (key, fit.model_id)
+            self.fits += 1
+        return self._fitted[1]
+
+    def propose(self, candidates, count, history, rng):
+        candidates = list(candidates)
+        model_id = self.model_for(history)
+        if model_id is None:
+            return rng.sample(candidates, min(count, len(candidates)))
+        scores = self.surrogate.log_ei(model_id, self.embeddings[candidates])
+        ranked = [candidates[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
+        picks: list[int] = []
+        remaining = set(candidates)
+        for _ in range(min(count, len(candidates))):
+            if rng.random() < self.random_prob:
+                choice = rng.choice(sorted(remaining))
+            else:
+                choice = next(c for c in ranked if c in remaining)
+            picks.append(choice)
+            remaining.discard(choice)
+        return picks

@@ -11,19 +11,19 @@ the checkpointed data (no LLM call is repeated: llm_eval answers from its cache)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import datetime
 import json
+import logging
 import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from services.common.errors import NotFoundError
+from services.common.splits import SplitSpec
 from services.common.text import EncodeMemo
 from services.common.types import (
     AcquisitionConfig,
@@ -37,14 +37,18 @@ from services.optimizer.algorithms.ape import generate_pool
 from services.optimizer.algorithms.base import Optimizer
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
+    GpProposer,
     HyperbandSchedule,
-    Proposer,
     high_fidelity,
     incumbent,
     run_bracket,
 )
 
+log = logging.getLogger(__name__)
+
 MODES = ("standard", "skip-hbbops", "load-grid", "hyperband-only")
+# Observations scored by this run on its validation questions (loaded ones come from elsewhere).
+VALIDATION_SOURCES = ("hyperband", "incumbent", "invbo")
 DEBUG_DEFAULTS = {
     "iterations": 1,
     "ape_num_instructions": 10,
@@ -103,6 +107,7 @@ class LipoConfig:
     gp_retrain_patience: int = 10
     hyperband_evals_path: str = ""
     grid_path: str = ""
+    evaluations_split: str = "test"
     top_k: int = 25
     evaluate_inference: bool = True
 
@@ -114,6 +119,7 @@ class LipoConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"lipo.mode must be one of {MODES}, got {self.mode!r}")
+        SplitSpec.parse(self.evaluations_split, "lipo.evaluations_split")
         for name in ("ape_num_instructions", "ape_batch_size", "ape_max_tokens", "ape_max_length", "bmin", "top_k"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"lipo.{name} must be positive, got {getattr(self, name)}")
@@ -131,6 +137,11 @@ class LipoConfig:
         self.gp_training()
         self.acquisition()
         self.inversion()
+
+    def seen_splits(self) -> list[tuple[str, str]]:
+        """(field, split) of data the search uses besides the validation split: the loaded
+        evaluations in skip-hbbops and load-grid (recorded on `evaluations_split`)."""
+        return [("lipo.evaluations_split", self.evaluations_split)] if self.mode in ("skip-hbbops", "load-grid") else []
 
     def vae_config(self, seed: int = 0) -> VaeConfig:
         return VaeConfig(
@@ -190,66 +201,6 @@ class ModelServices:
     surrogate: SurrogateApi
 
 
-MIN_GP_POINTS = 4  # HbBoPs: BO proposals start once 4 instructions have high-fidelity evaluations
-
-
-class GpProposer(Proposer):
-    """BO proposals for Hyperband: LogEI of a deep-kernel GP fitted on high-fidelity evaluations
-    ranks the candidates; each pick is random with probability `random_prob` (interleaving).
-    Proposals are random until MIN_GP_POINTS instructions have high-fidelity evaluations."""
-
-    def __init__(
-        self,
-        surrogate: SurrogateApi,
-        embeddings: np.ndarray,
-        vae_id: str,
-        threshold: float,
-        random_prob: float,
-        training: GpTraining,
-        owner: str = "",
-    ):
-        self.surrogate, self.embeddings, self.vae_id = surrogate, embeddings, vae_id
-        self.threshold, self.random_prob, self.training, self.owner = threshold, random_prob, training, owner
-        self.fits = 0
-        self._fitted: tuple[frozenset, str] | None = None
-
-    def model_for(self, history: Sequence[Evaluation]) -> str | None:
-        """A GP on the high-fidelity data (refitted only when that data changed); None below MIN_GP_POINTS."""
-        data = {i: e.error for i, e in high_fidelity(history, self.threshold).items()}
-        if len(data) < MIN_GP_POINTS:
-            return None
-        key = frozenset(data.items())
-        if self._fitted is None or self._fitted[0] != key:
-            indices = sorted(data)
-            fit = self.surrogate.fit(
-                self.embeddings[indices], [data[i] for i in indices], self.vae_id, True, self.training, self.owner
-            )
-            if self._fitted is not None:  # the superseded GP is no longer needed
-                with contextlib.suppress(NotFoundError):
-                    self.surrogate.delete(self._fitted[1])
-            self._fitted = (key, fit.model_id)
-            self.fits += 1
-        return self._fitted[1]
-
-    def propose(self, candidates, count, history, rng):
-        candidates = list(candidates)
-        model_id = self.model_for(history)
-        if model_id is None:
-            return rng.sample(candidates, min(count, len(candidates)))
-        scores = self.surrogate.log_ei(model_id, self.embeddings[candidates])
-        ranked = [candidates[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
-        picks: list[int] = []
-        remaining = set(candidates)
-        for _ in range(min(count, len(candidates))):
-            if rng.random() < self.random_prob:
-                choice = rng.choice(sorted(remaining))
-            else:
-                choice = next(c for c in ranked if c in remaining)
-            picks.append(choice)
-            remaining.discard(choice)
-        return picks
-
-
 def load_evaluations(path: str | Path) -> list[dict]:
     """Evaluated instructions as [{instruction, error, n}] from a results JSON (`results` with
     accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
@@ -299,6 +250,7 @@ class LipoOptimizer(Optimizer):
         super().__init__(config, evaluation, llm, emit)
         self.models = models
         self.owner = owner  # the run id: the surrogate's models made for this run belong to it
+        self._nvalid: int | None = None
         self.state_dir = Path(state_dir)
         self._vae_id: str | None = None
         self._model_id: str | None = None
@@ -312,11 +264,15 @@ class LipoOptimizer(Optimizer):
         return self.config.mode in ("standard", "hyperband-only")
 
     def nvalid(self) -> int:
-        if self.evaluation.fidelity:
-            return self.evaluation.fidelity
-        if self.config.debug:
-            return DEBUG_FIDELITY
-        return self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+        """Full fidelity: `fidelity`, else 20 questions in debug runs, else the whole validation split."""
+        if self._nvalid is None:
+            if self.evaluation.fidelity:
+                self._nvalid = self.evaluation.fidelity
+            elif self.config.debug:
+                self._nvalid = DEBUG_FIDELITY
+            else:
+                self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+        return self._nvalid
 
     def initial_state(self) -> dict:
         return {
@@ -344,7 +300,9 @@ class LipoOptimizer(Optimizer):
     def winner(self, state: dict) -> dict | None:
         """The lowest validation error at full fidelity nvalid (Hyperband's top stage, the loaded
         incumbent re-scored, InvBO); loaded evaluations from elsewhere only train the GP."""
-        comparable = [o for o in state.get("observations", []) if o.get("comparable")]
+        comparable = [
+            o for o in state.get("observations", []) if o["source"] in VALIDATION_SOURCES and o["n"] == self.nvalid()
+        ]
         if not comparable:
             return None
         top = min(comparable, key=lambda o: o["error"])
@@ -386,7 +344,7 @@ class LipoOptimizer(Optimizer):
         if self.owner and self.models is not None:
             deleted = self.models.surrogate.delete_owned(self.owner)
             self._vae_id = self._model_id = None
-            self._progress(f"freed {deleted} surrogate models of this run")
+            log.info("run %s: freed %d surrogate models", self.owner, deleted)
 
     # -- steps ---------------------------------------------------------------------------------
     def search_step(self, state: dict) -> None:
@@ -441,15 +399,16 @@ class LipoOptimizer(Optimizer):
             rows = sorted(load_evaluations(config.grid_path), key=lambda r: r["error"])[: config.top_k]
         else:
             return
-        state["observations"] = [{**r, "source": config.mode, "comparable": False} for r in rows]
-        self._progress(f"loaded {len(rows)} evaluated instructions ({config.mode})")
-        # Loaded scores come from another split or question count: re-score the loaded best on the
-        # run's validation questions so InvBO's candidates are compared with it at equal counts.
-        best = min(rows, key=lambda r: r["error"])["instruction"]
-        error = self._score(state, best, self.nvalid())
-        state["observations"].append(
-            {"instruction": best, "error": error, "n": self.nvalid(), "source": "incumbent", "comparable": True}
+        self._progress(
+            f"loaded {len(rows)} evaluated instructions ({config.mode}, recorded on {config.evaluations_split})"
         )
+        # Loaded scores come from another split or question count: the loaded best is re-scored on
+        # the run's validation questions (replacing its loaded row) so that InvBO's candidates are
+        # compared with it at equal question counts. This costs one evaluation at nvalid.
+        best = min(rows, key=lambda r: r["error"])["instruction"]
+        state["observations"] = [{**r, "source": config.mode} for r in rows if r["instruction"] != best]
+        error = self._score(state, best, self.nvalid())
+        state["observations"].append({"instruction": best, "error": error, "n": self.nvalid(), "source": "incumbent"})
 
     def _hyperband(self, state: dict) -> None:
         config = self.config
@@ -483,14 +442,7 @@ class LipoOptimizer(Optimizer):
         best = incumbent(history, schedule.nvalid)
         top = high_fidelity(history, config.min_fidelity_pct * schedule.nvalid)
         state["observations"] = [
-            {
-                "instruction": pool[i],
-                "error": e.error,
-                "n": e.fidelity,
-                "source": "hyperband",
-                "comparable": e.fidelity == schedule.nvalid,
-            }
-            for i, e in top.items()
+            {"instruction": pool[i], "error": e.error, "n": e.fidelity, "source": "hyperband"} for i, e in top.items()
         ]
         state["hyperband"] = {
             "best_instruction": pool[best.index],
@@ -519,7 +471,7 @@ class LipoOptimizer(Optimizer):
         model_id = self._gp(state)
         incumbent = self.winner(state)
         incumbent_error = None if incumbent is None else 1.0 - incumbent["score"]
-        point = surrogate.optimize(model_id, config.acquisition())
+        point = surrogate.optimize(model_id, config.acquisition(), incumbent_error)  # improve on the winner
         z, embedding = point.latent, point.embedding
         text, cosine = self._decode(embedding, state)
         inversions = [{"text": text, "decoder_cosine": cosine}]
@@ -542,9 +494,7 @@ class LipoOptimizer(Optimizer):
         else:
             error, n = predicted, 0
         surrogate.update(model_id, reencoded, [error], config.retrain(self.evaluation.seed))
-        state["observations"].append(
-            {"instruction": text, "error": error, "n": n, "source": "invbo", "comparable": config.evaluate_inference}
-        )
+        state["observations"].append({"instruction": text, "error": error, "n": n, "source": "invbo"})
         entry = {
             "iteration": iteration,
             "instruction": text,

@@ -64,9 +64,16 @@ def meta_prompt(history: list[dict], exemplars: list[tuple[str, str]], top_k: in
 
 class OproOptimizer(Optimizer):
     name = "opro"
+    _default_fidelity: int | None = None
 
     def fidelity(self) -> int:
-        return self.evaluation.fidelity or DEFAULT_FIDELITY
+        """Questions of the fixed evaluation minibatch: `fidelity`, else 261 capped at the split size."""
+        if self.evaluation.fidelity:
+            return self.evaluation.fidelity
+        if self._default_fidelity is None:
+            size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+            self._default_fidelity = min(DEFAULT_FIDELITY, size)
+        return self._default_fidelity
 
     def search_steps(self) -> int:
         return self.config.iterations + 1

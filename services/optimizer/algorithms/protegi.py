@@ -42,7 +42,7 @@ class ProtegiConfig:
     bandit: str = "ucb"
     bandit_budget: int = 0
     bandit_sample_size: int = 8
-    ucb_c: float = 2.0
+    ucb_c: float = 1.0
     meta_temperature: float = 1.0
     meta_max_tokens: int = 256
     gradient_model: str = ""
@@ -74,6 +74,16 @@ class ProtegiConfig:
         """Pulls for one selection over `candidates` arms: every arm at least once."""
         return max(self.bandit_budget or PULLS_PER_CANDIDATE * candidates, candidates)
 
+    @classmethod
+    def from_fields(cls, fields: dict) -> ProtegiConfig:
+        """The config from proto fields or a stored run's config (older runs stored `ucb_rounds`,
+        now `bandit_budget`'s job, and `ucb_sample_size`, now `bandit_sample_size`)."""
+        fields = dict(fields)
+        fields.pop("ucb_rounds", None)
+        if "ucb_sample_size" in fields:
+            fields["bandit_sample_size"] = fields.pop("ucb_sample_size")
+        return cls(**fields)
+
 
 # pull(arm, k) -> the arm's reward on its k-th pull (k = 0, 1, ...)
 Pull = Callable[[int, int], float]
@@ -97,7 +107,8 @@ class ArmStats:
 
 
 def ucb_select(means: list[float], counts: list[int], t: int, c: float) -> int:
-    """UCB1 arm choice: an unpulled arm first, else argmax mean + c * sqrt(ln t / n)."""
+    """UCB arm choice: an unpulled arm first, else argmax mean + c * sqrt(ln t / n), where n counts
+    the questions an arm has been scored on (ProTeGi's Algorithm 2)."""
     for i, n in enumerate(counts):
         if n == 0:
             return i
@@ -105,23 +116,28 @@ def ucb_select(means: list[float], counts: list[int], t: int, c: float) -> int:
     return max(range(len(scores)), key=scores.__getitem__)
 
 
-def ucb_bandit(arms: int, budget: int, keep: int, pull: Pull, c: float) -> tuple[list[int], ArmStats]:
-    """ProTeGi's UCB selection: `budget` pulls chosen by UCB1, then the `keep` best means."""
+def ucb_bandit(
+    arms: int, budget: int, keep: int, pull: Pull, c: float, sample_size: int = 1
+) -> tuple[list[int], ArmStats]:
+    """ProTeGi's UCB selection: `budget` pulls of `sample_size` questions chosen by UCB (counts
+    in questions, as in the paper), then the `keep` best means."""
     stats = ArmStats([0.0] * arms, [0] * arms)
     for t in range(1, budget + 1):
-        stats.pull(ucb_select(stats.means, stats.counts, t, c), pull)
+        stats.pull(ucb_select(stats.means, [n * sample_size for n in stats.counts], t, c), pull)
     return stats.top(list(range(arms)), keep), stats
 
 
 def successive_rejects(arms: int, budget: int, keep: int, pull: Pull) -> tuple[list[int], ArmStats]:
-    """Successive rejects (Audibert & Bubeck 2010) stopped at `keep` arms: in phase k every
-    surviving arm is pulled up to n_k = ceil((budget - arms) / (logbar(arms) * (arms + 1 - k)))
-    times (at least once), then the lowest mean is rejected."""
+    """Successive rejects (Audibert & Bubeck 2010) stopped at `keep` arms. In phase k = 1..arms-keep
+    every surviving arm is pulled up to n_k = floor(budget / (logbar * (arms + 1 - k))) times (at
+    least once), then the lowest mean is rejected. logbar = keep / (keep + 1) + sum_{i=keep+1}^{arms}
+    1/i (A&B's 1/2 + sum_{i=2}^{arms} 1/i when keep = 1) makes the phases spend the budget:
+    sum_k n_k + keep * n_{arms-keep} <= budget, short of it by rounding only."""
     stats = ArmStats([0.0] * arms, [0] * arms)
     active = list(range(arms))
-    logbar = 0.5 + sum(1.0 / i for i in range(2, arms + 1))
+    logbar = keep / (keep + 1) + sum(1.0 / i for i in range(keep + 1, arms + 1))
     for k in range(1, arms - keep + 1):
-        target = max(1, math.ceil((budget - arms) / (logbar * (arms + 1 - k))))
+        target = max(1, math.floor(budget / (logbar * (arms + 1 - k))))
         for arm in active:
             while stats.counts[arm] < target:
                 stats.pull(arm, pull)
@@ -139,8 +155,9 @@ class ProtegiOptimizer(Optimizer):
         return {"step": 0, "history": [], "beam": list(self.config.initial_prompts)}
 
     def winner(self, state: dict) -> dict | None:
-        """The best beam member on the fixed validation questions (bandit means never win)."""
-        return best_comparable(state["history"])
+        """The best beam member on the fixed validation questions (bandit means never win; runs
+        checkpointed before scores were marked hold only bandit means)."""
+        return best_comparable([h for h in state["history"] if h.get("comparable")])
 
     def _meta(self, prompt: str, seed: int, model: str) -> str:
         params = DecodingParams(
@@ -212,7 +229,7 @@ class ProtegiOptimizer(Optimizer):
 
         budget = cfg.budget(len(candidates))
         if cfg.bandit == "ucb":
-            kept, stats = ucb_bandit(len(candidates), budget, cfg.beam_width, pull, cfg.ucb_c)
+            kept, stats = ucb_bandit(len(candidates), budget, cfg.beam_width, pull, cfg.ucb_c, s)
         else:
             kept, stats = successive_rejects(len(candidates), budget, cfg.beam_width, pull)
         for i in sorted(range(len(candidates)), key=lambda a: -stats.means[a]):
@@ -226,7 +243,7 @@ class ProtegiOptimizer(Optimizer):
     def _score_beam(self, state: dict, size: int) -> None:
         """Score beam members not yet scored on the run's fixed validation questions."""
         fidelity = min(self.evaluation.fidelity or DEFAULT_FIDELITY, size)
-        scored = {h["prompt"] for h in state["history"] if h.get("comparable", True)}
+        scored = {h["prompt"] for h in state["history"] if h.get("comparable")}
         for prompt in state["beam"]:
             if prompt not in scored:
                 result = self.llm.evaluate(self.evaluation.request(prompt, fidelity))
