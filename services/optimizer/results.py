@@ -101,7 +101,7 @@ def plot_scores(document: dict, path: Path) -> None:
             label=f"winner on held-out {held_out['test_split']} (n={held_out['test_questions']})",
         )
     ax.set_xlabel("LLM calls (cache misses)")
-    ax.set_ylabel(f"accuracy on {document['config'].get('evaluation', {}).get('split', '')} questions")
+    ax.set_ylabel(f"accuracy (validation: {document['config'].get('evaluation', {}).get('split', '')})")
     ax.set_title(document["run_id"])
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import random
 
-from services.common.types import (
-    Completion,
-    EvaluationResult,
-    GenerateResult,
-    QuestionResult,
-    Usage,
-)
+from services.common.types import Completion, EvaluationResult, GenerateResult, QuestionResult, Usage
 
 
 class ScriptedLlmService:
@@ -22,10 +16,12 @@ class ScriptedLlmService:
         self.reply, self.accuracy, self.default_accuracy = reply, accuracy, default_accuracy
         self.sizes = sizes or {"train": 2000, "test": 1000}
         self.generated: list[tuple[str, str]] = []  # (prompt, model)
+        self.params = []  # DecodingParams of each generated prompt
         self.evaluated: list[tuple[str, str, int]] = []  # (instruction, split, questions)
 
     def generate(self, prompts, params, role=None, model=""):
         self.generated += [(p, model) for p in prompts]
+        self.params += [params] * len(prompts)
         completions = [Completion(self.reply(p, model), 10, 10) for p in prompts]
         return GenerateResult(completions, Usage(llm_calls=len(prompts)), model or "scripted-meta")
 

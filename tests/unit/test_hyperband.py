@@ -109,20 +109,22 @@ def test_run_bracket_shows_history_reports_stages_and_halves_by_error():
     schedule = HyperbandSchedule(nvalid=40, bmin=10)  # bracket 2: 4 x 10 -> 2 x 20 -> 1 x 40
     earlier = [Evaluation(5, 40, 0.5)]
     history, stages, proposer = list(earlier), [], RecordingProposer()
-    errors = {0: 0.4, 1: 0.1, 2: 0.3, 3: 0.2}
+    # at 10 questions 1 < 3 < 2 < 0; at 20 questions 3 beats 1: the final stage takes stage 1's best
+    errors = {10: {0: 0.4, 1: 0.1, 2: 0.3, 3: 0.2}, 20: {1: 0.3, 3: 0.2}, 40: {3: 0.25}}
     done = run_bracket(
         schedule,
         2,
-        4,
-        lambda i, b: errors[i] + b / 1000,
+        6,
+        lambda i, b: errors[b][i],
         proposer,
         history,
         random.Random(0),
         lambda stage, n, b: stages.append((stage, n, b)),
     )
-    assert proposer.seen == [([0, 1, 2, 3], 4, earlier)]  # the proposer sees the run's history so far
+    assert proposer.seen == [([0, 1, 2, 3, 4, 5], 4, earlier)]  # n_0 of the pool, with the history so far
     assert stages == [(0, 4, 10), (1, 2, 20), (2, 1, 40)]
-    assert [(e.index, e.fidelity) for e in done] == [(0, 10), (1, 10), (2, 10), (3, 10), (1, 20), (3, 20), (1, 40)]
+    assert [(e.index, e.fidelity) for e in done] == [(0, 10), (1, 10), (2, 10), (3, 10), (1, 20), (3, 20), (3, 40)]
     assert history == earlier + done
     # a bracket's first stage is capped at the pool size
-    assert run_bracket(schedule, 2, 3, lambda i, b: errors[i], RecordingProposer(), [], random.Random(0))[2].index == 2
+    three = run_bracket(schedule, 2, 3, lambda i, b: 0.5, RecordingProposer(), [], random.Random(0))
+    assert [e.index for e in three if e.fidelity == 10] == [0, 1, 2]

@@ -7,41 +7,48 @@ import random
 import numpy as np
 import pytest
 
+from services.common.errors import NotFoundError
 from services.common.types import FitResult, GpTraining, VaeConfig
 from services.optimizer.algorithms.hyperband import MIN_GP_POINTS, Evaluation, GpProposer
 from services.surrogate.engine import SurrogateEngine
 
 
 class CountingSurrogate:
-    """Records fits; LogEI prefers low candidate indices (pure logic, no model)."""
+    """Records fits; LogEI prefers low candidate indices (pure logic, no model). The surrogate may
+    already have evicted a superseded GP: deleting it then raises NotFoundError."""
 
     def __init__(self):
         self.fits, self.deleted = [], []
 
     def fit(self, x, y, vae_id="", minimize=False, training=None, owner=""):
-        self.fits.append((len(y), minimize))
+        self.fits.append((len(y), minimize, vae_id, training, owner))
         return FitResult(f"gp{len(self.fits)}", 0.0, 1)
 
     def delete(self, model_id):
         self.deleted.append(model_id)
+        raise NotFoundError(f"model_id {model_id!r} not found")
 
     def log_ei(self, model_id, x, best_f=None):
         return -np.arange(len(x), dtype=float)
 
 
 def test_bo_proposals_wait_for_four_high_fidelity_points():
-    surrogate = CountingSurrogate()
-    proposer = GpProposer(surrogate, np.eye(10, dtype=np.float32), "vae", 30, 0.0, GpTraining())
+    surrogate, training = CountingSurrogate(), GpTraining(epochs=7)
+    proposer = GpProposer(surrogate, np.eye(10, dtype=np.float32), "vae", 30, 0.0, training, owner="run-1")
     low = [Evaluation(i, 10, 0.1 * i) for i in range(6)]  # below the threshold: never GP data
     high = [Evaluation(i, 40, 0.1 * i) for i in range(MIN_GP_POINTS - 1)]
     assert MIN_GP_POINTS == 4
-    assert proposer.model_for(low + high) is None and surrogate.fits == []
+    assert proposer.model_for(low + high) is None and surrogate.fits == [] and proposer.fits == 0
+    picks = proposer.propose(range(10), 3, low + high, random.Random(0))  # random until then
+    assert len(set(picks)) == 3 and set(picks) <= set(range(10))
     history = low + high + [Evaluation(7, 40, 0.5)]
-    assert proposer.model_for(history) == "gp1"
-    assert surrogate.fits == [(4, True)]  # four points, error minimised
+    assert proposer.model_for(history) == "gp1" and proposer.fits == 1
+    assert surrogate.fits == [(4, True, "vae", training, "run-1")]  # four points, error minimised, the run's
     assert proposer.model_for(history) == "gp1" and len(surrogate.fits) == 1  # same data: no refit
     assert proposer.propose([9, 3, 5], 2, history, random.Random(0)) == [9, 3]  # LogEI order, no randomness
+    # new data: a refit, and the superseded GP is deleted (already evicted here: no error)
     assert proposer.model_for([*history, Evaluation(8, 40, 0.2)]) == "gp2" and surrogate.deleted == ["gp1"]
+    assert proposer.fits == 2
 
 
 def synthetic_pool(seed: int, size: int = 80, dim: int = 24):

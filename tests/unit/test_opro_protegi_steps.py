@@ -43,7 +43,10 @@ def opro_service():
     counter = iter(range(1, 1000))
     accuracy = {f"proposal {n}": n / 20 for n in range(1, 20)}
     accuracy["Let's solve the problem."] = 0.1
-    return ScriptedLlmService(lambda prompt, model: f"<INS>proposal {next(counter)}</INS>", accuracy)
+    # a second tagged instruction in a reply is ignored: one proposal per meta-LLM call
+    return ScriptedLlmService(
+        lambda prompt, model: f"<INS>proposal {next(counter)}</INS> or <INS>ignored</INS>", accuracy
+    )
 
 
 def test_opro_shows_the_top_k_ascending_and_the_winner_is_held_out():
@@ -53,6 +56,11 @@ def test_opro_shows_the_top_k_ascending_and_the_winner_is_held_out():
     state = run_to_end(optimizer)
     assert optimizer.total_steps() == 5 and len(state["history"]) == 1 + 3 * 4
     assert all(h["n"] == 200 and h["comparable"] for h in state["history"])
+    assert (state["history"][0]["prompt"], state["history"][0]["step"]) == ("Let's solve the problem.", 0)
+    assert "ignored" not in {h["prompt"] for h in state["history"]}
+    # proposals sample at the meta temperature, each call with its own seed
+    assert {(p.temperature, p.max_tokens) for p in service.params} == {(1.0, 256)}
+    assert len({p.seed for p in service.params}) == len(service.params) == 3 * 4
     # the meta-prompt of step 3 shows the 3 best so far (proposals 6, 7, 8), lowest score first
     meta = [p for p, _ in service.generated][-4]
     shown = [int(n) for n in re.findall(r"proposal (\d+)", meta)]
@@ -74,6 +82,14 @@ def test_opro_shows_the_top_k_ascending_and_the_winner_is_held_out():
     assert service.evaluated[-1][1] == "test"
     assert optimizer.best(state) == (winner["prompt"], winner["score"])
     assert optimizer.result(state)["held_out"]["test_score"] == held["test_score"]
+
+
+def test_opro_default_fidelity_is_261_questions_capped_at_the_split():
+    for sizes, expected in (({"train": 2000, "test": 1000}, 261), ({"train": 100, "test": 1000}, 100)):
+        service = ScriptedLlmService(lambda prompt, model: "<INS>x</INS>", {}, sizes=sizes)
+        optimizer, _ = make(OproOptimizer, OproConfig(iterations=1), service, fidelity=0)
+        state = optimizer.step(optimizer.initial_state())
+        assert state["history"][0]["n"] == optimizer.fidelity() == expected
 
 
 def test_evaluation_settings_keep_the_test_split_held_out():
@@ -194,6 +210,9 @@ def test_protegi_expands_with_its_models_selects_the_good_edits_and_reports_held
     assert all(text.startswith(("good", "paraphrase")) for text in state["beam"]), state["beam"]
     bandit = [h for h in state["history"] if not h["comparable"]]
     assert len(bandit) == 5 and sum(h["n"] for h in bandit) == 8 * 4 * 5  # 5 candidates, 4 pulls each
+    assert [h["score"] for h in bandit] == sorted((h["score"] for h in bandit), reverse=True)
+    good = [h["n"] for h in bandit if h["prompt"] in state["beam"]]
+    assert sum(good) > 2 * 4 * 8  # UCB (c = 1, over questions) spends more than a fair share on them
     fixed = [h for h in state["history"] if h["comparable"]]
     assert {h["n"] for h in fixed} == {200} and {h["prompt"] for h in fixed} == {
         "Let's solve the problem.",
@@ -201,6 +220,7 @@ def test_protegi_expands_with_its_models_selects_the_good_edits_and_reports_held
     }
     winner = optimizer.winner(state)
     assert winner["prompt"] in state["beam"] and winner["score"] > 0.7
+    assert len({h["prompt"] for h in fixed}) == len(fixed)  # each beam member scored once
     assert state["held_out"]["prompt"] == winner["prompt"] and state["held_out"]["test_questions"] == 300
     # bandit means never win, even when one is higher than every fixed-set score
     state["history"].append({"prompt": "lucky", "score": 1.0, "n": 8, "comparable": False})
@@ -297,3 +317,16 @@ def test_config_edges_are_accepted_and_defaults_hold():
     assert ProtegiConfig(bandit_budget=3).budget(10) == 10  # at least one pull per candidate
     opro = OproConfig()
     assert (opro.iterations, opro.candidates_per_step, opro.top_k, opro.num_exemplars) == (10, 8, 20, 3)
+
+
+def test_protegi_keeps_a_beam_that_is_not_full_without_pulls():
+    service = protegi_service()
+    optimizer, _ = make(ProtegiOptimizer, ProtegiConfig(beam_width=3), service)
+    state = {"history": [], "step": 1}
+    assert optimizer._select(["a", "b", "c"], random.Random(0), 2000, state) == ["a", "b", "c"]
+    assert service.evaluated == [] and state["history"] == []
+
+
+def test_successive_rejects_pulls_every_arm_once_on_the_smallest_budget():
+    kept, stats = successive_rejects(5, 5, 2, bernoulli_arms([0.1, 0.2, 0.9, 0.8, 0.3]))
+    assert stats.counts == [1, 1, 1, 1, 1] and len(kept) == 2
