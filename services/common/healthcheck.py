@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from services.common.clients import BaseClient
+from services.common.channel import BaseClient
 
 
 def check(service: str, env=os.environ, timeout: float = 3.0) -> str:

@@ -9,11 +9,9 @@ import time
 import grpc
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 
-from services.common.clients import EncoderClient, LlmEvalClient
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.server import ServiceBinding, serve
 from services.common.text import EncodeMemo
-from services.common.types import ModelRole
 from services.decoder.core import (
     GTR_ST,
     Inverter,
@@ -24,6 +22,9 @@ from services.decoder.core import (
     vec2text_model,
 )
 from services.decoder.server import DecoderServicer
+from services.encoder.client import EncoderClient
+from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.types import ModelRole
 
 PREFIX = "PROMPTOPT_DECODER_"
 BACKENDS = ("llm-guided", "nearest", "vec2text", "sonar")

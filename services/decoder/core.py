@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from services.common.text import instruction_lines
-from services.common.types import DecodingParams, GenerateResult, Usage
+from services.common.types import Usage
+from services.llm_eval.types import DecodingParams, GenerateResult
 
 log = logging.getLogger(__name__)
 

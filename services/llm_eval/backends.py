@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services.common.errors import UnavailableError
-from services.common.types import Completion, DecodingParams
+from services.llm_eval.types import Completion, DecodingParams
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from services.common.types import DecodingParams
+from services.llm_eval.types import DecodingParams
 
 
 def prompt_hash(instruction: str) -> str:

@@ -8,20 +8,20 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from services.common.types import (
+from services.common.types import Usage
+from services.llm_eval import gsm8k
+from services.llm_eval.backends import LLMBackend
+from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.types import (
     DecodingParams,
     EvaluationRequest,
     EvaluationResult,
     GenerateResult,
     ModelRole,
     QuestionResult,
-    Usage,
     UsageReport,
 )
-from services.llm_eval import gsm8k
-from services.llm_eval.backends import LLMBackend
-from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
-from services.llm_eval.datasets import DatasetStore
 
 log = logging.getLogger(__name__)
 

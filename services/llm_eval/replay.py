@@ -23,9 +23,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.types import Completion, DecodingParams
 from services.llm_eval.backends import LLMBackend
 from services.llm_eval.datasets import Example
+from services.llm_eval.types import Completion, DecodingParams
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from prometheus_client import Counter
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 
-from services.common import convert
 from services.common.errors import require
-from services.common.types import ModelRole
+from services.llm_eval import convert
 from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.types import ModelRole
 
 LLM_CALLS = Counter("promptopt_llm_eval_llm_calls_total", "LLM completions run (cache misses).", ["role"])
 TOKENS = Counter("promptopt_llm_eval_tokens_total", "Tokens processed by the LLM.", ["role", "kind"])

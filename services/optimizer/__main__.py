@@ -11,13 +11,16 @@ from pathlib import Path
 
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
-from services.common.clients import DecoderClient, EncoderClient, LlmEvalClient, SurrogateClient
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
 from services.common.server import ServiceBinding, serve
+from services.decoder.client import DecoderClient
+from services.encoder.client import EncoderClient
+from services.llm_eval.client import LlmEvalClient
 from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import build_optimizer, parse_start, track_best
+from services.surrogate.client import SurrogateClient
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
 

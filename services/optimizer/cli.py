@@ -22,9 +22,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.common.clients import LlmEvalClient, OptimizerClient
 from services.common.config import ClientConfig
-from services.common.types import DecodingParams, EvaluationRequest
+from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.types import DecodingParams, EvaluationRequest
+from services.optimizer.client import OptimizerClient
 from services.optimizer.results import write_results
 
 console = Console()

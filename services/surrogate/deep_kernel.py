@@ -23,9 +23,9 @@ from gpytorch.means import ZeroMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
 
-from services.common.types import AcquisitionConfig, GpTraining, InversionConfig
 from services.surrogate.acquisition import CompositeLogEI, latent_bounds, log_ei
 from services.surrogate.core import Surrogate, tensor_bytes
+from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig
 from services.surrogate.vae import InstructionVAE, VAEWithAdapter, invert_latent
 
 CHOLESKY_JITTER = 1e-4

@@ -9,7 +9,9 @@ import logging
 import numpy as np
 import torch
 
-from services.common.types import (
+from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
+from services.surrogate.deep_kernel import DeepKernelSurrogate
+from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
     GpTraining,
@@ -18,8 +20,6 @@ from services.common.types import (
     VaeConfig,
     VaeResult,
 )
-from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
-from services.surrogate.deep_kernel import DeepKernelSurrogate
 from services.surrogate.vae import InstructionVAE, train_vae, vae_quality
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.codec import decode_tensor, encode_tensor
-from services.common.convert import settings_from_proto
 from services.common.errors import require
-from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+from services.surrogate.convert import settings_from_proto
+from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 
 MODEL_KINDS = ("InstructionVAE", "DeepKernelSurrogate", "ExactGP")  # exported at 0 when none is held
 

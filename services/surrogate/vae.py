@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.common.types import InversionConfig, VaeConfig
+from services.surrogate.types import InversionConfig, VaeConfig
 
 
 class InstructionVAE(nn.Module):

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from services.common.types import EvaluationRequest, GpTraining, VaeConfig
 from services.encoder.core import SentenceTransformerEmbedder
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+from services.llm_eval.types import EvaluationRequest
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
     GpProposer,
@@ -38,6 +38,7 @@ from services.optimizer.algorithms.hyperband import (
     run_bracket,
 )
 from services.surrogate.engine import SurrogateEngine
+from services.surrogate.types import GpTraining, VaeConfig
 
 DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
 RECORDED = DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
@@ -210,9 +211,9 @@ def main() -> None:
 def inversion_bench(embedder, ape: list[str], targets: int = 5, steps: int = 3) -> None:
     """LLM-guided inversion with the embedded CPU LLM: held-out APE instructions as known targets,
     200 others as seed texts; cosine of the nearest seed vs after `steps` LLM rounds."""
-    from services.common.types import ModelRole
     from services.decoder.core import LlmGuidedInverter, NearestTextInverter
     from services.llm_eval.backends import LlamaCppBackend
+    from services.llm_eval.types import ModelRole
 
     llm = LlamaCppBackend.embedded(n_ctx=2048)
     store = DatasetStore(DATASETS)

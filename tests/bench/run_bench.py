@@ -11,10 +11,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.common.clients import EncoderClient, LlmEvalClient
 from services.common.launcher import LocalStack
-from services.common.types import EvaluationRequest
+from services.encoder.client import EncoderClient
 from services.encoder.core import SentenceTransformerEmbedder
+from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.types import EvaluationRequest
 
 DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
 

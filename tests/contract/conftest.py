@@ -10,10 +10,12 @@ from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
-from services.common.clients import EncoderClient, LlmEvalClient, SurrogateClient
 from services.common.server import ServiceBinding
+from services.encoder.client import EncoderClient
 from services.encoder.server import EncoderServicer
+from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.server import LlmEvalServicer
+from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
 from tests.conftest import start_server

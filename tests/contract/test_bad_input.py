@@ -15,7 +15,6 @@ from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
-from services.common.clients import SurrogateClient
 from services.common.codec import encode_tensor
 from services.common.config import ServerConfig
 from services.common.operation_server import OperationServicer
@@ -24,6 +23,7 @@ from services.common.server import ServiceBinding, serve
 from services.decoder.core import NearestTextInverter
 from services.decoder.server import DecoderServicer
 from services.optimizer.server import build_optimizer, parse_start
+from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
 from services.tuner.__main__ import no_jobs

@@ -2,8 +2,8 @@
 
 import pytest
 
-from services.common.clients import LlmEvalClient
-from services.common.types import DecodingParams, EvaluationRequest
+from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.types import DecodingParams, EvaluationRequest
 from tests.contract.conftest import invalid_argument
 
 

@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 from tests.contract.conftest import invalid_argument
 
 

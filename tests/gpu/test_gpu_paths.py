@@ -42,11 +42,11 @@ def test_vec2text_gtr_base_needs_its_own_embedding():
 
 
 def test_vllm_backend_scores_gsm8k(datasets_dir, tmp_path):
-    from services.common.types import EvaluationRequest
     from services.llm_eval.backends import VLLMBackend
     from services.llm_eval.cache import AnswerCache
     from services.llm_eval.core import LlmEvaluator
     from services.llm_eval.datasets import DatasetStore
+    from services.llm_eval.types import EvaluationRequest
 
     backend = VLLMBackend("Qwen/Qwen2.5-0.5B-Instruct", 1, 0.5)
     assert backend.identity()["model"] == "Qwen/Qwen2.5-0.5B-Instruct"

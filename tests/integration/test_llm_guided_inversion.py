@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from services.common.types import ModelRole
 from services.decoder.core import LlmGuidedInverter, NearestTextInverter, cosines
+from services.llm_eval.types import ModelRole
 
 pytestmark = pytest.mark.slow
 

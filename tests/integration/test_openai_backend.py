@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
-from services.common.types import DecodingParams
 from services.llm_eval.backends import OpenAIBackend
+from services.llm_eval.types import DecodingParams
 
 pytestmark = pytest.mark.slow
 

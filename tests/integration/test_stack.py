@@ -19,9 +19,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 
-from services.common.clients import EncoderClient, LlmEvalClient, OptimizerClient
 from services.common.launcher import LocalStack
+from services.encoder.client import EncoderClient
+from services.llm_eval.client import LlmEvalClient
 from services.optimizer import cli
+from services.optimizer.client import OptimizerClient
 from tests.deploy.validate import dashboard_metrics, exported_metrics
 
 pytestmark = pytest.mark.slow

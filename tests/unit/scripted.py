@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 
-from services.common.types import Completion, EvaluationResult, GenerateResult, QuestionResult, Usage
+from services.common.types import Usage
+from services.llm_eval.types import Completion, EvaluationResult, GenerateResult, QuestionResult
 
 
 class ScriptedLlmService:

@@ -15,7 +15,7 @@ class ScriptedLlm:
         self.completions, self.calls = list(completions), []
 
     def generate(self, prompts, params, role=None, model=""):
-        from services.common.types import Completion, GenerateResult
+        from services.llm_eval.types import Completion, GenerateResult
 
         self.calls.append((prompts[0], params))
         return GenerateResult([Completion(self.completions.pop(0), 10, 10)], Usage(llm_calls=1), "scripted")

@@ -4,8 +4,9 @@ import pytest
 
 from services.common.errors import NotFoundError
 from services.common.operations import RunState, RunStore
-from services.common.types import DecodingParams, Usage
+from services.common.types import Usage
 from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.types import DecodingParams
 
 
 def test_answer_key_changes_with_every_component():
@@ -78,10 +79,10 @@ def test_concurrent_evaluations_of_the_same_prompt_pay_once(tmp_path, datasets_d
     import threading
     import time
 
-    from services.common.types import Completion, EvaluationRequest
     from services.llm_eval.backends import LLMBackend
     from services.llm_eval.core import LlmEvaluator
     from services.llm_eval.datasets import DatasetStore
+    from services.llm_eval.types import Completion, EvaluationRequest
 
     class SlowCountingBackend(LLMBackend):
         model_name = "slow-counter"

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.common.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 from services.surrogate.engine import SurrogateEngine
+from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 from services.surrogate.vae import InstructionVAE, invert_latent, kl_beta, train_vae, vae_quality
 
 

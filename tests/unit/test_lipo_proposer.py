@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from services.common.errors import NotFoundError
-from services.common.types import FitResult, GpTraining, VaeConfig
 from services.optimizer.algorithms.hyperband import MIN_GP_POINTS, Evaluation, GpProposer
 from services.surrogate.engine import SurrogateEngine
+from services.surrogate.types import FitResult, GpTraining, VaeConfig
 
 
 class CountingSurrogate:

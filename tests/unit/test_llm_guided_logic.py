@@ -3,8 +3,9 @@ the real LLM and embedder run in tests/integration/test_llm_guided_inversion.py)
 
 import numpy as np
 
-from services.common.types import Completion, GenerateResult, Usage
+from services.common.types import Usage
 from services.decoder.core import LlmGuidedInverter
+from services.llm_eval.types import Completion, GenerateResult
 
 VOCAB = "solve the problem step by step check units answer carefully".split()
 

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from services.common.types import DecodingParams, EvaluationRequest
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+from services.llm_eval.types import DecodingParams, EvaluationRequest
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.text import instruction_lines
-from services.common.types import DecodingParams
+from services.llm_eval.types import DecodingParams
 from services.optimizer.algorithms.base import MeteredLlm, load_template
 
 STYLE_CATEGORIES = {

@@ -23,7 +23,8 @@ from typing import Protocol
 
 from services.common.operations import Cancelled, Job
 from services.common.splits import SplitSpec
-from services.common.types import DecodingParams, EvaluationRequest, EvaluationResult, GenerateResult, ModelRole, Usage
+from services.common.types import Usage
+from services.llm_eval.types import DecodingParams, EvaluationRequest, EvaluationResult, GenerateResult, ModelRole
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_INITIAL_PROMPT = "Let's solve the problem."

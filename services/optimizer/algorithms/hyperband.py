@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.errors import NotFoundError
-from services.common.types import GpTraining
+from services.surrogate.types import GpTraining
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,14 +25,6 @@ import numpy as np
 from services.common.errors import NotFoundError
 from services.common.splits import SplitSpec
 from services.common.text import EncodeMemo
-from services.common.types import (
-    AcquisitionConfig,
-    GpTraining,
-    InversionConfig,
-    LatentPoint,
-    VaeConfig,
-    VaeResult,
-)
 from services.optimizer.algorithms.ape import generate_pool
 from services.optimizer.algorithms.base import Optimizer
 from services.optimizer.algorithms.hyperband import (
@@ -43,6 +35,7 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
+from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, LatentPoint, VaeConfig, VaeResult
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from services.common.types import DecodingParams
+from services.llm_eval.types import DecodingParams
 from services.optimizer.algorithms.base import (
     DEFAULT_FIDELITY,
     DEFAULT_INITIAL_PROMPT,

@@ -15,7 +15,7 @@ import math
 import random
 from collections.abc import Callable
 
-from services.common.types import DecodingParams, EvaluationRequest
+from services.llm_eval.types import DecodingParams, EvaluationRequest
 from services.optimizer.algorithms.base import (
     DEFAULT_FIDELITY,
     DEFAULT_INITIAL_PROMPT,

@@ -1,0 +1,127 @@
+"""The surrogate's typed client: `SurrogateEngine`'s methods over gRPC."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grpc
+import numpy as np
+from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
+
+from services.common.channel import BaseClient
+from services.common.codec import decode_tensor, encode_tensor
+from services.common.errors import NotFoundError
+from services.surrogate.convert import settings_to_proto
+from services.surrogate.types import (
+    AcquisitionConfig,
+    FitResult,
+    GpTraining,
+    InversionConfig,
+    LatentPoint,
+    VaeConfig,
+    VaeResult,
+)
+
+
+class SurrogateClient(BaseClient):
+    """Mirrors `services.surrogate.engine.SurrogateEngine` over gRPC, including its NotFoundError
+    for an unknown model or VAE id (e.g. after the surrogate restarted)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.stub = surrogate_pb2_grpc.SurrogateServiceStub(self.channel)
+
+    @staticmethod
+    def _call(rpc, request, timeout):
+        try:
+            return rpc(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError(exc.details()) from exc
+            raise
+
+    def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
+        config = config or VaeConfig()
+        request = surrogate_pb2.TrainVaeRequest(
+            embeddings=encode_tensor(embeddings),
+            settings=settings_to_proto(config, surrogate_pb2.VaeSettings),
+            owner=owner,
+        )
+        r = self._call(self.stub.TrainVae, request, None)
+        fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(VaeResult) if f.name != "quality"}
+        return VaeResult(**fields, quality={f.name: getattr(r.quality, f.name) for f in r.quality.DESCRIPTOR.fields})
+
+    def fit(
+        self,
+        train_x,
+        train_y,
+        vae_id: str = "",
+        minimize: bool = False,
+        training: GpTraining | None = None,
+        owner: str = "",
+    ):
+        request = surrogate_pb2.FitModelRequest(
+            train_x=encode_tensor(train_x),
+            train_y=list(map(float, train_y)),
+            vae_id=vae_id,
+            minimize=minimize,
+            owner=owner,
+        )
+        if training is not None:
+            request.training.CopyFrom(settings_to_proto(training, surrogate_pb2.GpTrainingSettings))
+        r = self._call(self.stub.FitModel, request, None)
+        return FitResult(r.model_id, r.mll, r.epochs_trained)
+
+    def update(self, model_id: str, x, y, training: GpTraining | None = None) -> tuple[int, int]:
+        training = training or GpTraining.for_retrain()
+        request = surrogate_pb2.UpdateModelRequest(
+            model_id=model_id,
+            x=encode_tensor(x),
+            y=list(map(float, y)),
+            training=settings_to_proto(training, surrogate_pb2.GpTrainingSettings),
+        )
+        r = self._call(self.stub.UpdateModel, request, None)
+        return r.num_observations, r.epochs_trained
+
+    def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]:
+        request = surrogate_pb2.PredictRequest(model_id=model_id, x=encode_tensor(x))
+        response = self._call(self.stub.Predict, request, self.timeout)
+        return np.array(response.mean), np.array(response.variance)
+
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray:
+        request = surrogate_pb2.ComputeAcquisitionRequest(
+            model_id=model_id, x=encode_tensor(x), acquisition=surrogate_pb2.ACQUISITION_LOG_EI
+        )
+        if best_f is not None:
+            request.best_f = best_f
+        return np.array(self._call(self.stub.ComputeAcquisition, request, self.timeout).values)
+
+    def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
+        config = config or AcquisitionConfig()
+        request = surrogate_pb2.OptimizeAcquisitionRequest(model_id=model_id, **dataclasses.asdict(config))
+        if best_f is not None:
+            request.best_f = best_f
+        r = self._call(self.stub.OptimizeAcquisition, request, None)
+        return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.log_ei)
+
+    def decode(self, model_id: str, latents) -> np.ndarray:
+        request = surrogate_pb2.DecodeLatentRequest(model_id=model_id, latents=encode_tensor(latents))
+        return decode_tensor(self._call(self.stub.DecodeLatent, request, self.timeout).embeddings)
+
+    def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint:
+        config = config or InversionConfig()
+        request = surrogate_pb2.InvertLatentRequest(
+            model_id=model_id,
+            target=encode_tensor(np.reshape(target, -1)),
+            latent_init=encode_tensor(np.reshape(latent_init, -1)),
+            **dataclasses.asdict(config),
+        )
+        r = self._call(self.stub.InvertLatent, request, self.timeout)
+        return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.loss, r.steps)
+
+    def delete(self, model_id: str) -> None:
+        self._call(self.stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id=model_id), self.timeout)
+
+    def delete_owned(self, owner: str) -> int:
+        request = surrogate_pb2.DeleteModelRequest(owner=owner)
+        return self._call(self.stub.DeleteModel, request, self.timeout).deleted
