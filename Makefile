@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
-export PROMPTOPT_DATASETS_DIR ?= $(abspath ../shared/datasets)
+export PROMPTOPT_DATASETS_DIR ?= $(abspath datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
@@ -65,7 +65,7 @@ lint: install
 	$(VENV)/bin/ruff check services tests
 	npx --yes @bufbuild/buf@1.47.2 lint protos
 
-# Download GSM8K (for machines without ../shared/datasets).
+# Download the official GSM8K files (the same as datasets/gsm8k) into data/.
 gsm8k: install
 	$(PY) -m services.llm_eval.datasets download data
 	@echo "export PROMPTOPT_DATASETS_DIR=$$PWD/data"

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from services.common import config
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", ROOT.parent / "shared" / "datasets")).resolve()
+DATASETS = config.datasets_dir()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,8 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def datasets_dir() -> Path:
-    if not (DATASETS / "gsm8k" / "test.jsonl").is_file():
-        pytest.skip(f"GSM8K not found under {DATASETS} (set PROMPTOPT_DATASETS_DIR)")
+    assert (DATASETS / "gsm8k" / "test.jsonl").is_file(), f"GSM8K not found under {DATASETS} (PROMPTOPT_DATASETS_DIR)"
     return DATASETS
 
 

@@ -10,6 +10,14 @@ import dataclasses
 import os
 import typing
 from collections.abc import Mapping
+from pathlib import Path
+
+REPOSITORY_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+
+
+def datasets_dir() -> Path:
+    """`$PROMPTOPT_DATASETS_DIR`, else the repository's `datasets/` (GSM8K and recorded grids are committed)."""
+    return Path(os.environ.get("PROMPTOPT_DATASETS_DIR") or REPOSITORY_DATASETS).resolve()
 
 
 class ConfigError(ValueError):

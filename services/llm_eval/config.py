@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from services.common.config import datasets_dir
+
 BACKENDS = ("llamacpp", "openai", "vllm", "replay")
 
 
@@ -31,7 +33,7 @@ class LlmEvalConfig:
     replay_dataset: str = "gsm8k"
     replay_split: str = "test"
     replay_seed: int = 0
-    datasets_dir: str = "../shared/datasets"
+    datasets_dir: str = dataclasses.field(default_factory=lambda: str(datasets_dir()))
     cache_path: str = "state/llm_eval/answers.sqlite"
     default_max_tokens: int = 512
     batch_size: int = 16

@@ -18,6 +18,7 @@ from services.llm_eval import gsm8k
 class Example:
     question: str
     gold: str
+    answer: str = ""  # the full solution (GSM8K `answer` field), used when the example is an exemplar
 
 
 class DatasetStore:
@@ -81,7 +82,7 @@ def _read(path: Path, dataset: str, split: str) -> tuple[Example, ...]:
         for line in fh:
             if line.strip():
                 row = json.loads(line)
-                examples.append(Example(row["question"], gsm8k.gold_answer(row["answer"])))
+                examples.append(Example(row["question"], gsm8k.gold_answer(row["answer"]), row["answer"]))
     return tuple(examples)
 
 
@@ -105,13 +106,40 @@ def download_gsm8k(root: str | Path) -> list[Path]:
     return fetched
 
 
+def verify(root: str | Path) -> list[str]:
+    """Problems with the files `<root>/registry.json` lists (missing, or another sha256); empty when all match."""
+    root = Path(root)
+    registry = json.loads((root / "registry.json").read_text())
+    problems = []
+    for name, entry in registry.items():
+        for relative, expected in entry["files"].items():
+            path = root / relative
+            if not path.is_file():
+                problems.append(f"{name}: {relative} is missing")
+            elif hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+                problems.append(f"{name}: {relative} does not match its sha256 in registry.json")
+    return problems
+
+
+USAGE = "usage: python -m services.llm_eval.datasets download DIR | verify [DIR]"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m services.llm_eval.datasets download DIR` (the k8s init container, `make gsm8k`)."""
+    """`download DIR` (the k8s init container, `make gsm8k`); `verify [DIR]` checks the registry's checksums."""
     import sys
 
+    from services.common.config import datasets_dir
+
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"] and len(argv) <= 2:
+        root = Path(argv[1]) if len(argv) == 2 else datasets_dir()
+        problems = verify(root)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"{root}: {'all files match registry.json' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
     if len(argv) != 2 or argv[0] != "download":
-        print("usage: python -m services.llm_eval.datasets download DIR", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     fetched = download_gsm8k(argv[1])
     print(f"GSM8K in {Path(argv[1]) / 'gsm8k'}: fetched {len(fetched)} file(s)")

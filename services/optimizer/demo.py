@@ -8,11 +8,10 @@ those `promptopt run` arguments instead. State (answer cache, runs, the APE pool
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from pathlib import Path
 
+from services.common.config import datasets_dir
 from services.common.launcher import LocalStack
 from services.optimizer import cli
 
@@ -33,9 +32,9 @@ DEFAULT_RUN = [
 
 def main(argv: list[str] | None = None) -> int:
     run_args = (sys.argv[1:] if argv is None else argv) or DEFAULT_RUN
-    datasets = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
+    datasets = datasets_dir()
     if not (datasets / "gsm8k" / "train.jsonl").is_file():
-        print(f"GSM8K not found under {datasets}; run `make gsm8k` and set PROMPTOPT_DATASETS_DIR", file=sys.stderr)
+        print(f"GSM8K not found under {datasets} (PROMPTOPT_DATASETS_DIR)", file=sys.stderr)
         return 2
     env = {"PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets)}
     started = time.monotonic()

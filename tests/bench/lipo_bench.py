@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from services.common.config import datasets_dir
 from services.encoder.core import SentenceTransformerEmbedder
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
@@ -40,7 +41,7 @@ from services.optimizer.algorithms.hyperband import (
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.types import GpTraining, VaeConfig
 
-DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
+DATASETS = datasets_dir()
 RECORDED = DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
 APE = DATASETS / "prompts" / "ape_instructions_1000.json"
 SEEDS = int(os.environ.get("PROMPTOPT_BENCH_SEEDS", "10"))

@@ -6,18 +6,17 @@ Prints figures; asserts nothing about speed (targets are read from this output, 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
-from pathlib import Path
 
+from services.common.config import datasets_dir
 from services.common.launcher import LocalStack
 from services.encoder.client import EncoderClient
 from services.encoder.core import SentenceTransformerEmbedder
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import EvaluationRequest
 
-DATASETS = Path(os.environ.get("PROMPTOPT_DATASETS_DIR", "../shared/datasets")).resolve()
+DATASETS = datasets_dir()
 
 
 def best_of(fn, repeats=3) -> float:

@@ -1,11 +1,16 @@
 import dataclasses
+import json
+import shutil
 
 import pytest
 
+from services.common.config import REPOSITORY_DATASETS
 from services.common.errors import NotFoundError
 from services.common.operations import RunState, RunStore
 from services.common.types import Usage
 from services.llm_eval.cache import AnswerCache, AnswerContext, CachedAnswer, answer_key, prompt_hash
+from services.llm_eval.datasets import main as datasets_main
+from services.llm_eval.datasets import verify
 from services.llm_eval.types import DecodingParams
 
 
@@ -116,3 +121,20 @@ def test_concurrent_evaluations_of_the_same_prompt_pay_once(tmp_path, datasets_d
     assert len(backend.prompts) == 5 == len(set(backend.prompts))
     assert sum(r.usage.llm_calls for r in results) == 5
     assert sum(r.usage.cache_hits for r in results) == 5
+
+
+def test_committed_datasets_match_their_registry(tmp_path):
+    root = REPOSITORY_DATASETS
+    assert verify(root) == []
+    registry = json.loads((root / "registry.json").read_text())
+    assert {"gsm8k", "hbbops_dev", "prompts"} <= set(registry)
+    assert all(entry["licence"] and entry["source"] for entry in registry.values())
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    (copy / "hbbops_dev" / "grid.jsonl").write_text("{}\n")
+    (copy / "gsm8k" / "LICENSE").unlink()
+    assert sorted(verify(copy)) == [
+        "gsm8k: gsm8k/LICENSE is missing",
+        "hbbops_dev: hbbops_dev/grid.jsonl does not match its sha256 in registry.json",
+    ]
+    assert datasets_main(["verify", str(copy)]) == 1
