@@ -15,12 +15,18 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from services.llm_eval import gsm8k
 from services.llm_eval.types import DecodingParams
 
 
-def prompt_hash(instruction: str) -> str:
-    """Stable hash of an instruction (sha256 hex, first 16 chars)."""
-    return hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+def prompt_hash(instruction: str, exemplars=()) -> str:
+    """Stable hash of a prompt (sha256 hex, first 16 chars): the instruction alone for zero-shot,
+    else the instruction, the ordered (question, answer) exemplars and their block template."""
+    if not exemplars:
+        payload = instruction
+    else:
+        payload = json.dumps([gsm8k.EXEMPLAR_TEMPLATE, instruction, [[q, a] for q, a in exemplars]])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from services.llm_eval.types import (
     DecodingParams,
     EvaluationRequest,
     EvaluationResult,
+    Exemplar,
     GenerateResult,
     QuestionResult,
     UsageReport,
@@ -37,6 +38,9 @@ def eval_request_to_proto(request: EvaluationRequest) -> llm_eval_pb2.EvaluatePr
         question_indices=list(request.question_indices),
         params=params_to_proto(request.params),
         include_details=request.include_details,
+        exemplars=[llm_eval_pb2.Exemplar(question=e.question, answer=e.answer) for e in request.exemplars],
+        exemplar_ids=list(request.exemplar_ids),
+        exemplar_pool=request.exemplar_pool,
     )
 
 
@@ -50,6 +54,9 @@ def eval_request_from_proto(msg: llm_eval_pb2.EvaluatePromptRequest) -> Evaluati
         question_indices=tuple(msg.question_indices),
         params=params_from_proto(msg.params),
         include_details=msg.include_details,
+        exemplars=tuple(Exemplar(e.question, e.answer) for e in msg.exemplars),
+        exemplar_ids=tuple(msg.exemplar_ids),
+        exemplar_pool=msg.exemplar_pool,
     )
 
 

@@ -8,6 +8,8 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
+from services.common.errors import NotFoundError
+from services.common.splits import SplitSpec
 from services.common.types import Usage
 from services.llm_eval import gsm8k
 from services.llm_eval.backends import LLMBackend
@@ -124,17 +126,41 @@ class LlmEvaluator:
         order = self.datasets.order(request.dataset, request.split, request.shuffle_seed)
         return order[: request.fidelity or size]
 
+    def exemplars(self, request: EvaluationRequest) -> list[tuple[str, str]]:
+        """The request's few-shot (question, answer) pairs: inline, or looked up in its pool split."""
+        if not request.exemplar_ids:
+            return [(e.question, e.answer) for e in request.exemplars]
+        pool_spec = SplitSpec.parse(request.exemplar_pool, "exemplar_pool")
+        try:
+            pool = self.datasets.load(request.dataset, request.exemplar_pool)
+        except NotFoundError as exc:
+            raise ValueError(f"exemplar_pool {request.exemplar_pool!r}: {exc}") from exc
+        if not pool:
+            raise ValueError(f"exemplar_pool {request.exemplar_pool!r} is empty")
+        eval_spec = SplitSpec.parse(request.split)
+        if eval_spec.base == pool_spec.base:
+            size = len(self.datasets.load(request.dataset, pool_spec.base))
+            if pool_spec.overlaps(eval_spec, size):
+                raise ValueError(
+                    f"exemplar_pool {request.exemplar_pool!r} overlaps the evaluation split {request.split!r}"
+                )
+        bad = [i for i in request.exemplar_ids if i >= len(pool)]
+        if bad:
+            raise ValueError(f"exemplar_ids {bad[:5]} out of range for exemplar_pool of size {len(pool)}")
+        return [(pool[i].question, gsm8k.exemplar_answer(pool[i].answer)) for i in request.exemplar_ids]
+
     def evaluate(self, request: EvaluationRequest, should_stop: Callable[[], bool] = lambda: False) -> EvaluationResult:
-        """Score an instruction; only questions missing from the cache reach the LLM.
+        """Score an instruction (with its exemplars); only questions missing from the cache reach the LLM.
 
         Question indices are the split's own (a slice counts from its start); cache keys use the
         base split's indices, so a slice shares answers with its base split.
         """
         examples = self.datasets.load(request.dataset, request.split)
         indices = self.question_indices(request)
+        shots = self.exemplars(request)
         params = self._resolve(request.params)
         model = self.task.model_name
-        p_hash = prompt_hash(request.instruction)
+        p_hash = prompt_hash(request.instruction, shots)
         base_split, base = self.datasets.base_indices(request.dataset, request.split)
         context = AnswerContext(
             self.task.identity(),
@@ -157,7 +183,7 @@ class LlmEvaluator:
             mine, theirs = self._claim(batch)
             try:
                 if mine:
-                    prompts = [gsm8k.format_prompt(examples[i].question, request.instruction) for i, _ in mine]
+                    prompts = [gsm8k.format_prompt(examples[i].question, request.instruction, shots) for i, _ in mine]
                     rows = []
                     for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
                         answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
@@ -195,10 +221,11 @@ class LlmEvaluator:
             )
         correct = sum(r.correct for r in results)
         log.info(
-            "evaluated %d questions (%d cached), accuracy %.3f, instruction:\n%s",
+            "evaluated %d questions (%d cached), accuracy %.3f, %d exemplars, instruction:\n%s",
             len(results),
             usage.cache_hits,
             correct / len(results),
+            len(shots),
             request.instruction,
         )
         return EvaluationResult(

@@ -16,9 +16,30 @@ TOLERANCE = 1e-6
 PROMPT_TEMPLATE = "Q: {question}\n{instruction}\nA:"
 
 
-def format_prompt(question: str, instruction: str) -> str:
-    """The question and instruction in PROMPT_TEMPLATE."""
-    return PROMPT_TEMPLATE.format(question=question, instruction=instruction)
+# Few-shot format: one block per exemplar, in order, then the Q_end block above. The same text
+# goes to every backend (each applies its own chat template to it as one user message).
+EXEMPLAR_TEMPLATE = "Q: {question}\nA: {answer}\n\n"
+
+
+def format_exemplars(exemplars) -> str:
+    """The exemplar blocks of a few-shot prompt (empty for zero-shot); `exemplars` are (question, answer) pairs."""
+    return "".join(EXEMPLAR_TEMPLATE.format(question=q, answer=a) for q, a in exemplars)
+
+
+def format_prompt(question: str, instruction: str, exemplars=()) -> str:
+    """The exemplar blocks, then the question and instruction in PROMPT_TEMPLATE."""
+    return format_exemplars(exemplars) + PROMPT_TEMPLATE.format(question=question, instruction=instruction)
+
+
+def exemplar_answer(answer_field: str) -> str:
+    """A GSM8K solution as an exemplar answer: calculator annotations (<<...>>) removed and the
+    `#### n` line written as 'The answer is n.'."""
+    body, sep, tail = answer_field.rpartition("####")
+    if not sep:
+        raise ValueError("GSM8K answer has no '####' marker")
+    body = re.sub(r"<<[^>]*>>", "", body).strip()
+    final = f"The answer is {tail.strip()}."
+    return f"{body}\n{final}" if body else final
 
 
 def extract_last_number(text: str) -> str | None:

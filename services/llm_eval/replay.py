@@ -1,7 +1,8 @@
 """Replay backend: answers GSM8K-style prompts from a table of recorded evaluations, no LLM.
 
-A table is JSONL with one row per prompt: `instruction`, optional `exemplars`, `error_rate`
-(on the recorded split) and `n` (questions it was measured on). For a row, exactly
+A table is JSONL with one row per prompt: `instruction`, optional `exemplars` (a list of
+{question, answer}: the few-shot set, in order), `error_rate` (on the recorded split) and `n`
+(questions it was measured on). For a row, exactly
 round((1 - error_rate) * n) of the questions 0..n-1 are answered correctly; which ones is a
 permutation seeded by (seed, prompt), so any fidelity is a reproducible draw without
 replacement from the recorded rate and the full split reproduces it exactly. A prompt not in
@@ -9,7 +10,9 @@ the table is an error. The evaluator's cache, fidelity extension and usage count
 unchanged on top: each replayed answer counts as one LLM call (with zero tokens).
 
 `python -m services.llm_eval.replay convert RESULTS.json TABLE.jsonl` turns a results file in
-the seed's format (`results: [{instruction, correct, total}]`) into a table.
+the seed's format (`results: [{instruction, correct, total}]`) into a table;
+`python -m services.llm_eval.replay grid DIR TABLE.jsonl` turns an instruction x exemplar-set
+grid (`instructions.json`, `exemplar_sets.json`, `grid.jsonl`, as in hbbops_dev) into one.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from services.llm_eval import gsm8k
 from services.llm_eval.backends import LLMBackend
 from services.llm_eval.datasets import Example
 from services.llm_eval.types import Completion, DecodingParams
@@ -33,7 +38,14 @@ class ReplayRow:
     instruction: str
     error_rate: float
     n: int
-    exemplars: str = ""
+    exemplars: str = ""  # the rendered exemplar blocks (gsm8k.format_exemplars), "" for zero-shot
+
+
+def _render(exemplars) -> str:
+    """A row's `exemplars` field (list of {question, answer}, or already rendered text) as prompt text."""
+    if isinstance(exemplars, str):
+        return exemplars
+    return gsm8k.format_exemplars((e["question"], e["answer"]) for e in exemplars)
 
 
 def load_table(path: str | Path) -> dict[tuple[str, str], ReplayRow]:
@@ -46,7 +58,7 @@ def load_table(path: str | Path) -> dict[tuple[str, str], ReplayRow]:
             try:
                 raw = json.loads(line)
                 row = ReplayRow(
-                    str(raw["instruction"]), float(raw["error_rate"]), int(raw["n"]), raw.get("exemplars", "")
+                    str(raw["instruction"]), float(raw["error_rate"]), int(raw["n"]), _render(raw.get("exemplars", ""))
                 )
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}:{number}: a row needs instruction, error_rate and n ({exc})") from exc
@@ -105,18 +117,27 @@ class ReplayBackend(LLMBackend):
         return self._correct[key]
 
     def _parse(self, prompt: str) -> tuple[int, ReplayRow]:
-        if prompt.startswith("Q: ") and prompt.endswith("\nA:"):
-            body = prompt[3:-3]
-            cut = body.find("\n")
-            while cut >= 0:
-                index = self._index.get(body[:cut])
-                row = self.table.get((body[cut + 1 :], ""))
-                if index is not None and row is not None:
-                    if index >= row.n:
-                        raise ValueError(f"question {index} is beyond the {row.n} questions recorded for the prompt")
-                    return index, row
-                cut = body.find("\n", cut + 1)
+        """(question index, row) of a prompt: exemplar blocks, then 'Q: {question}\\n{instruction}\\nA:'."""
+        if prompt.endswith("\nA:"):
+            starts = [0] if prompt.startswith("Q: ") else []
+            starts += [m.start() + 2 for m in re.finditer("\n\nQ: ", prompt)]
+            for start in starts:
+                found = self._match(prompt[:start], prompt[start + 3 : -3])
+                if found is not None:
+                    return found
         raise ValueError(f"prompt not in the replay table (replay answers only recorded instructions):\n{prompt}")
+
+    def _match(self, exemplars: str, body: str) -> tuple[int, ReplayRow] | None:
+        cut = body.find("\n")
+        while cut >= 0:
+            index = self._index.get(body[:cut])
+            row = self.table.get((body[cut + 1 :], exemplars))
+            if index is not None and row is not None:
+                if index >= row.n:
+                    raise ValueError(f"question {index} is beyond the {row.n} questions recorded for the prompt")
+                return index, row
+            cut = body.find("\n", cut + 1)
+        return None
 
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
         out = []
@@ -144,15 +165,49 @@ def convert_results(source: str | Path, target: str | Path) -> int:
     return len(rows)
 
 
+def convert_grid(directory: str | Path, target: str | Path) -> int:
+    """An instruction x exemplar-set grid directory -> replay JSONL; returns the rows written.
+    Raises ValueError naming a pair that is missing or an id out of range."""
+    directory = Path(directory)
+    instructions = json.loads((directory / "instructions.json").read_text())
+    exemplar_sets = json.loads((directory / "exemplar_sets.json").read_text())
+    rows, seen = [], set()
+    for number, line in enumerate((directory / "grid.jsonl").read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        raw = json.loads(line)
+        i, e = int(raw["instruction_id"]), int(raw["exemplar_set_id"])
+        if not (0 <= i < len(instructions) and 0 <= e < len(exemplar_sets)):
+            raise ValueError(f"grid.jsonl:{number}: instruction_id {i} or exemplar_set_id {e} out of range")
+        seen.add((i, e))
+        rows.append(
+            {
+                "instruction": instructions[i],
+                "exemplars": exemplar_sets[e],
+                "error_rate": raw["error_rate"],
+                "n": raw["n"],
+            }
+        )
+    missing = [(i, e) for i in range(len(instructions)) for e in range(len(exemplar_sets)) if (i, e) not in seen]
+    if missing:
+        raise ValueError(f"grid.jsonl has no row for (instruction_id, exemplar_set_id) {missing[:5]}")
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    Path(target).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return len(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.llm_eval.replay")
     sub = parser.add_subparsers(dest="command", required=True)
     convert = sub.add_parser("convert", help="seed-format results JSON -> replay table JSONL")
     convert.add_argument("source")
     convert.add_argument("target")
+    grid = sub.add_parser("grid", help="instruction x exemplar-set grid directory -> replay table JSONL")
+    grid.add_argument("source")
+    grid.add_argument("target")
     args = parser.parse_args(argv)
     try:
-        count = convert_results(args.source, args.target)
+        count = (convert_grid if args.command == "grid" else convert_results)(args.source, args.target)
     except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

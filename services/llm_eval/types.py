@@ -50,10 +50,29 @@ class GenerateResult:
     model: str
 
 
+MAX_EXEMPLARS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Exemplar:
+    """One few-shot Q/A pair shown before the question."""
+
+    question: str
+    answer: str
+
+    def __post_init__(self):
+        if not self.question.strip() or not self.answer.strip():
+            raise ValueError("exemplars need a non-empty question and answer")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluationRequest:
     """Score `instruction` on `dataset/split`: the first `fidelity` questions of the
-    order shuffled with `shuffle_seed` (0 = all), or exactly `question_indices`."""
+    order shuffled with `shuffle_seed` (0 = all), or exactly `question_indices`.
+
+    Few-shot: `exemplars` inline, or `exemplar_ids` (ordered indices into `exemplar_pool`, a split
+    or slice of the same dataset that must not overlap `split`); at most MAX_EXEMPLARS.
+    """
 
     instruction: str
     dataset: str = "gsm8k"
@@ -63,8 +82,19 @@ class EvaluationRequest:
     question_indices: tuple[int, ...] = ()
     params: DecodingParams = DecodingParams()
     include_details: bool = False
+    exemplars: tuple[Exemplar, ...] = ()
+    exemplar_ids: tuple[int, ...] = ()
+    exemplar_pool: str = ""
 
     def __post_init__(self):
+        if self.exemplars and self.exemplar_ids:
+            raise ValueError("give exemplars inline or exemplar_ids, not both")
+        if self.exemplar_ids and not self.exemplar_pool:
+            raise ValueError("exemplar_pool must name the split that exemplar_ids index")
+        if any(i < 0 for i in self.exemplar_ids):
+            raise ValueError("exemplar_ids must be >= 0")
+        if len(self.exemplars) + len(self.exemplar_ids) > MAX_EXEMPLARS:
+            raise ValueError(f"at most {MAX_EXEMPLARS} exemplars per prompt")
         if not self.instruction.strip():
             raise ValueError("instruction must not be empty")
         if not self.dataset:

@@ -101,6 +101,24 @@ def test_llm_eval_bad_input(channel_to, evaluator):
         stub.EvaluatePrompt,
         R(instruction="x", dataset="gsm8k", split="test", params=P(max_tokens=-2)),
     )
+    expect(
+        INVALID,
+        "exemplar_ids",
+        stub.EvaluatePrompt,
+        R(instruction="x", dataset="gsm8k", split="test", exemplar_ids=[10**6], exemplar_pool="train"),
+    )
+    expect(
+        INVALID,
+        "exemplar_pool must name",
+        stub.EvaluatePrompt,
+        R(instruction="x", dataset="gsm8k", split="test", exemplar_ids=[1]),
+    )
+    expect(
+        INVALID,
+        "non-empty question and answer",
+        stub.EvaluatePrompt,
+        R(instruction="x", dataset="gsm8k", split="test", exemplars=[llm_eval_pb2.Exemplar(question="q")]),
+    )
     expect(NOT_FOUND, "dataset 'nope' not found", stub.EvaluatePrompt, R(instruction="x", dataset="nope", split="test"))
     expect(NOT_FOUND, "split 'dev'", stub.EvaluatePrompt, R(instruction="x", dataset="gsm8k", split="dev"))
     expect(INVALID, "not a valid dataset name", stub.GetDatasetInfo, llm_eval_pb2.GetDatasetInfoRequest(dataset="../x"))

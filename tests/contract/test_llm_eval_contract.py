@@ -2,8 +2,11 @@
 
 import pytest
 
+from services.llm_eval import gsm8k
 from services.llm_eval.client import LlmEvalClient
-from services.llm_eval.types import DecodingParams, EvaluationRequest
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.types import DecodingParams, EvaluationRequest, Exemplar
+from tests.conftest import DATASETS
 from tests.contract.conftest import invalid_argument
 
 
@@ -29,6 +32,19 @@ def test_evaluate_is_cached_and_fidelity_extends(llm_service):
     )
     assert (extended.usage.llm_calls, extended.usage.cache_hits) == (1, 2)
     assert [r.question_index for r in extended.results[:2]] == [r.question_index for r in first.results]
+
+
+def test_few_shot_exemplars_by_id_and_inline(llm_service):
+    by_id = llm_service.evaluate(
+        EvaluationRequest("Answer.", split="test", fidelity=1, exemplar_ids=(3,), exemplar_pool="train[:100]")
+    )
+    assert by_id.usage.llm_calls == 1
+    zero_shot = llm_service.evaluate(EvaluationRequest("Answer.", split="test", fidelity=1))
+    assert zero_shot.prompt_hash != by_id.prompt_hash
+    train = DatasetStore(DATASETS).load("gsm8k", "train")
+    inline = (Exemplar(train[3].question, gsm8k.exemplar_answer(train[3].answer)),)
+    again = llm_service.evaluate(EvaluationRequest("Answer.", split="test", fidelity=1, exemplars=inline))
+    assert (again.usage.cache_hits, again.prompt_hash) == (1, by_id.prompt_hash)
 
 
 def test_explicit_question_indices(llm_service):
@@ -58,6 +74,12 @@ def test_invalid_input(llm_service):
         llm_service.evaluate(EvaluationRequest("x", split="test", fidelity=5000))
     with invalid_argument("out of range"):
         llm_service.evaluate(EvaluationRequest("x", split="test", question_indices=(99999,)))
+    with invalid_argument(r"exemplar_ids \[99999\] out of range"):
+        llm_service.evaluate(
+            EvaluationRequest("x", split="test", fidelity=1, exemplar_ids=(99999,), exemplar_pool="train")
+        )
+    with invalid_argument("exemplar_pool 'test' overlaps"):
+        llm_service.evaluate(EvaluationRequest("x", split="test", fidelity=1, exemplar_ids=(1,), exemplar_pool="test"))
     with invalid_argument("prompts must not"):
         llm_service.generate([], DecodingParams())
 

@@ -5,8 +5,8 @@ import pytest
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
-from services.llm_eval.replay import ReplayBackend, convert_results, load_table
-from services.llm_eval.types import DecodingParams, EvaluationRequest
+from services.llm_eval.replay import ReplayBackend, convert_grid, convert_results, load_table, main
+from services.llm_eval.types import DecodingParams, EvaluationRequest, Exemplar
 
 
 @pytest.fixture
@@ -96,3 +96,63 @@ def test_replay_identity_names_table_seed_and_questions(datasets_dir, recorded):
     assert base != ReplayBackend(recorded, train, 0).identity()  # the questions the rows map onto
     fewer = dict(list(recorded.items())[:50])
     assert base != ReplayBackend(fewer, test, 0).identity()
+
+
+@pytest.fixture
+def grid(datasets_dir, tmp_path):
+    """The dev grid (12 instructions x 12 exemplar sets) as a replay table, with its source rows."""
+    path = tmp_path / "grid.jsonl"
+    assert convert_grid(datasets_dir / "hbbops_dev", path) == 144
+    source = datasets_dir / "hbbops_dev"
+    instructions = json.loads((source / "instructions.json").read_text())
+    sets = json.loads((source / "exemplar_sets.json").read_text())
+    rows = [json.loads(line) for line in (source / "grid.jsonl").read_text().splitlines()]
+    return load_table(path), instructions, sets, rows
+
+
+def shots(exemplar_set):
+    return tuple(Exemplar(e["question"], e["answer"]) for e in exemplar_set)
+
+
+def test_grid_pairs_replay_their_recorded_rates(datasets_dir, grid, tmp_path):
+    table, instructions, sets, rows = grid
+    ev = evaluator(datasets_dir, table, tmp_path / "a.sqlite")
+    for row in rows[:2] + rows[-1:]:
+        result = ev.evaluate(
+            EvaluationRequest(instructions[row["instruction_id"]], exemplars=shots(sets[row["exemplar_set_id"]]))
+        )
+        assert result.num_correct == round((1 - row["error_rate"]) * 1319)
+    # the same instruction with another exemplar set is another prompt with another score
+    a, b = rows[0], rows[1]
+    assert a["instruction_id"] == b["instruction_id"] and a["exemplar_set_id"] != b["exemplar_set_id"]
+    # zero-shot, or the set in another order, was never recorded
+    with pytest.raises(ValueError, match="not in the replay table"):
+        ev.evaluate(EvaluationRequest(instructions[0], fidelity=3))
+    with pytest.raises(ValueError, match="not in the replay table"):
+        ev.evaluate(EvaluationRequest(instructions[0], fidelity=3, exemplars=shots(sets[0])[::-1]))
+
+
+def test_fidelity_extends_per_instruction_and_exemplar_set(datasets_dir, grid, tmp_path):
+    table, instructions, sets, _ = grid
+    ev = evaluator(datasets_dir, table, tmp_path / "a.sqlite")
+    pair = dict(instruction=instructions[3], shuffle_seed=5)
+    ev.evaluate(EvaluationRequest(**pair, fidelity=20, exemplars=shots(sets[1])))
+    extended = ev.evaluate(EvaluationRequest(**pair, fidelity=50, exemplars=shots(sets[1])))
+    assert (extended.usage.llm_calls, extended.usage.cache_hits) == (30, 20)
+    other = ev.evaluate(EvaluationRequest(**pair, fidelity=50, exemplars=shots(sets[2])))
+    assert (other.usage.llm_calls, other.usage.cache_hits) == (50, 0)  # another set, other answers
+    assert extended.prompt_hash != other.prompt_hash
+
+
+def test_grid_with_a_missing_pair_is_refused(datasets_dir, tmp_path):
+    source = datasets_dir / "hbbops_dev"
+    for name in ("instructions.json", "exemplar_sets.json"):
+        (tmp_path / name).write_text((source / name).read_text())
+    lines = (source / "grid.jsonl").read_text().splitlines()
+    (tmp_path / "grid.jsonl").write_text("\n".join(lines[:5] + lines[6:]) + "\n")
+    missing = json.loads(lines[5])
+    with pytest.raises(
+        ValueError, match=rf"no row for .*\({missing['instruction_id']}, {missing['exemplar_set_id']}\)"
+    ):
+        convert_grid(tmp_path, tmp_path / "out.jsonl")
+    assert main(["grid", str(tmp_path), str(tmp_path / "out.jsonl")]) == 2
