@@ -12,6 +12,7 @@ from services.llm_eval.types import (
     DecodingParams,
     EvaluationRequest,
     EvaluationResult,
+    Exemplar,
     GenerateResult,
     ModelRole,
     UsageReport,
@@ -40,6 +41,11 @@ class LlmEvalClient(BaseClient):
     def dataset_info(self, dataset: str) -> dict[str, int]:
         response = self.stub.GetDatasetInfo(llm_eval_pb2.GetDatasetInfoRequest(dataset=dataset), timeout=self.timeout)
         return {s.name: s.size for s in response.splits}
+
+    def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]:
+        request = llm_eval_pb2.GetExemplarsRequest(dataset=dataset, exemplar_pool=pool, exemplar_ids=list(ids))
+        response = self.stub.GetExemplars(request, timeout=self.timeout)
+        return [Exemplar(e.question, e.answer) for e in response.exemplars]
 
     def usage(self) -> UsageReport:
         return convert.usage_report_from_proto(self.stub.GetUsage(llm_eval_pb2.GetUsageRequest(), timeout=self.timeout))

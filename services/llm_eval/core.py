@@ -19,6 +19,7 @@ from services.llm_eval.types import (
     DecodingParams,
     EvaluationRequest,
     EvaluationResult,
+    Exemplar,
     GenerateResult,
     ModelRole,
     QuestionResult,
@@ -126,28 +127,36 @@ class LlmEvaluator:
         order = self.datasets.order(request.dataset, request.split, request.shuffle_seed)
         return order[: request.fidelity or size]
 
+    def pool_exemplars(self, dataset: str, pool: str, ids: Sequence[int] = ()) -> list[Exemplar]:
+        """Examples `ids` (default all) of the pool split as exemplars: the question and the
+        GSM8K solution as `gsm8k.exemplar_answer` writes it."""
+        SplitSpec.parse(pool, "exemplar_pool")
+        try:
+            examples = self.datasets.load(dataset, pool)
+        except NotFoundError as exc:
+            raise ValueError(f"exemplar_pool {pool!r}: {exc}") from exc
+        if not examples:
+            raise ValueError(f"exemplar_pool {pool!r} is empty")
+        bad = [i for i in ids if not 0 <= i < len(examples)]
+        if bad:
+            raise ValueError(f"exemplar_ids {bad[:5]} out of range for exemplar_pool of size {len(examples)}")
+        chosen = ids or range(len(examples))
+        return [Exemplar(examples[i].question, gsm8k.exemplar_answer(examples[i].answer)) for i in chosen]
+
     def exemplars(self, request: EvaluationRequest) -> list[tuple[str, str]]:
-        """The request's few-shot (question, answer) pairs: inline, or looked up in its pool split."""
+        """The request's few-shot (question, answer) pairs: inline, or looked up in its pool split,
+        which must not share a question with the evaluated split."""
         if not request.exemplar_ids:
             return [(e.question, e.answer) for e in request.exemplars]
-        pool_spec = SplitSpec.parse(request.exemplar_pool, "exemplar_pool")
-        try:
-            pool = self.datasets.load(request.dataset, request.exemplar_pool)
-        except NotFoundError as exc:
-            raise ValueError(f"exemplar_pool {request.exemplar_pool!r}: {exc}") from exc
-        if not pool:
-            raise ValueError(f"exemplar_pool {request.exemplar_pool!r} is empty")
-        eval_spec = SplitSpec.parse(request.split)
+        shots = self.pool_exemplars(request.dataset, request.exemplar_pool, request.exemplar_ids)
+        pool_spec, eval_spec = SplitSpec.parse(request.exemplar_pool), SplitSpec.parse(request.split)
         if eval_spec.base == pool_spec.base:
             size = len(self.datasets.load(request.dataset, pool_spec.base))
             if pool_spec.overlaps(eval_spec, size):
                 raise ValueError(
                     f"exemplar_pool {request.exemplar_pool!r} overlaps the evaluation split {request.split!r}"
                 )
-        bad = [i for i in request.exemplar_ids if i >= len(pool)]
-        if bad:
-            raise ValueError(f"exemplar_ids {bad[:5]} out of range for exemplar_pool of size {len(pool)}")
-        return [(pool[i].question, gsm8k.exemplar_answer(pool[i].answer)) for i in request.exemplar_ids]
+        return [(e.question, e.answer) for e in shots]
 
     def evaluate(self, request: EvaluationRequest, should_stop: Callable[[], bool] = lambda: False) -> EvaluationResult:
         """Score an instruction (with its exemplars); only questions missing from the cache reach the LLM.

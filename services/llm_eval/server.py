@@ -54,5 +54,12 @@ class LlmEvalServicer(llm_eval_pb2_grpc.LlmEvalServiceServicer):
             dataset=request.dataset, splits=[llm_eval_pb2.Split(name=k, size=v) for k, v in splits.items()]
         )
 
+    def GetExemplars(self, request, context):
+        require(bool(request.dataset), "dataset must be set")
+        exemplars = self.evaluator.pool_exemplars(request.dataset, request.exemplar_pool, list(request.exemplar_ids))
+        return llm_eval_pb2.GetExemplarsResponse(
+            exemplars=[llm_eval_pb2.Exemplar(question=e.question, answer=e.answer) for e in exemplars]
+        )
+
     def GetUsage(self, request, context):
         return convert.usage_report_to_proto(self.evaluator.usage())

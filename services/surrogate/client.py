@@ -17,6 +17,9 @@ from services.surrogate.types import (
     FitResult,
     GpTraining,
     InversionConfig,
+    JointGpConfig,
+    JointVaeConfig,
+    JointVaeResult,
     LatentPoint,
     VaeConfig,
     VaeResult,
@@ -118,6 +121,67 @@ class SurrogateClient(BaseClient):
         )
         r = self._call(self.stub.InvertLatent, request, self.timeout)
         return LatentPoint(decode_tensor(r.latent).tolist(), decode_tensor(r.embedding)[0].tolist(), r.loss, r.steps)
+
+    # LIPO-E
+
+    def train_joint_vae(self, instructions, pool, config: JointVaeConfig | None = None, owner: str = ""):
+        request = surrogate_pb2.TrainJointVaeRequest(
+            instructions=encode_tensor(instructions),
+            pool=encode_tensor(pool),
+            settings=settings_to_proto(config or JointVaeConfig(), surrogate_pb2.JointVaeSettings),
+            owner=owner,
+        )
+        r = self._call(self.stub.TrainJointVae, request, None)
+        return JointVaeResult(r.epochs_trained, r.final_loss, r.inst_cosine, r.exemplar_f1, r.vae_id)
+
+    def encode_joint(self, vae_id: str, instructions, exemplar_sets) -> np.ndarray:
+        request = surrogate_pb2.EncodeJointRequest(
+            vae_id=vae_id,
+            instructions=encode_tensor(instructions),
+            exemplar_sets=[surrogate_pb2.ExemplarSet(ids=list(s)) for s in exemplar_sets],
+        )
+        return decode_tensor(self._call(self.stub.EncodeJoint, request, self.timeout).z)
+
+    def decode_joint(self, vae_id: str, z) -> tuple[np.ndarray, list[list[int]]]:
+        request = surrogate_pb2.DecodeJointRequest(vae_id=vae_id, z=encode_tensor(z))
+        r = self._call(self.stub.DecodeJoint, request, self.timeout)
+        return decode_tensor(r.instructions), [list(s.ids) for s in r.exemplar_sets]
+
+    def fit_joint(self, z, errors, fidelities, config: JointGpConfig | None = None, owner: str = "") -> FitResult:
+        request = surrogate_pb2.FitJointModelRequest(
+            z=encode_tensor(z),
+            errors=list(map(float, errors)),
+            fidelities=list(map(int, fidelities)),
+            settings=settings_to_proto(config or JointGpConfig(), surrogate_pb2.JointGpSettings),
+            owner=owner,
+        )
+        r = self._call(self.stub.FitJointModel, request, None)
+        return FitResult(r.model_id, r.mll, r.epochs_trained)
+
+    def propose_exemplars(self, vae_id: str, model_id: str, instructions, steps=20, restarts=5, seed=0):
+        request = surrogate_pb2.ProposeExemplarsRequest(
+            vae_id=vae_id,
+            model_id=model_id,
+            instructions=encode_tensor(instructions),
+            steps=steps,
+            restarts=restarts,
+            seed=seed,
+        )
+        r = self._call(self.stub.ProposeExemplars, request, None)
+        return [(list(s.ids), v) for s, v in zip(r.exemplar_sets, r.log_ei, strict=True)]
+
+    def optimize_joint(self, model_id: str, config: AcquisitionConfig | None = None, seed: int = 0):
+        config = config or AcquisitionConfig()
+        request = surrogate_pb2.OptimizeJointRequest(
+            model_id=model_id,
+            num_restarts=config.num_restarts,
+            raw_samples=config.raw_samples,
+            maxiter=config.maxiter,
+            latent_margin=config.latent_margin,
+            seed=seed,
+        )
+        r = self._call(self.stub.OptimizeJoint, request, None)
+        return decode_tensor(r.z), r.log_ei
 
     def delete(self, model_id: str) -> None:
         self._call(self.stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id=model_id), self.timeout)

@@ -9,13 +9,25 @@ import logging
 import numpy as np
 import torch
 
+from services.surrogate.acquisition import latent_bounds
 from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
 from services.surrogate.deep_kernel import DeepKernelSurrogate
+from services.surrogate.joint import (
+    JOINT_DIM,
+    JointPromptGP,
+    StructureAwareVAE,
+    optimize_joint,
+    propose_exemplars,
+    train_joint_vae,
+)
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
     GpTraining,
     InversionConfig,
+    JointGpConfig,
+    JointVaeConfig,
+    JointVaeResult,
     LatentPoint,
     VaeConfig,
     VaeResult,
@@ -123,6 +135,81 @@ class SurrogateEngine:
         init = _matrix(np.reshape(latent_init, (1, -1)), "latent_init", model.vae.latent_dim)[0]
         latent, loss, steps = model.invert(target, init, config)
         return LatentPoint(latent.tolist(), model.decode_unit(latent[None])[0].tolist(), loss, steps)
+
+    # LIPO-E (seed 001): the StructureAwareVAE over (instruction, exemplar set) and the JointPromptGP.
+
+    def train_joint_vae(
+        self, instructions, pool, config: JointVaeConfig | None = None, owner: str = ""
+    ) -> JointVaeResult:
+        """Train a StructureAwareVAE on instruction embeddings [n, d] and the exemplar pool's [P, d]."""
+        config = config or JointVaeConfig()
+        x = torch.as_tensor(_matrix(instructions, "instructions"))
+        pool = torch.as_tensor(_matrix(pool, "pool", x.shape[1]))
+        if len(x) < 1 or len(pool) < 1:
+            raise ValueError("instructions and pool must not be empty")
+        vae, result = train_joint_vae(
+            x, pool, config, progress=lambda e, loss: log.info("joint vae epoch %d loss %.4f", e, loss)
+        )
+        result.vae_id = self.registry.add(vae, owner)
+        log.info("joint vae trained: %s", result)
+        return result
+
+    def _joint_vae(self, vae_id: str) -> StructureAwareVAE:
+        return self.registry.get(vae_id, StructureAwareVAE, "vae_id")
+
+    def _exemplar_sets(self, vae: StructureAwareVAE, sets) -> list[list[int]]:
+        sets = [list(s) for s in sets]
+        for row, members in enumerate(sets):
+            bad = [i for i in members if not 0 <= i < len(vae.pool)]
+            if bad or len(set(members)) != len(members) or len(members) > vae.num_slots:
+                raise ValueError(
+                    f"exemplar_sets[{row}] must hold at most {vae.num_slots} distinct pool ids in"
+                    f" [0, {len(vae.pool)}), got {members}"
+                )
+        return sets
+
+    def encode_joint(self, vae_id: str, instructions, exemplar_sets) -> np.ndarray:
+        """z_joint [n, 32] of (instruction embedding, exemplar id set) pairs."""
+        vae = self._joint_vae(vae_id)
+        x = _matrix(instructions, "instructions", vae.input_dim)
+        sets = self._exemplar_sets(vae, exemplar_sets)
+        if len(sets) != len(x):
+            raise ValueError(f"exemplar_sets has {len(sets)} sets but instructions has {len(x)} rows")
+        with torch.no_grad():
+            return vae.embed(torch.as_tensor(x), sets).numpy()
+
+    def decode_joint(self, vae_id: str, z) -> tuple[np.ndarray, list[list[int]]]:
+        """(instruction embeddings [n, d], exemplar id sets) decoded from z_joint [n, 32]."""
+        vae = self._joint_vae(vae_id)
+        z = torch.as_tensor(_matrix(z, "z", JOINT_DIM))
+        with torch.no_grad():
+            return vae.decode_instruction(z).numpy(), vae.decode_exemplars(z)
+
+    def fit_joint(self, z, errors, fidelities, config: JointGpConfig | None = None, owner: str = "") -> FitResult:
+        """A JointPromptGP on observations at any fidelity (error rate, questions)."""
+        model = JointPromptGP(_matrix(z, "z", JOINT_DIM), errors, fidelities, config or JointGpConfig())
+        return FitResult(self.registry.add(model, owner), model.mll, model.epochs_trained)
+
+    def _joint_gp(self, model_id: str) -> JointPromptGP:
+        return self.registry.get(model_id, JointPromptGP)
+
+    def propose_exemplars(
+        self, vae_id: str, model_id: str, instructions, steps: int = 20, restarts: int = 5, seed: int = 0
+    ) -> list[tuple[list[int], float]]:
+        """Seed 001's stage 2: per instruction, z_ex optimised on LogEI and decoded; (exemplar ids, LogEI)."""
+        if steps <= 0 or restarts <= 0:
+            raise ValueError("steps and restarts must be positive")
+        vae, gp = self._joint_vae(vae_id), self._joint_gp(model_id)
+        x = torch.as_tensor(_matrix(instructions, "instructions", vae.input_dim))
+        return propose_exemplars(vae, gp, x, steps, restarts, seed)
+
+    def optimize_joint(self, model_id: str, config: AcquisitionConfig | None = None, seed: int = 0):
+        """InvBO's z_joint: LogEI maximised in the box of the GP's observed latents (widened by the
+        config's latent_margin); returns (z [32], LogEI)."""
+        config = config or AcquisitionConfig()
+        gp = self._joint_gp(model_id)
+        bounds = latent_bounds(gp.x, config.latent_margin)
+        return optimize_joint(gp, bounds, config.num_restarts, config.raw_samples, config.maxiter, seed)
 
     def delete(self, model_id: str) -> None:
         self.registry.delete(model_id)

@@ -11,9 +11,17 @@ from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 from services.common.codec import decode_tensor, encode_tensor
 from services.common.errors import require
 from services.surrogate.convert import settings_from_proto
-from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+from services.surrogate.types import (
+    AcquisitionConfig,
+    GpTraining,
+    InversionConfig,
+    JointGpConfig,
+    JointVaeConfig,
+    VaeConfig,
+)
 
-MODEL_KINDS = ("InstructionVAE", "DeepKernelSurrogate", "ExactGP")  # exported at 0 when none is held
+# Exported at 0 when none is held.
+MODEL_KINDS = ("InstructionVAE", "DeepKernelSurrogate", "ExactGP", "StructureAwareVAE", "JointPromptGP")
 
 
 class RegistryCollector:
@@ -116,6 +124,71 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
             loss=point.value,
             steps=point.steps,
         )
+
+    def TrainJointVae(self, request, context):
+        result = self.engine.train_joint_vae(
+            decode_tensor(request.instructions, "instructions", ndim=2),
+            decode_tensor(request.pool, "pool", ndim=2),
+            settings_from_proto(request.settings, JointVaeConfig()),
+            request.owner,
+        )
+        return surrogate_pb2.TrainJointVaeResponse(**dataclasses.asdict(result))
+
+    def EncodeJoint(self, request, context):
+        require(bool(request.vae_id), "vae_id must be set")
+        z = self.engine.encode_joint(
+            request.vae_id,
+            decode_tensor(request.instructions, "instructions", ndim=2),
+            [list(s.ids) for s in request.exemplar_sets],
+        )
+        return surrogate_pb2.EncodeJointResponse(z=encode_tensor(z))
+
+    def DecodeJoint(self, request, context):
+        require(bool(request.vae_id), "vae_id must be set")
+        embeddings, sets = self.engine.decode_joint(request.vae_id, decode_tensor(request.z, "z", ndim=2))
+        return surrogate_pb2.DecodeJointResponse(
+            instructions=encode_tensor(embeddings), exemplar_sets=[surrogate_pb2.ExemplarSet(ids=s) for s in sets]
+        )
+
+    def FitJointModel(self, request, context):
+        z = decode_tensor(request.z, "z", ndim=2)
+        require(
+            len(request.errors) == len(request.fidelities) == z.shape[0],
+            f"errors ({len(request.errors)}) and fidelities ({len(request.fidelities)}) need one value per row of z"
+            f" ({z.shape[0]})",
+        )
+        settings = settings_from_proto(request.settings, JointGpConfig())
+        result = self.engine.fit_joint(z, list(request.errors), list(request.fidelities), settings, request.owner)
+        return surrogate_pb2.FitModelResponse(
+            model_id=result.model_id, mll=result.mll, epochs_trained=result.epochs_trained
+        )
+
+    def ProposeExemplars(self, request, context):
+        require(bool(request.vae_id) and bool(request.model_id), "vae_id and model_id must be set")
+        proposals = self.engine.propose_exemplars(
+            request.vae_id,
+            request.model_id,
+            decode_tensor(request.instructions, "instructions", ndim=2),
+            request.steps or 20,
+            request.restarts or 5,
+            request.seed,
+        )
+        return surrogate_pb2.ProposeExemplarsResponse(
+            exemplar_sets=[surrogate_pb2.ExemplarSet(ids=ids) for ids, _ in proposals],
+            log_ei=[value for _, value in proposals],
+        )
+
+    def OptimizeJoint(self, request, context):
+        require(bool(request.model_id), "model_id must be set")
+        defaults = AcquisitionConfig()
+        config = AcquisitionConfig(
+            num_restarts=request.num_restarts or defaults.num_restarts,
+            raw_samples=request.raw_samples or defaults.raw_samples,
+            maxiter=request.maxiter or defaults.maxiter,
+            latent_margin=request.latent_margin or defaults.latent_margin,
+        )
+        z, value = self.engine.optimize_joint(request.model_id, config, request.seed)
+        return surrogate_pb2.OptimizeJointResponse(z=encode_tensor(z), log_ei=value)
 
     def DeleteModel(self, request, context):
         require(bool(request.model_id) != bool(request.owner), "exactly one of model_id and owner must be set")

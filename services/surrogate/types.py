@@ -120,3 +120,58 @@ class LatentPoint:
     embedding: list
     value: float
     steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class JointVaeConfig:
+    """Seed 001: vae_beta 0.005, vae_epochs 50000, num_slots 8, min_exemplars 0. Not in the seed
+    (LIPO's values): early stopping after `patience` epochs without a better training loss, and
+    `samples` (instruction, random exemplar set) training pairs."""
+
+    beta: float = 0.005
+    epochs: int = 50000
+    patience: int = 500
+    lr: float = 1e-3
+    batch_size: int = 64
+    num_slots: int = 8
+    min_exemplars: int = 0
+    samples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.min_exemplars <= self.num_slots:
+            raise ValueError(f"min_exemplars must be in [0, num_slots={self.num_slots}], got {self.min_exemplars}")
+        for name in ("epochs", "batch_size", "num_slots", "samples", "patience"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.beta < 0 or self.lr <= 0:
+            raise ValueError("beta must be >= 0 and lr > 0")
+
+
+@dataclasses.dataclass
+class JointVaeResult:
+    """A trained StructureAwareVAE: epochs run, its best training loss, and on its training pairs
+    the instruction reconstruction cosine and the F1 of the decoded exemplar sets."""
+
+    epochs_trained: int
+    final_loss: float
+    inst_cosine: float
+    exemplar_f1: float
+    vae_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class JointGpConfig:
+    """Seed 001: gp_epochs 1000, gp_lr 0.01, gp_patience 50; `product` False (one Matern over all
+    32 dims) and `beta_smoothing` False (raw rates, homoscedastic binomial noise) are ablations."""
+
+    epochs: int = 1000
+    lr: float = 0.01
+    patience: int = 50
+    product: bool = True
+    beta_smoothing: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs <= 0 or self.patience <= 0 or self.lr <= 0:
+            raise ValueError("gp epochs, patience and lr must be positive")

@@ -6,7 +6,14 @@ import grpc
 import numpy as np
 import pytest
 
-from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
+from services.surrogate.types import (
+    AcquisitionConfig,
+    GpTraining,
+    InversionConfig,
+    JointGpConfig,
+    JointVaeConfig,
+    VaeConfig,
+)
 from tests.contract.conftest import invalid_argument
 
 
@@ -71,3 +78,34 @@ def test_a_runs_models_are_deleted_by_owner(surrogate_service, ape):
     surrogate_service.fit(ape[:4], [0.1, 0.2, 0.3, 0.4], theirs.vae_id, True, GpTraining(epochs=2))  # still there
     with invalid_argument("owner must be set"):
         surrogate_service.delete_owned("")
+
+
+def test_joint_vae_gp_proposals_and_inversion_round_trip(surrogate_service, ape):
+    pool = ape[60:80]
+    vae = surrogate_service.train_joint_vae(
+        ape[:40], pool, JointVaeConfig(epochs=3, samples=64, num_slots=3, seed=1), owner="run-e"
+    )
+    assert vae.vae_id and vae.epochs_trained == 3 and 0 <= vae.exemplar_f1 <= 1 and 0 < vae.inst_cosine <= 1
+    sets = [[0, 1], [], [2, 5, 7], [3], [4, 6], [8, 9, 10]]
+    z = surrogate_service.encode_joint(vae.vae_id, ape[:6], sets)
+    assert z.shape == (6, 32)
+    errors, fidelities = [0.2, 0.5, 0.3, 0.9, 0.4, 0.6], [10, 20, 40, 80, 80, 10]
+    fit = surrogate_service.fit_joint(z, errors, fidelities, JointGpConfig(epochs=20), owner="run-e")
+    mean, var = surrogate_service.predict(fit.model_id, z)
+    assert mean.shape == (6,) and (var > 0).all() and 0 < fit.epochs_trained <= 20
+    assert surrogate_service.log_ei(fit.model_id, z).shape == (6,)
+    proposals = surrogate_service.propose_exemplars(vae.vae_id, fit.model_id, ape[10:12], steps=2, restarts=2)
+    assert len(proposals) == 2 and all(len(ids) <= 3 and np.isfinite(v) for ids, v in proposals)
+    best, value = surrogate_service.optimize_joint(
+        fit.model_id, AcquisitionConfig(num_restarts=2, raw_samples=16, maxiter=5)
+    )
+    assert best.shape == (32,) and np.isfinite(value)
+    embeddings, decoded = surrogate_service.decode_joint(vae.vae_id, best[None])
+    assert embeddings.shape == (1, ape.shape[1]) and all(0 <= i < 20 for i in decoded[0])
+    with invalid_argument(r"exemplar_sets\[1\] must hold at most 3 distinct pool ids in \[0, 20\)"):
+        surrogate_service.encode_joint(vae.vae_id, ape[:2], [[0], [25]])
+    with invalid_argument(r"exemplar_sets\[0\] must hold at most 3"):
+        surrogate_service.encode_joint(vae.vae_id, ape[:1], [[1, 1]])
+    with invalid_argument("errors must lie in"):
+        surrogate_service.fit_joint(z, [1.5] * 6, fidelities)
+    assert surrogate_service.delete_owned("run-e") == 2

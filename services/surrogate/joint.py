@@ -1,0 +1,431 @@
+"""LIPO-E's surrogate (seed 001): the StructureAwareVAE over (instruction, exemplar set) and the
+JointPromptGP over its 32-D z_joint, with Beta smoothing of observed error rates.
+
+- `StructureAwareVAE`: instruction encoder d -> 256 -> 128 -> z_inst (16); exemplar-set encoder
+  (Set Transformer: ISAB -> ISAB -> PMA) over the exemplars' embeddings -> z_ex (16); a residual
+  joint refinement MLP over [z_inst || z_ex] -> z_joint (32). Decoders: z_inst -> instruction
+  embedding (cosine loss), and a slot decoder: `num_slots` slots from z_ex, each attending over
+  the exemplar pool and choosing one pool item or "empty" (a discrete selection of 0..num_slots
+  exemplars).
+- `JointPromptGP`: product kernel k_inst(z[0:16]) x k_ex(z[16:32]) (Matern 5/2, ARD each) with a
+  FixedNoiseGaussianLikelihood whose noise is the Beta posterior variance of each observation,
+  trained on every fidelity.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import gpytorch
+import numpy as np
+import torch
+import torch.nn.functional as F
+from botorch.models.gpytorch import GPyTorchModel
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from services.surrogate.acquisition import log_ei
+from services.surrogate.core import Surrogate, tensor_bytes
+from services.surrogate.types import JointGpConfig, JointVaeConfig, JointVaeResult
+
+INST_DIM = 16
+EX_DIM = 16
+JOINT_DIM = INST_DIM + EX_DIM
+
+
+class MAB(nn.Module):
+    """Multihead attention block (Lee et al., 2019): H = LN(X + MHA(X, Y)); LN(H + rFF(H))."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, x, y, y_padding=None):
+        h = self.ln1(x + self.attention(x, y, y, key_padding_mask=y_padding, need_weights=False)[0])
+        return self.ln2(h + self.ff(h))
+
+
+class ISAB(nn.Module):
+    """Induced set attention block: inducing points attend to the set, the set attends back."""
+
+    def __init__(self, dim: int, heads: int, num_inducing: int):
+        super().__init__()
+        self.inducing = nn.Parameter(torch.randn(1, num_inducing, dim) / math.sqrt(dim))
+        self.mab1, self.mab2 = MAB(dim, heads), MAB(dim, heads)
+
+    def forward(self, x, padding):
+        h = self.mab1(self.inducing.expand(x.shape[0], -1, -1), x, padding)
+        return self.mab2(x, h)
+
+
+class PMA(nn.Module):
+    """Pooling by multihead attention with one seed vector: a set -> one vector."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.seed = nn.Parameter(torch.randn(1, 1, dim) / math.sqrt(dim))
+        self.mab = MAB(dim, heads)
+
+    def forward(self, x, padding):
+        return self.mab(self.seed.expand(x.shape[0], -1, -1), x, padding).squeeze(1)
+
+
+def pad_sets(sets: list[list[int]], num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exemplar id sets -> (ids [n, 1 + num_slots] with -1 padding, padding mask). Position 0 is a
+    learned "set" token, so an empty set (zero-shot) is still a set the encoder can read."""
+    ids = torch.full((len(sets), num_slots), -1, dtype=torch.long)
+    for row, members in enumerate(sets):
+        if len(members) > num_slots:
+            raise ValueError(f"an exemplar set has {len(members)} members, more than num_slots {num_slots}")
+        ids[row, : len(members)] = torch.as_tensor(list(members), dtype=torch.long)
+    padding = torch.cat([torch.zeros(len(sets), 1, dtype=torch.bool), ids < 0], dim=1)
+    return ids, padding
+
+
+class StructureAwareVAE(nn.Module):
+    """(instruction embedding, exemplar set over a pool) <-> z_joint = [z_inst || z_ex] (see module docstring).
+
+    Args:
+        input_dim: embedding dimension d (768 for GTR).
+        pool: [P, d] embeddings of the exemplar pool (Q/A text), a buffer of the model.
+        num_slots: most exemplars per set (8).
+    """
+
+    def __init__(self, input_dim: int, pool: torch.Tensor, num_slots: int = 8, set_dim: int = 128, heads: int = 4):
+        super().__init__()
+        self.input_dim, self.num_slots = input_dim, num_slots
+        self.register_buffer("pool", F.normalize(pool.float(), dim=-1))
+        self.inst_encoder = nn.Sequential(
+            nn.Linear(input_dim, 256), nn.GELU(), nn.LayerNorm(256), nn.Linear(256, 128), nn.GELU(), nn.LayerNorm(128)
+        )
+        self.inst_head = nn.Linear(128, 2 * INST_DIM)
+        self.set_token = nn.Parameter(torch.zeros(1, 1, set_dim))
+        self.item_proj = nn.Linear(input_dim, set_dim)
+        self.isab1 = ISAB(set_dim, heads, num_inducing=4)
+        self.isab2 = ISAB(set_dim, heads, num_inducing=4)
+        self.pma = PMA(set_dim, heads)
+        self.ex_head = nn.Linear(set_dim, 2 * EX_DIM)
+        self.refine = nn.Sequential(nn.Linear(JOINT_DIM, 64), nn.GELU(), nn.Linear(64, JOINT_DIM))
+        self.inst_decoder = nn.Sequential(
+            nn.Linear(INST_DIM, 128), nn.GELU(), nn.LayerNorm(128), nn.Linear(128, 256), nn.GELU(),
+            nn.LayerNorm(256), nn.Linear(256, input_dim),
+        )  # fmt: skip
+        self.slots = nn.Sequential(nn.Linear(EX_DIM, 128), nn.GELU(), nn.Linear(128, num_slots * set_dim))
+        self.pool_keys = nn.Linear(input_dim, set_dim)
+        self.empty_key = nn.Parameter(torch.zeros(set_dim))
+
+    def encode(self, inst: torch.Tensor, ids: torch.Tensor, padding: torch.Tensor):
+        """-> (mu [n, 32], log_var [n, 32]) of [z_inst || z_ex]."""
+        mu_i, lv_i = self.inst_head(self.inst_encoder(inst)).chunk(2, dim=-1)
+        items = self.item_proj(self.pool[ids.clamp_min(0)])
+        x = torch.cat([self.set_token.expand(len(ids), -1, -1), items], dim=1)
+        h = self.isab2(self.isab1(x, padding), padding)
+        mu_e, lv_e = self.ex_head(self.pma(h, padding)).chunk(2, dim=-1)
+        return torch.cat([mu_i, mu_e], -1), torch.cat([lv_i, lv_e], -1).clamp(-20.0, 10.0)
+
+    def joint(self, z: torch.Tensor) -> torch.Tensor:
+        """Joint refinement z + MLP(z): the residual keeps z[0:16] instruction-led and z[16:32] exemplar-led."""
+        return z + self.refine(z)
+
+    def decode_instruction(self, z_joint: torch.Tensor) -> torch.Tensor:
+        """z_joint [n, 32] -> unit-norm instruction embeddings [n, d]."""
+        return F.normalize(self.inst_decoder(z_joint[..., :INST_DIM]), dim=-1)
+
+    def slot_logits(self, z_joint: torch.Tensor) -> torch.Tensor:
+        """z_joint [n, 32] -> [n, num_slots, P + 1] scores over the pool items and "empty" (last)."""
+        slots = self.slots(z_joint[..., INST_DIM:]).view(len(z_joint), self.num_slots, -1)
+        keys = torch.cat([self.pool_keys(self.pool), self.empty_key[None]], dim=0)
+        return slots @ keys.T / math.sqrt(keys.shape[-1])
+
+    def decode_exemplars(self, z_joint: torch.Tensor) -> list[list[int]]:
+        """z_joint -> exemplar id sets: each slot's argmax, "empty" and repeats dropped, slot order kept."""
+        choice = self.slot_logits(z_joint).argmax(-1).tolist()
+        empty = len(self.pool)
+        return [list(dict.fromkeys(c for c in row if c != empty)) for row in choice]
+
+    def embed(self, inst: torch.Tensor, sets: list[list[int]]) -> torch.Tensor:
+        """Deterministic z_joint (posterior means) of (instruction embedding, exemplar set) pairs."""
+        ids, padding = pad_sets(sets, self.num_slots)
+        mu, _ = self.encode(inst, ids, padding)
+        return self.joint(mu)
+
+
+def slot_targets(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per-slot target ids: members matched to slots by the Hungarian algorithm on -log p (the
+    set is unordered), unmatched slots target "empty"."""
+    empty = logits.shape[-1] - 1
+    targets = torch.full(ids.shape[:1] + (logits.shape[1],), empty, dtype=torch.long)
+    log_p = logits.detach().log_softmax(-1)
+    for row in range(len(ids)):
+        members = ids[row][ids[row] >= 0]
+        if len(members):
+            slot, member = linear_sum_assignment(-log_p[row][:, members].numpy())
+            targets[row, torch.as_tensor(slot)] = members[torch.as_tensor(member)]
+    return targets
+
+
+def random_sets(rng: np.random.Generator, count: int, pool_size: int, config: JointVaeConfig) -> list[list[int]]:
+    """`count` exemplar sets of min_exemplars..num_slots distinct pool ids (sizes uniform)."""
+    sizes = rng.integers(config.min_exemplars, min(config.num_slots, pool_size) + 1, size=count)
+    return [rng.choice(pool_size, size=int(k), replace=False).tolist() for k in sizes]
+
+
+def set_f1(predicted: list[list[int]], target: list[list[int]]) -> float:
+    """Mean F1 between decoded and true exemplar sets (1 when both are empty)."""
+    scores = []
+    for p, t in zip(predicted, target, strict=True):
+        p, t = set(p), set(t)
+        scores.append(1.0 if not p and not t else 2 * len(p & t) / (len(p) + len(t)))
+    return float(np.mean(scores))
+
+
+def train_joint_vae(
+    instructions: torch.Tensor, pool: torch.Tensor, config: JointVaeConfig, progress=lambda epoch, loss: None
+) -> tuple[StructureAwareVAE, JointVaeResult]:
+    """Train on (instruction, random exemplar set) pairs: instruction cosine reconstruction + slot
+    cross-entropy + beta KL; returns the best checkpoint by training loss and its quality."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = StructureAwareVAE(instructions.shape[1], pool, config.num_slots)
+    inst_rows = torch.as_tensor(rng.integers(0, len(instructions), size=config.samples))
+    sets = random_sets(rng, config.samples, len(pool), config)
+    ids, padding = pad_sets(sets, config.num_slots)
+    x = F.normalize(instructions.float(), dim=-1)[inst_rows]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    best, best_loss, stale, epoch = copy.deepcopy(model.state_dict()), math.inf, 0, 0
+    for epoch in range(1, config.epochs + 1):  # noqa: B007 - epoch is reported after the loop
+        model.train()
+        order = torch.randperm(config.samples)
+        total = 0.0
+        for start in range(0, config.samples, config.batch_size):
+            batch = order[start : start + config.batch_size]
+            mu, log_var = model.encode(x[batch], ids[batch], padding[batch])
+            z = model.joint(mu + torch.randn_like(mu) * torch.exp(0.5 * log_var))
+            recon = (1 - F.cosine_similarity(model.decode_instruction(z), x[batch], dim=-1)).mean()
+            logits = model.slot_logits(z)
+            slots = F.cross_entropy(logits.flatten(0, 1), slot_targets(logits, ids[batch]).flatten())
+            kl = -0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=-1))
+            loss = recon + slots + config.beta * kl
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            total += loss.item() * len(batch)
+        total /= config.samples
+        progress(epoch, total)
+        if total < best_loss - 1e-5:
+            best, best_loss, stale = copy.deepcopy(model.state_dict()), total, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best)
+    model.eval()
+    with torch.no_grad():
+        z = model.embed(x, sets)
+        cosine = float(F.cosine_similarity(model.decode_instruction(z), x, dim=-1).mean())
+        f1 = set_f1(model.decode_exemplars(z), sets)
+    return model, JointVaeResult(epoch, best_loss, cosine, f1)
+
+
+# ---------------------------------------------------------------- Beta smoothing and the GP
+
+
+def fit_beta_prior(error_rates: np.ndarray) -> tuple[float, float]:
+    """Empirical-Bayes Beta(alpha, beta) prior of error rates by the method of moments
+    (alpha + beta = m(1 - m)/v - 1); Beta(1, 1) when the rates have no usable spread."""
+    rates = np.clip(np.asarray(error_rates, dtype=float), 1e-6, 1 - 1e-6)
+    mean, var = float(rates.mean()), float(rates.var())
+    if len(rates) < 2 or var <= 0 or var >= mean * (1 - mean):
+        return 1.0, 1.0
+    common = mean * (1 - mean) / var - 1
+    return mean * common, (1 - mean) * common
+
+
+def beta_smooth(errors: np.ndarray, fidelities: np.ndarray, alpha: float, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Seed 001: smoothed error (k + alpha) / (n + alpha + beta) and its Beta posterior variance
+    s (1 - s) / (n + alpha + beta + 1), for k = error rate x n observed errors of n questions."""
+    n = np.asarray(fidelities, dtype=float)
+    k = np.asarray(errors, dtype=float) * n
+    smoothed = (k + alpha) / (n + alpha + beta)
+    return smoothed, smoothed * (1 - smoothed) / (n + alpha + beta + 1)
+
+
+class _ProductKernelGP(gpytorch.models.ExactGP, GPyTorchModel):
+    _num_outputs = 1
+
+    def __init__(self, x, y, likelihood, product: bool):
+        super().__init__(x, y, likelihood)
+        self.mean_module = gpytorch.means.ConstantMean()
+        if product:
+            inst = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=INST_DIM, active_dims=tuple(range(INST_DIM)))
+            ex = gpytorch.kernels.MaternKernel(
+                nu=2.5, ard_num_dims=EX_DIM, active_dims=tuple(range(INST_DIM, JOINT_DIM))
+            )
+            base = inst * ex
+        else:
+            base = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=x.shape[-1])
+        self.covar_module = gpytorch.kernels.ScaleKernel(base)
+
+    def forward(self, x):
+        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+
+class JointPromptGP(Surrogate):
+    """Error-rate GP over z_joint on observations at any fidelity (see module docstring).
+
+    Targets are Beta-smoothed errors, standardised; each observation's noise is its Beta
+    variance in standardised units. Prediction, LogEI and UCB are for minimisation of error.
+    """
+
+    def __init__(self, z, errors, fidelities, config: JointGpConfig | None = None):
+        z, errors, fidelities = np.asarray(z, float), np.asarray(errors, float), np.asarray(fidelities, float)
+        if z.ndim != 2 or z.shape[1] != JOINT_DIM:
+            raise ValueError(f"z must have shape [n, {JOINT_DIM}], got {list(z.shape)}")
+        if len(errors) != len(z) or len(fidelities) != len(z) or len(z) < 2:
+            raise ValueError("errors and fidelities need one value per row of z, and at least 2 rows")
+        if np.any((errors < 0) | (errors > 1)) or np.any(fidelities <= 0):
+            raise ValueError("errors must lie in [0, 1] and fidelities be positive")
+        self.config = config = config or JointGpConfig()
+        if config.beta_smoothing:
+            self.prior = fit_beta_prior(errors)
+            target, noise = beta_smooth(errors, fidelities, *self.prior)
+        else:
+            self.prior = (0.0, 0.0)
+            target = errors
+            noise = np.full_like(errors, max(errors.mean() * (1 - errors.mean()), 1e-4)) / fidelities
+        self.y_mean, self.y_std = float(target.mean()), float(target.std() or 1.0)
+        self.x = torch.as_tensor(z, dtype=torch.float64)
+        self.y = torch.as_tensor((target - self.y_mean) / self.y_std, dtype=torch.float64)
+        noise = torch.as_tensor(noise / self.y_std**2, dtype=torch.float64).clamp_min(1e-6)
+        self.likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
+        torch.manual_seed(config.seed)
+        self.model = _ProductKernelGP(self.x, self.y, self.likelihood, config.product).double()
+        self.epochs_trained, self.mll = self._train()
+        self.best_observed = float(target.min())
+
+    def _train(self) -> tuple[int, float]:
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.likelihood, self.model)
+        self.model.train()
+        self.likelihood.train()
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
+        best, best_state, stale, epoch = math.inf, copy.deepcopy(self.model.state_dict()), 0, 0
+        for epoch in range(1, self.config.epochs + 1):  # noqa: B007
+            optimizer.zero_grad()
+            loss = -mll(self.model(self.x), self.y)
+            loss.backward()
+            optimizer.step()
+            if loss.item() < best - 1e-4:
+                best, best_state, stale = loss.item(), copy.deepcopy(self.model.state_dict()), 0
+            else:
+                stale += 1
+                if stale >= self.config.patience:
+                    break
+        self.model.load_state_dict(best_state)
+        self.model.eval()
+        self.likelihood.eval()
+        return epoch, -best
+
+    def posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent-function mean and std of the smoothed error at z [m, 32] (differentiable)."""
+        with gpytorch.settings.fast_pred_var():
+            f = self.model(z.double())
+        return f.mean * self.y_std + self.y_mean, f.variance.clamp_min(1e-12).sqrt() * self.y_std
+
+    def _z(self, x) -> torch.Tensor:
+        x = np.asarray(x, dtype=float)
+        if x.ndim != 2 or x.shape[1] != JOINT_DIM:
+            raise ValueError(f"x must have shape [m, {JOINT_DIM}], got {list(x.shape)}")
+        return torch.as_tensor(x, dtype=torch.float64)
+
+    def predict(self, x):
+        with torch.no_grad():
+            mean, std = self.posterior(self._z(x))
+        return mean.numpy(), (std**2).numpy()
+
+    def log_ei(self, x, best_f=None):
+        best = self.best_observed if best_f is None else best_f
+        with torch.no_grad():
+            mean, std = self.posterior(self._z(x))
+            return log_ei(mean, std, best, minimize=True).numpy()
+
+    def ucb(self, x, beta):
+        mean, var = self.predict(x)
+        return -mean + np.sqrt(beta * var)
+
+    def nbytes(self) -> int:
+        return tensor_bytes(self.model, self.x, self.y)
+
+
+# ---------------------------------------------------------------- proposals
+
+
+def propose_exemplars(
+    vae: StructureAwareVAE,
+    gp: JointPromptGP,
+    instructions: torch.Tensor,
+    steps: int = 20,
+    restarts: int = 5,
+    seed: int = 0,
+) -> list[tuple[list[int], float]]:
+    """Two-stage proposals, stage 2 (seed 001): for each instruction embedding, optimise z_ex by
+    gradient ascent on LogEI (Adam, `steps` x `restarts` random starts, z_inst fixed at the
+    instruction's encoding), decode each restart's z_ex to an exemplar set, and keep the set whose
+    re-encoded pair has the highest LogEI. Returns (exemplar ids, LogEI) per instruction."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    best_f = gp.best_observed
+    for row in instructions.float():
+        with torch.no_grad():
+            ids, padding = pad_sets([[]], vae.num_slots)
+            mu, _ = vae.encode(row[None], ids, padding)
+        z_ex = torch.randn(restarts, EX_DIM, generator=generator).requires_grad_(True)
+        optimizer = torch.optim.Adam([z_ex], lr=0.1)
+        z_inst = mu[:, :INST_DIM].expand(restarts, -1)
+        for _ in range(steps):
+            z = vae.joint(torch.cat([z_inst, z_ex], -1))
+            mean, std = gp.posterior(z)
+            loss = -log_ei(mean, std, best_f).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            sets = vae.decode_exemplars(vae.joint(torch.cat([z_inst, z_ex], -1)))
+            candidates = list({tuple(s): s for s in sets}.values())
+            z = vae.embed(row[None].expand(len(candidates), -1), candidates)
+            scores = gp.log_ei(z.numpy())
+        best = int(np.argmax(scores))
+        out.append((candidates[best], float(scores[best])))
+    return out
+
+
+def optimize_joint(
+    gp: JointPromptGP,
+    bounds: torch.Tensor,
+    restarts: int = 5,
+    raw_samples: int = 512,
+    steps: int = 100,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """InvBO's step: the z_joint in `bounds` ([2, 32]) maximising LogEI: Adam from the best
+    `restarts` of `raw_samples` uniform points, projected into the box. Returns (z, LogEI)."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = bounds[0].double(), bounds[1].double()
+    raw = low + (high - low) * torch.rand(raw_samples, JOINT_DIM, generator=generator, dtype=torch.float64)
+    scores = torch.as_tensor(gp.log_ei(raw.numpy()))
+    z = raw[scores.topk(min(restarts, raw_samples)).indices].clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([z], lr=0.05 * float((high - low).mean()))
+    for _ in range(steps):
+        mean, std = gp.posterior(z)
+        loss = -log_ei(mean, std, gp.best_observed).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            z.copy_(torch.maximum(torch.minimum(z, high), low))
+    final = gp.log_ei(z.detach().numpy())
+    best = int(np.argmax(final))
+    return z.detach()[best].numpy(), float(final[best])
