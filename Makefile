@@ -49,6 +49,7 @@ test-fast: install protos
 bench: install protos
 	$(PY) -m tests.bench.run_bench
 	$(PY) -m tests.bench.lipo_bench
+	$(PY) -m tests.bench.lipo_e_bench
 
 # Mutation testing of the search-direction code ([tool.mutmut] in pyproject.toml; tens of minutes on 2 cores).
 mutation: install protos

@@ -69,9 +69,10 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
         args.max_tokens,
     )
     ev.test_split, ev.test_fidelity = args.test_split, args.test_fidelity
-    config = getattr(request, args.algorithm)
+    algorithm = args.algorithm.replace("-", "_")
+    config = getattr(request, algorithm)
     config.SetInParent()
-    for flag, _ in ALGORITHM_FLAGS[args.algorithm]:
+    for flag, _ in ALGORITHM_FLAGS[algorithm]:
         value = getattr(args, flag)
         if value is not None:
             setattr(config, flag, value)
@@ -86,6 +87,11 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
             config.mode, config.grid_path = "load-grid", args.load_grid
         if args.ape_instructions is not None:
             config.ape_num_instructions = args.ape_instructions
+    if algorithm == "lipo_e":  # the seed's --instructions FILE; grid mode with --exemplar-sets
+        if args.instructions:
+            config.instructions_path = args.instructions
+        if args.exemplar_sets:
+            config.mode, config.exemplar_sets_path = "grid", args.exemplar_sets
     return request
 
 
@@ -235,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a run and watch it")
     algos = run.add_subparsers(dest="algorithm", required=True)
     for algorithm, flags in ALGORITHM_FLAGS.items():
-        p = algos.add_parser(algorithm)
-        evaluation_flags(p, "train")
+        p = algos.add_parser(algorithm.replace("_", "-"))
+        # LIPO-E's exemplar pool is train[:6154]: it validates on the seed's other 1319 train questions.
+        evaluation_flags(p, "train[6154:]" if algorithm == "lipo_e" else "train")
         p.add_argument("--test-split", default="test", help="held-out split the winner is reported on")
         p.add_argument("--test-fidelity", type=int, default=0, help="held-out questions (0: the whole split)")
         p.add_argument("--meta-model", default="", help="meta-LLM served by llm_eval (default: its meta model)")
@@ -250,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--hyperband-only", action="store_true", help="mode hyperband-only (no InvBO)")
             p.add_argument("--load-grid", metavar="JSONL", help="mode load-grid: top-K of this file, then InvBO")
             p.add_argument("--ape-instructions", type=int, help="APE pool size (ape_num_instructions)")
+        elif algorithm == "lipo_e":
+            p.add_argument("--instructions", metavar="JSON", help="instructions file (with --no-use-ape, or grid mode)")
+            p.add_argument(
+                "--exemplar-sets", metavar="JSON", help="grid mode: select among --instructions x these exemplar sets"
+            )
         else:
             p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
         p.add_argument("--name", default="", help="display name")

@@ -19,6 +19,7 @@ def results_document(run, events) -> dict:
             "score": e.candidate.score,
             "num_evaluated": e.candidate.num_evaluated,
             "comparable": e.candidate.comparable,
+            "exemplar_ids": list(e.candidate.exemplar_ids),
             "llm_calls": e.usage.llm_calls,
             "tokens": e.usage.prompt_tokens + e.usage.completion_tokens,
             "cache_hits": e.usage.cache_hits,
@@ -124,7 +125,7 @@ def plot_inference(ax, history: list[dict]) -> None:
         ax.plot(*zip(*actual, strict=True), "s", color="C3", label="measured error")
     if history[0]["incumbent_error_before"] is not None:
         ax.axhline(history[0]["incumbent_error_before"], color="grey", ls="--", lw=1, label="incumbent before InvBO")
-    gaps = [(h["iteration"], h["gap"]) for h in history if h["gap"] is not None]
+    gaps = [(h["iteration"], h["gap"]) for h in history if h.get("gap") is not None]  # LIPO-E has no gap
     if gaps:
         ax.plot(*zip(*gaps, strict=True), "x", color="C2", label="inversion gap (1 - cos)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

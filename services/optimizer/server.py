@@ -11,6 +11,7 @@ from services.common.operations import RunRecord
 from services.common.types import Usage
 from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm, Optimizer
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
+from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
 from services.optimizer.algorithms.protegi import ProtegiConfig, ProtegiOptimizer
 
@@ -18,6 +19,7 @@ ALGORITHMS = {
     "opro": (OproConfig, OproOptimizer),
     "protegi": (ProtegiConfig, ProtegiOptimizer),
     "lipo": (LipoConfig, LipoOptimizer),
+    "lipo_e": (LipoEConfig, LipoEOptimizer),
 }
 
 
@@ -54,7 +56,10 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
     evaluation = EvaluationSettings(**MessageToDict(request.evaluation, preserving_proto_field_name=True))
     evaluation = dataclasses.replace(evaluation, seed=int(evaluation.seed))
     if llm is not None:
-        evaluation.check_sizes(llm.dataset_info(evaluation.dataset), getattr(config, "seen_splits", list)())
+        sizes = llm.dataset_info(evaluation.dataset)
+        evaluation.check_sizes(sizes, getattr(config, "seen_splits", list)())
+        if hasattr(config, "check_splits"):
+            config.check_splits(evaluation, sizes)
         served = llm.usage().models
         named = {"meta_model": request.meta_model}
         named.update({f"{algorithm}.{f}": getattr(config, f, "") for f in ("gradient_model", "edit_model")})
@@ -79,6 +84,6 @@ def build_optimizer(
 
     llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""))
     args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
-    if optimizer_cls is LipoOptimizer:
-        return LipoOptimizer(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
+    if optimizer_cls in (LipoOptimizer, LipoEOptimizer):
+        return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
     return optimizer_cls(*args, emit)

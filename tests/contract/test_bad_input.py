@@ -119,6 +119,22 @@ def test_llm_eval_bad_input(channel_to, evaluator):
         stub.EvaluatePrompt,
         R(instruction="x", dataset="gsm8k", split="test", exemplars=[llm_eval_pb2.Exemplar(question="q")]),
     )
+    G = llm_eval_pb2.GetExemplarsRequest
+    expect(INVALID, "dataset must be set", stub.GetExemplars, G(exemplar_pool="train"))
+    expect(
+        INVALID,
+        "exemplar_pool 'train[3:3]' is empty",
+        stub.GetExemplars,
+        G(dataset="gsm8k", exemplar_pool="train[3:3]"),
+    )
+    expect(
+        INVALID,
+        "exemplar_ids [9999] out of range",
+        stub.GetExemplars,
+        G(dataset="gsm8k", exemplar_pool="train[:10]", exemplar_ids=[9999]),
+    )
+    shots = stub.GetExemplars(G(dataset="gsm8k", exemplar_pool="train[:10]", exemplar_ids=[2, 0])).exemplars
+    assert len(shots) == 2 and shots[0].answer.endswith(".") and "The answer is" in shots[0].answer
     expect(NOT_FOUND, "dataset 'nope' not found", stub.EvaluatePrompt, R(instruction="x", dataset="nope", split="test"))
     expect(NOT_FOUND, "split 'dev'", stub.EvaluatePrompt, R(instruction="x", dataset="gsm8k", split="dev"))
     expect(INVALID, "not a valid dataset name", stub.GetDatasetInfo, llm_eval_pb2.GetDatasetInfoRequest(dataset="../x"))
@@ -298,6 +314,41 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="missing.json")),
     )
     expect(INVALID, "lipo.bmin must be positive", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(bmin=0)))
+    grid = DATASETS / "hbbops_dev"
+    E = pb2.LipoEConfig
+    expect(
+        INVALID,
+        "lipo_e.exemplar_sets_path must be set",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo_e=E(mode="grid", instructions_path=str(grid / "instructions.json"))),
+    )
+    grid_run = dict(mode="grid", instructions_path=str(grid / "instructions.json"))
+    expect(
+        INVALID,
+        "lipo_e.exemplar_sets_path: sets [0, 1, 2, 3, 4] have more than num_slots=4",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_path=str(grid / "exemplar_sets.json"), num_slots=4)),
+    )
+    expect(
+        INVALID,
+        "expected a JSON list of lists of {question, answer}",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_path=str(grid / "instructions.json"))),
+    )
+    expect(
+        INVALID,
+        "lipo_e.qa_pool_split 'train[:6154]' shares questions with evaluation.split 'train'",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo_e=E(), evaluation=pb2.EvaluationSettings(split="train")),
+    )
+    expect(
+        INVALID,
+        "lipo_e.qa_pool_size 9000 exceeds the 7473",
+        stub.StartRun,
+        pb2.StartRunRequest(
+            lipo_e=E(qa_pool_size=9000), evaluation=pb2.EvaluationSettings(split="test[:50%]", test_split="test[50%:]")
+        ),
+    )
     expect(
         INVALID,
         "evaluation.fidelity",

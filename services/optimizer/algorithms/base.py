@@ -24,7 +24,14 @@ from typing import Protocol
 from services.common.operations import Cancelled, Job
 from services.common.splits import SplitSpec
 from services.common.types import Usage
-from services.llm_eval.types import DecodingParams, EvaluationRequest, EvaluationResult, GenerateResult, ModelRole
+from services.llm_eval.types import (
+    DecodingParams,
+    EvaluationRequest,
+    EvaluationResult,
+    Exemplar,
+    GenerateResult,
+    ModelRole,
+)
 
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_INITIAL_PROMPT = "Let's solve the problem."
@@ -49,6 +56,8 @@ class LlmService(Protocol):
     def evaluate(self, request: EvaluationRequest) -> EvaluationResult: ...
 
     def dataset_info(self, dataset: str) -> dict[str, int]: ...
+
+    def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]: ...
 
 
 class MeteredLlm:
@@ -85,6 +94,10 @@ class MeteredLlm:
         result = self.service.evaluate(request)
         self.usage.add(result.usage)
         return result
+
+    def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]:
+        """Examples of a pool split as few-shot exemplars (no LLM call)."""
+        return self.service.pool_exemplars(dataset, pool, ids)
 
     def split_size(self, dataset: str, split: str, field: str = "evaluation.split") -> int:
         """Questions in `split` (a split or a slice of one, e.g. `test[:50%]`)."""
@@ -208,8 +221,9 @@ class Optimizer(Job):
 
     @abc.abstractmethod
     def winner(self, state: dict) -> dict | None:
-        """The selected candidate, `{prompt, score, n}`: the best validation score among
-        comparable candidates (all scored on the same n validation questions); None before any."""
+        """The selected candidate, `{prompt, score, n}` (few-shot winners add `exemplars`, a list of
+        Exemplar, and `exemplar_ids`): the best validation score among comparable candidates (all
+        scored on the same n validation questions); None before any."""
 
     def total_steps(self) -> int:
         return self.search_steps() + 1
@@ -238,9 +252,11 @@ class Optimizer(Job):
             {"message": f"held-out: scoring the winner on {ev.test_fidelity or 'all'} {ev.test_split} questions"},
         )
         calls = self.llm.usage.llm_calls
-        result = self.llm.evaluate(ev.request(top["prompt"], ev.test_fidelity, held_out=True))
+        exemplars = tuple(top.get("exemplars", ()))
+        result = self.llm.evaluate(ev.request(top["prompt"], ev.test_fidelity, held_out=True, exemplars=exemplars))
         state["held_out"] = {
             "prompt": top["prompt"],
+            "exemplar_ids": list(top.get("exemplar_ids", ())),
             "validation_split": ev.split,
             "validation_questions": top["n"],
             "validation_score": top["score"],
@@ -249,12 +265,13 @@ class Optimizer(Job):
             "test_score": result.accuracy,
             "llm_calls": self.llm.usage.llm_calls - calls,
         }
+        shots = f"\n(+ {len(exemplars)} exemplars: ids {top['exemplar_ids']})" if exemplars else ""
         self.emit(
             "progress",
             {
                 "message": f"winner: validation {top['score']:.3f} on {top['n']} {ev.split} questions, "
                 f"held-out test {result.accuracy:.3f} on {result.num_evaluated} {ev.test_split} questions:\n"
-                f"{top['prompt']}"
+                f"{top['prompt']}{shots}"
             },
         )
 
@@ -262,12 +279,16 @@ class Optimizer(Job):
         held_out = state.get("held_out")
         return {"held_out": {k: v for k, v in held_out.items() if k != "llm_calls"}} if held_out else {}
 
-    def record(self, state: dict, prompt: str, score: float, num_evaluated: int, comparable: bool = True) -> None:
+    def record(
+        self, state: dict, prompt: str, score: float, num_evaluated: int, comparable: bool = True, exemplar_ids=()
+    ) -> None:
         """Add a scored prompt to the history and emit a candidate event. `comparable`: scored on
-        the run's reference validation questions, so it competes for the winner."""
-        state["history"].append(
-            {"step": state["step"], "prompt": prompt, "score": score, "n": num_evaluated, "comparable": comparable}
-        )
+        the run's reference validation questions, so it competes for the winner; `exemplar_ids`:
+        a few-shot prompt's exemplars (ids into the run's pool)."""
+        entry = {"step": state["step"], "prompt": prompt, "score": score, "n": num_evaluated, "comparable": comparable}
+        if exemplar_ids:
+            entry["exemplar_ids"] = list(exemplar_ids)
+        state["history"].append(entry)
         self.emit(
             "candidate",
             {
@@ -276,6 +297,7 @@ class Optimizer(Job):
                 "score": score,
                 "num_evaluated": num_evaluated,
                 "comparable": comparable,
+                "exemplar_ids": list(exemplar_ids),
             },
         )
 

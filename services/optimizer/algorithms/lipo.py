@@ -11,7 +11,6 @@ the checkpointed data (no LLM call is repeated: llm_eval answers from its cache)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import datetime
 import json
@@ -22,11 +21,8 @@ from typing import Protocol
 
 import numpy as np
 
-from services.common.errors import NotFoundError
 from services.common.splits import SplitSpec
-from services.common.text import EncodeMemo
 from services.optimizer.algorithms.ape import generate_pool
-from services.optimizer.algorithms.base import Optimizer
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
     GpProposer,
@@ -35,6 +31,7 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
+from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, LatentPoint, VaeConfig, VaeResult
 
 log = logging.getLogger(__name__)
@@ -52,7 +49,6 @@ DEBUG_DEFAULTS = {
     "num_restarts": 4,
     "raw_samples": 64,
 }
-DEBUG_FIDELITY = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,27 +223,13 @@ def _cosine(a, b) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-class LipoOptimizer(Optimizer):
+class LipoOptimizer(SurrogateBackedOptimizer):
     name = "lipo"
 
-    def __init__(
-        self,
-        config: LipoConfig,
-        evaluation,
-        llm,
-        emit,
-        models: ModelServices | None = None,
-        state_dir="state/optimizer",
-        owner: str = "",
-    ):
-        super().__init__(config, evaluation, llm, emit)
-        self.models = models
-        self.owner = owner  # the run id: the surrogate's models made for this run belong to it
-        self._nvalid: int | None = None
-        self.state_dir = Path(state_dir)
+    def __init__(self, config: LipoConfig, evaluation, llm, emit, models: ModelServices | None = None, **kwargs):
+        super().__init__(config, evaluation, llm, emit, models, **kwargs)
         self._vae_id: str | None = None
         self._model_id: str | None = None
-        self._encode = EncodeMemo(models.encoder.encode) if models else None
 
     # -- plumbing ------------------------------------------------------------------------------
     def search_steps(self) -> int:
@@ -255,17 +237,6 @@ class LipoOptimizer(Optimizer):
 
     def _runs_hyperband(self) -> bool:
         return self.config.mode in ("standard", "hyperband-only")
-
-    def nvalid(self) -> int:
-        """Full fidelity: `fidelity`, else 20 questions in debug runs, else the whole validation split."""
-        if self._nvalid is None:
-            if self.evaluation.fidelity:
-                self._nvalid = self.evaluation.fidelity
-            elif self.config.debug:
-                self._nvalid = DEBUG_FIDELITY
-            else:
-                self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
-        return self._nvalid
 
     def initial_state(self) -> dict:
         return {
@@ -279,9 +250,6 @@ class LipoOptimizer(Optimizer):
             "inference": [],
             "calls": {},
         }
-
-    def _progress(self, message: str) -> None:
-        self.emit("progress", {"message": message})
 
     def _score(self, state: dict, instruction: str, fidelity: int) -> float:
         """Error rate on the first `fidelity` validation questions of the run's shuffled order,
@@ -300,9 +268,6 @@ class LipoOptimizer(Optimizer):
             return None
         top = min(comparable, key=lambda o: o["error"])
         return {"prompt": top["instruction"], "score": 1.0 - top["error"], "n": top["n"]}
-
-    def _calls(self) -> int:
-        return self.llm.usage.llm_calls
 
     # -- models (retrained after a restart: ids do not survive the surrogate or this process) ----
     def _vae(self, state: dict) -> str:
@@ -332,33 +297,17 @@ class LipoOptimizer(Optimizer):
             self._progress(f"GP fitted on {len(obs)} observations ({fit.epochs_trained} epochs)")
         return self._model_id
 
-    def release(self) -> None:
-        """Free this run's VAE and GPs in the surrogate (the run has ended)."""
-        if self.owner and self.models is not None:
-            deleted = self.models.surrogate.delete_owned(self.owner)
-            self._vae_id = self._model_id = None
-            log.info("run %s: freed %d surrogate models", self.owner, deleted)
+    def forget_models(self) -> None:
+        self._vae_id = self._model_id = None
 
     # -- steps ---------------------------------------------------------------------------------
-    def search_step(self, state: dict) -> None:
-        step = state["step"]
-        start = self._calls()
-        phase = "ape" if step == 0 else "vae" if step == 1 else "hyperband" if self._is_hyperband(step) else "inference"
-        snapshot = copy.deepcopy(state)
-        try:
-            self._run_phase(phase, state)
-        except NotFoundError as exc:  # the surrogate restarted and lost our models: retrain, redo the step
-            self._progress(f"surrogate lost a model ({exc}); retraining from the checkpoint and repeating the step")
-            self._vae_id = self._model_id = None
-            state.clear()
-            state.update(snapshot)
-            self._run_phase(phase, state)
-        state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start
+    def phase(self, step: int) -> str:
+        return "ape" if step == 0 else "vae" if step == 1 else "hyperband" if self._is_hyperband(step) else "inference"
 
     def _is_hyperband(self, step: int) -> bool:
         return step == 2 and self._runs_hyperband()
 
-    def _run_phase(self, phase: str, state: dict) -> None:
+    def run_phase(self, phase: str, state: dict) -> None:
         if phase == "ape":
             self._load(state)
         elif phase == "vae":

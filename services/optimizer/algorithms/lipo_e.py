@@ -1,0 +1,645 @@
+"""LIPO-E (seed 001): joint instruction x exemplar-set optimisation.
+
+Prompts are pairs (instruction, exemplar set), an exemplar set being 0..num_slots Q/A pairs
+from a pool (GSM8K train, never the validation split). Steps: 0 the instructions (APE or a
+file) and the exemplar pool, 1 the StructureAwareVAE (surrogate), 2 Hyperband over pairs with
+two-stage BO proposals from the JointPromptGP (trained on every fidelity, Beta-smoothed), then
+one InvBO step per iteration (z_joint by LogEI, z_inst decoded to text by the decoder service,
+z_ex to exemplars by the VAE's slot decoder). The grid mode selects among given instructions x
+given exemplar sets, with no generation and no inversion.
+
+The optimizer only orchestrates; llm_eval renders and caches few-shot prompts (fidelity
+extension per pair), the surrogate holds the VAE and GPs by id. After a restart the models are
+retrained from the checkpointed data and no LLM call is repaid (llm_eval's cache answers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from services.common.errors import NotFoundError
+from services.common.splits import SplitSpec
+from services.llm_eval.types import MAX_EXEMPLARS, Exemplar
+from services.optimizer.algorithms.ape import generate_pool
+from services.optimizer.algorithms.hyperband import (
+    MIN_GP_POINTS,
+    Evaluation,
+    HyperbandSchedule,
+    Proposer,
+    incumbent,
+    run_bracket,
+)
+from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
+from services.surrogate.types import AcquisitionConfig, FitResult, JointGpConfig, JointVaeConfig, JointVaeResult
+
+log = logging.getLogger(__name__)
+
+MODES = ("standard", "grid")
+DEBUG_DEFAULTS = {
+    "iterations": 1,
+    "ape_num_instructions": 10,
+    "qa_pool_size": 50,
+    "num_slots": 3,
+    "vae_epochs": 30,
+    "vae_samples": 200,
+    "gp_epochs": 200,
+    "candidate_instructions": 5,
+    "exemplar_restarts": 2,
+    "num_restarts": 4,
+    "raw_samples": 64,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LipoEConfig:
+    """Seed 001's Parameters and Dimensions (see LipoEConfig in optimizer.proto)."""
+
+    mode: str = "standard"
+    debug: bool = False
+    iterations: int = 50
+    qa_pool_size: int = 6154
+    qa_pool_split: str = "train"
+    use_ape: bool = True
+    ape_num_instructions: int = 2000
+    ape_cache_path: str = ""
+    instructions_path: str = ""
+    exemplar_sets_path: str = ""
+    ape_batch_size: int = 10
+    ape_max_tokens: int = 100
+    ape_max_length: int = 500
+    vae_beta: float = 0.005
+    vae_epochs: int = 50000
+    vae_patience: int = 500
+    vae_lr: float = 1e-3
+    vae_batch_size: int = 64
+    vae_samples: int = 2000
+    num_slots: int = 8
+    min_exemplars: int = 0
+    bmin: int = 10
+    eta: float = 2.0
+    random_interleaving_prob: float = 0.1
+    gp_epochs: int = 1000
+    gp_lr: float = 0.01
+    gp_patience: int = 50
+    candidate_instructions: int = 50
+    exemplar_steps: int = 20
+    exemplar_restarts: int = 5
+    num_restarts: int = 64
+    raw_samples: int = 1024
+    latent_margin: float = 0.2
+    vec2text_beam: int = 8
+    decoder_steps: int = 0
+    product_kernel: bool = True
+    beta_smoothing: bool = True
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> LipoEConfig:
+        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
+        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"lipo_e.mode must be one of {MODES}, got {self.mode!r}")
+        for name in ("qa_pool_size", "ape_num_instructions", "ape_batch_size", "ape_max_tokens", "ape_max_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"lipo_e.{name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.num_slots <= MAX_EXEMPLARS:
+            raise ValueError(f"lipo_e.num_slots must be in [1, {MAX_EXEMPLARS}], got {self.num_slots}")
+        if self.iterations < 0 or self.bmin <= 0:
+            raise ValueError("lipo_e.iterations must be >= 0 and lipo_e.bmin positive")
+        if not 0 <= self.random_interleaving_prob <= 1:
+            raise ValueError("lipo_e.random_interleaving_prob must be in [0, 1]")
+        for name in ("candidate_instructions", "exemplar_steps", "exemplar_restarts"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"lipo_e.{name} must be positive, got {getattr(self, name)}")
+        needs = ["instructions_path"] if self.mode == "grid" or not self.use_ape else []
+        needs += ["exemplar_sets_path"] if self.mode == "grid" else []
+        for name in needs:
+            path = getattr(self, name)
+            if not path:
+                raise ValueError(f"lipo_e.{name} must be set ({'grid mode' if self.mode == 'grid' else 'use_ape off'})")
+            if not Path(path).is_file():
+                raise ValueError(f"lipo_e.{name} {path!r} is not a file on the optimizer")
+        if self.instructions_path and "instructions_path" in needs:
+            load_instructions(self.instructions_path)
+        if self.mode == "grid":
+            load_exemplar_sets(self.exemplar_sets_path, self.num_slots)
+        self.vae_config()
+        self.gp_config()
+        self.acquisition()
+
+    def seen_splits(self) -> list[tuple[str, str]]:
+        """The exemplar pool's questions appear in prompts: the held-out split must not share them."""
+        return [] if self.mode == "grid" else [("lipo_e.qa_pool_split", self.pool_split())]
+
+    def check_splits(self, evaluation, sizes: dict[str, int]) -> None:
+        """The exemplar pool exists, holds qa_pool_size examples and shares no question with the
+        validation split (exemplars are never evaluation questions)."""
+        if self.mode == "grid":
+            return
+        pool = SplitSpec.parse(self.pool_split(), "lipo_e.qa_pool_split")
+        if pool.base not in sizes:
+            raise ValueError(f"lipo_e.qa_pool_split {self.qa_pool_split!r}: no such split (has {sorted(sizes)})")
+        if self.qa_pool_size > sizes[pool.base]:
+            raise ValueError(
+                f"lipo_e.qa_pool_size {self.qa_pool_size} exceeds the {sizes[pool.base]} questions of {pool.base!r}"
+            )
+        validation = SplitSpec.parse(evaluation.split, "evaluation.split")
+        if pool.overlaps(validation, sizes[pool.base]):
+            raise ValueError(
+                f"lipo_e.qa_pool_split {self.pool_split()!r} shares questions with evaluation.split "
+                f"{evaluation.split!r}: validate on other questions, e.g. "
+                f"'{pool.base}[{self.qa_pool_size}:]' (the seed's 1319 after its 6154-pair pool)"
+            )
+
+    def pool_split(self) -> str:
+        """The pool as a split slice, e.g. `train[:6154]`."""
+        return f"{self.qa_pool_split}[:{self.qa_pool_size}]"
+
+    def vae_config(self, seed: int = 0) -> JointVaeConfig:
+        return JointVaeConfig(
+            beta=self.vae_beta,
+            epochs=self.vae_epochs,
+            patience=self.vae_patience,
+            lr=self.vae_lr,
+            batch_size=self.vae_batch_size,
+            num_slots=self.num_slots,
+            min_exemplars=self.min_exemplars,
+            samples=self.vae_samples,
+            seed=seed,
+        )
+
+    def gp_config(self, seed: int = 0) -> JointGpConfig:
+        return JointGpConfig(
+            self.gp_epochs, self.gp_lr, self.gp_patience, self.product_kernel, self.beta_smoothing, seed
+        )
+
+    def acquisition(self) -> AcquisitionConfig:
+        return AcquisitionConfig(
+            num_restarts=self.num_restarts, raw_samples=self.raw_samples, latent_margin=self.latent_margin
+        )
+
+
+def load_exemplar_sets(path: str | Path, num_slots: int, field: str = "lipo_e.exemplar_sets_path") -> list[list[dict]]:
+    """A JSON list of exemplar sets, each a list of {question, answer}; ValueError naming `field`."""
+    try:
+        sets = json.loads(Path(path).read_text())
+        sets = [[{"question": e["question"], "answer": e["answer"]} for e in s] for s in sets]
+        for s in sets:
+            for e in s:
+                Exemplar(e["question"], e["answer"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f"{field} {str(path)!r}: expected a JSON list of lists of {{question, answer}} ({exc})"
+        ) from exc
+    if not sets:
+        raise ValueError(f"{field} {str(path)!r} holds no exemplar set")
+    too_big = [i for i, s in enumerate(sets) if len(s) > num_slots]
+    if too_big:
+        raise ValueError(f"{field}: sets {too_big[:5]} have more than num_slots={num_slots} exemplars")
+    return sets
+
+
+def load_instructions(path: str | Path, field: str = "lipo_e.instructions_path") -> list[str]:
+    """A JSON list of instruction strings; ValueError naming `field`."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, str) and r.strip() for r in rows):
+            raise ValueError("not a list of non-empty strings")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{field} {str(path)!r}: expected a JSON list of instructions ({exc})") from exc
+    if not rows:
+        raise ValueError(f"{field} {str(path)!r} holds no instruction")
+    return list(dict.fromkeys(rows))
+
+
+class JointSurrogate(Protocol):
+    """What LIPO-E needs from the surrogate (`SurrogateEngine` in process, `SurrogateClient` over gRPC)."""
+
+    def train_joint_vae(self, instructions, pool, config: JointVaeConfig, owner: str = "") -> JointVaeResult: ...
+    def encode_joint(self, vae_id: str, instructions, exemplar_sets) -> np.ndarray: ...
+    def decode_joint(self, vae_id: str, z) -> tuple[np.ndarray, list[list[int]]]: ...
+    def fit_joint(self, z, errors, fidelities, config: JointGpConfig, owner: str = "") -> FitResult: ...
+    def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray: ...
+    def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]: ...
+    def propose_exemplars(self, vae_id, model_id, instructions, steps=20, restarts=5, seed=0): ...
+    def optimize_joint(self, model_id: str, config: AcquisitionConfig | None = None, seed: int = 0): ...
+    def delete(self, model_id: str) -> None: ...
+    def delete_owned(self, owner: str) -> int: ...
+
+
+class PairSpace:
+    """The (instruction index, exemplar ids) pairs a run has considered and their z_joint, encoded
+    by the VAE once per pair. `instruction_embeddings(indices)` gives the encoder's rows."""
+
+    def __init__(self, surrogate: JointSurrogate, vae_id: str, instruction_embeddings):
+        self.surrogate, self.vae_id, self.embed = surrogate, vae_id, instruction_embeddings
+        self.pairs: list[tuple[int, tuple[int, ...]]] = []
+        self.z = np.zeros((0, 32))
+        self._index: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    def add(self, pairs: Sequence[tuple[int, Sequence[int]]]) -> list[int]:
+        """Indices of `pairs`, encoding the new ones in one call."""
+        keys = [(int(i), tuple(int(e) for e in ids)) for i, ids in pairs]
+        new = [k for k in dict.fromkeys(keys) if k not in self._index]
+        if new:
+            z = self.surrogate.encode_joint(self.vae_id, self.embed([i for i, _ in new]), [list(s) for _, s in new])
+            for key in new:
+                self._index[key] = len(self.pairs)
+                self.pairs.append(key)
+            self.z = np.concatenate([self.z, np.asarray(z, dtype=float)])
+        return [self._index[k] for k in keys]
+
+
+class JointGp:
+    """The JointPromptGP on every evaluated pair at its highest fidelity (Beta smoothing makes low
+    fidelities count less), refitted only when that data changed; superseded fits are deleted."""
+
+    def __init__(self, surrogate: JointSurrogate, space: PairSpace, config: JointGpConfig, owner: str = ""):
+        self.surrogate, self.space, self.config, self.owner = surrogate, space, config, owner
+        self.fits = 0
+        self._fitted: tuple[frozenset, str] | None = None
+
+    @staticmethod
+    def data(history: Sequence[Evaluation]) -> dict[int, Evaluation]:
+        top: dict[int, Evaluation] = {}
+        for e in history:
+            if e.index not in top or e.fidelity >= top[e.index].fidelity:
+                top[e.index] = e
+        return top
+
+    def model_for(self, history: Sequence[Evaluation], min_points: int = MIN_GP_POINTS) -> str | None:
+        """The GP's id, or None below `min_points` evaluated pairs (Hyperband's proposals: MIN_GP_POINTS)."""
+        data = self.data(history)
+        if len(data) < min_points:
+            return None
+        key = frozenset((i, e.fidelity, e.error) for i, e in data.items())
+        if self._fitted is None or self._fitted[0] != key:
+            indices = sorted(data)
+            fit = self.surrogate.fit_joint(
+                self.space.z[indices],
+                [data[i].error for i in indices],
+                [data[i].fidelity for i in indices],
+                self.config,
+                self.owner,
+            )
+            if self._fitted is not None:
+                with contextlib.suppress(NotFoundError):
+                    self.surrogate.delete(self._fitted[1])
+            self._fitted = (key, fit.model_id)
+            self.fits += 1
+        return self._fitted[1]
+
+
+class JointProposer(Proposer):
+    """Hyperband's BO proposals over pairs (seed 001): random until the GP has MIN_GP_POINTS pairs,
+    then the pairs with the highest LogEI, each pick random with probability `random_prob`.
+
+    Grid (`grid` True): candidates are every pair of the space. Standard: a two-stage pass samples
+    max(`candidates`, n) instructions, optimises each one's exemplar set on LogEI (surrogate's
+    ProposeExemplars: `steps` x `restarts`), and ranks the resulting pairs; a random pick is a
+    random instruction with a random set of min_exemplars..num_slots pool exemplars.
+    """
+
+    def __init__(
+        self,
+        gp: JointGp,
+        random_prob: float,
+        grid: bool,
+        num_instructions: int = 0,
+        pool_size: int = 0,
+        num_slots: int = 8,
+        min_exemplars: int = 0,
+        candidates: int = 50,
+        steps: int = 20,
+        restarts: int = 5,
+        seed: int = 0,
+    ):
+        self.gp, self.random_prob, self.grid = gp, random_prob, grid
+        self.num_instructions, self.pool_size = num_instructions, pool_size
+        self.num_slots, self.min_exemplars = num_slots, min_exemplars
+        self.candidates, self.steps, self.restarts, self.seed = candidates, steps, restarts, seed
+        self.calls = 0
+
+    def _random_pair(self, rng: random.Random) -> tuple[int, list[int]]:
+        size = rng.randint(self.min_exemplars, min(self.num_slots, self.pool_size))
+        return rng.randrange(self.num_instructions), rng.sample(range(self.pool_size), size)
+
+    def propose(self, candidates, count, history, rng):
+        self.calls += 1
+        space = self.gp.space
+        model_id = self.gp.model_for(history)
+        if self.grid:
+            pool = list(range(len(space.pairs)))
+            if model_id is None:
+                return rng.sample(pool, min(count, len(pool)))
+            scores = self.gp.surrogate.log_ei(model_id, space.z[pool])
+            ranked = [pool[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
+            return self._interleave(ranked, count, lambda remaining: rng.choice(sorted(remaining)), rng)
+        if model_id is None:
+            return space.add([self._random_pair(rng) for _ in range(count)])
+        sampled = rng.sample(range(self.num_instructions), min(self.num_instructions, max(self.candidates, count)))
+        proposals = self.gp.surrogate.propose_exemplars(
+            space.vae_id,
+            model_id,
+            space.embed(sampled),
+            self.steps,
+            self.restarts,
+            self.seed * 1_000_003 + self.calls,
+        )
+        order = np.argsort(-np.asarray([v for _, v in proposals]), kind="stable")
+        ranked = space.add([(sampled[i], proposals[i][0]) for i in order])
+        ranked = list(dict.fromkeys(ranked))
+        return self._interleave(ranked, count, lambda remaining: space.add([self._random_pair(rng)])[0], rng)
+
+    def _interleave(self, ranked: list[int], count: int, random_pick, rng: random.Random) -> list[int]:
+        picks: list[int] = []
+        remaining = set(ranked)
+        for _ in range(min(count, len(ranked)) if self.grid else count):
+            if rng.random() < self.random_prob or not remaining:
+                choice = random_pick(remaining)
+            else:
+                choice = next(c for c in ranked if c in remaining)
+            picks.append(choice)
+            remaining.discard(choice)
+        return picks
+
+
+class LipoEOptimizer(SurrogateBackedOptimizer):
+    name = "lipo_e"
+
+    def __init__(self, config: LipoEConfig, evaluation, llm, emit, models=None, **kwargs):
+        super().__init__(config, evaluation, llm, emit, models, **kwargs)
+        self._vae_id: str | None = None
+        self._space: PairSpace | None = None
+        self._gp: JointGp | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def search_steps(self) -> int:
+        return 3 + (0 if self.config.mode == "grid" else self.config.iterations)
+
+    def initial_state(self) -> dict:
+        return {
+            "step": 0,
+            "history": [],
+            "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S"),
+            "instructions": [],
+            "pool": [],
+            "exemplar_sets": [],
+            "pairs": [],
+            "evaluations": [],
+            "vae": None,
+            "hyperband": None,
+            "inference": [],
+            "calls": {},
+        }
+
+    def winner(self, state: dict) -> dict | None:
+        """The lowest validation error among pairs evaluated at full fidelity nvalid."""
+        top = incumbent([Evaluation(*row) for row in state.get("evaluations", [])], self.nvalid())
+        if top is None:
+            return None
+        instruction, ids = state["pairs"][top.index]
+        return {
+            "prompt": state["instructions"][instruction],
+            "exemplars": [Exemplar(**state["pool"][i]) for i in ids],
+            "exemplar_ids": list(ids),
+            "score": 1.0 - top.error,
+            "n": top.fidelity,
+        }
+
+    # -- models (rebuilt after a restart from the checkpointed data) ---------------------------
+    def _instruction_embeddings(self, state: dict):
+        return lambda indices: self._encode([state["instructions"][i] for i in indices])
+
+    def _pool_texts(self, state: dict) -> list[str]:
+        return [f"Q: {e['question']}\nA: {e['answer']}" for e in state["pool"]]
+
+    def _models(self, state: dict) -> tuple[PairSpace, JointGp]:
+        if self._space is None:
+            surrogate = self.models.surrogate
+            if self._vae_id is None:
+                result = surrogate.train_joint_vae(
+                    self._encode(state["instructions"]),
+                    self._encode(self._pool_texts(state)),
+                    self.config.vae_config(self.evaluation.seed),
+                    self.owner,
+                )
+                self._vae_id = result.vae_id
+                state["vae"] = {k: v for k, v in dataclasses.asdict(result).items() if k != "vae_id"}
+            self._space = PairSpace(surrogate, self._vae_id, self._instruction_embeddings(state))
+            self._space.add(state["pairs"])
+            self._gp = JointGp(surrogate, self._space, self.config.gp_config(self.evaluation.seed), self.owner)
+        return self._space, self._gp
+
+    def forget_models(self) -> None:
+        self._vae_id, self._space, self._gp = None, None, None
+
+    # -- steps ---------------------------------------------------------------------------------
+    def phase(self, step: int) -> str:
+        return ("data", "vae", "hyperband")[step] if step < 3 else "inference"
+
+    def run_phase(self, phase: str, state: dict) -> None:
+        if phase == "data":
+            self._load(state)
+        elif phase == "vae":
+            self._models(state)
+            self._progress(f"StructureAwareVAE trained: {json.dumps(state['vae'])}")
+        elif phase == "hyperband":
+            self._hyperband(state)
+        else:
+            self._invbo_iteration(state)
+
+    def _load(self, state: dict) -> None:
+        config, ev = self.config, self.evaluation
+        if config.mode == "grid":
+            state["instructions"] = load_instructions(config.instructions_path)
+            sets = load_exemplar_sets(config.exemplar_sets_path, config.num_slots)
+            pool: dict[tuple[str, str], int] = {}
+            for s in sets:
+                for e in s:
+                    pool.setdefault((e["question"], e["answer"]), len(pool))
+            state["pool"] = [{"question": q, "answer": a} for q, a in pool]
+            state["exemplar_sets"] = [[pool[(e["question"], e["answer"])] for e in s] for s in sets]
+            state["pairs"] = [[i, ids] for i in range(len(state["instructions"])) for ids in state["exemplar_sets"]]
+            self._progress(
+                f"grid: {len(state['instructions'])} instructions x {len(sets)} exemplar sets "
+                f"({len(state['pool'])} distinct exemplars) = {len(state['pairs'])} prompts"
+            )
+            return
+        if config.use_ape:
+            cache = config.ape_cache_path or str(self.state_dir / "ape_instructions_lipo_e.json")
+            state["instructions"] = generate_pool(
+                self.llm,
+                config.ape_num_instructions,
+                cache,
+                config.ape_batch_size,
+                config.ape_max_tokens,
+                config.ape_max_length,
+                ev.seed,
+                self._progress,
+            )
+        else:
+            state["instructions"] = load_instructions(config.instructions_path)
+        if len(state["instructions"]) < 2:
+            raise ValueError(f"LIPO-E needs at least 2 instructions, got {len(state['instructions'])}")
+        state["pool"] = [dataclasses.asdict(e) for e in self.llm.pool_exemplars(ev.dataset, config.pool_split())]
+        self._progress(
+            f"{len(state['instructions'])} instructions; exemplar pool {len(state['pool'])} Q/A pairs "
+            f"({ev.dataset} {config.pool_split()})"
+        )
+
+    def _evaluate(self, state: dict, pair: int, fidelity: int) -> float:
+        """Error rate of pair `pair` on the first `fidelity` validation questions (llm_eval extends
+        a lower fidelity of the same pair), recorded as a candidate and an evaluation."""
+        instruction, ids = state["pairs"][pair]
+        exemplars = tuple(Exemplar(**state["pool"][i]) for i in ids)
+        request = self.evaluation.request(state["instructions"][instruction], fidelity, exemplars=exemplars)
+        result = self.llm.evaluate(request)
+        comparable = fidelity == self.nvalid()
+        self.record(state, request.instruction, result.accuracy, result.num_evaluated, comparable, ids)
+        state["evaluations"].append([pair, result.num_evaluated, 1.0 - result.accuracy])
+        return 1.0 - result.accuracy
+
+    def _hyperband(self, state: dict) -> None:
+        config = self.config
+        space, gp = self._models(state)
+        schedule = HyperbandSchedule(self.nvalid(), config.bmin, config.eta)
+        proposer = JointProposer(
+            gp,
+            config.random_interleaving_prob,
+            config.mode == "grid",
+            len(state["instructions"]),
+            len(state["pool"]),
+            config.num_slots,
+            config.min_exemplars,
+            config.candidate_instructions,
+            config.exemplar_steps,
+            config.exemplar_restarts,
+            self.evaluation.seed,
+        )
+        state["evaluations"] = []
+        history: list[Evaluation] = []
+
+        def evaluate(pair: int, fidelity: int) -> float:
+            state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]
+            return self._evaluate(state, pair, fidelity)
+
+        self._progress(f"Hyperband: nvalid {schedule.nvalid}, smax {schedule.smax}, B {schedule.budget}")
+        for s in schedule.brackets():
+            run_bracket(
+                schedule,
+                s,
+                len(space.pairs) if config.mode == "grid" else len(state["instructions"]),
+                evaluate,
+                proposer,
+                history,
+                random.Random(self.evaluation.seed * 1_000_003 + s),
+                lambda stage, n, b, s=s: self._progress(f"bracket s={s} stage {stage}: {n} prompts x {b} questions"),
+            )
+        best = incumbent(history, schedule.nvalid)
+        instruction, ids = space.pairs[best.index]
+        state["hyperband"] = {
+            "best_instruction": state["instructions"][instruction],
+            "best_exemplar_ids": list(ids),
+            "best_error": best.error,
+            "nvalid": schedule.nvalid,
+            "smax": schedule.smax,
+            "budget": schedule.budget,
+            "evaluations": len(history),
+            "unique_prompts": len({e.index for e in history}),
+            "gp_fits": gp.fits,
+            "evaluations_by_fidelity": {
+                str(b): sum(e.fidelity == b for e in history) for b in sorted({e.fidelity for e in history})
+            },
+        }
+
+    def _invbo_iteration(self, state: dict) -> None:
+        space, gp = self._models(state)
+        surrogate, iteration = self.models.surrogate, len(state["inference"]) + 1
+        before = self.winner(state)
+        model_id = gp.model_for([Evaluation(*row) for row in state["evaluations"]], min_points=2)
+        if model_id is None:
+            raise ValueError("InvBO needs at least 2 evaluated prompts for the GP")
+        z, value = surrogate.optimize_joint(model_id, self.config.acquisition(), self.evaluation.seed + iteration)
+        embeddings, sets = surrogate.decode_joint(space.vae_id, np.asarray([z]))
+        texts, usage = self.models.decoder.invert(
+            np.asarray(embeddings, dtype=np.float32),
+            state["instructions"],
+            self.config.decoder_steps,
+            self.config.vec2text_beam,
+        )
+        self.llm.usage.add(usage)
+        text, cosine = texts[0]
+        if text not in state["instructions"]:
+            state["instructions"].append(text)
+        pair = space.add([(state["instructions"].index(text), sets[0])])[0]
+        state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]
+        mean, variance = surrogate.predict(model_id, space.z[[pair]])
+        error = self._evaluate(state, pair, self.nvalid())
+        entry = {
+            "iteration": iteration,
+            "instruction": text,
+            "exemplar_ids": sets[0],
+            "log_ei": value,
+            "decoder_cosine": cosine,
+            "predicted_error": float(mean[0]),
+            "predicted_std": float(np.sqrt(max(variance[0], 0.0))),
+            "actual_error": error,
+            "incumbent_error_before": None if before is None else 1.0 - before["score"],
+        }
+        state["inference"].append(entry)
+        self._progress(
+            f"InvBO iteration {iteration}: LogEI {value:.3f}, decoder cosine {cosine:.3f}, "
+            f"{len(sets[0])} exemplars, predicted error {entry['predicted_error']:.3f}, actual {error:.3f}:\n{text}"
+        )
+
+    # -- results -------------------------------------------------------------------------------
+    def report(self, state: dict) -> dict:
+        """Results JSON in LIPO's style, plus the winner's exemplar texts."""
+        hyperband = state.get("hyperband")
+        if hyperband is not None:
+            hyperband = {**hyperband, "llm_calls": state["calls"].get("hyperband", 0)}
+        inference = None
+        if state["inference"]:
+            best = min(state["inference"], key=lambda e: e["actual_error"])
+            inference = {
+                "best_instruction": best["instruction"],
+                "best_exemplar_ids": best["exemplar_ids"],
+                "best_error": best["actual_error"],
+                "iterations": len(state["inference"]),
+                "llm_calls": state["calls"].get("inference", 0),
+                "history": state["inference"],
+            }
+        top = self.winner(state)
+        return {
+            "timestamp": state["timestamp"],
+            "config": dataclasses.asdict(self.config),
+            "vae_quality_metrics": state.get("vae"),
+            "hyperband": hyperband,
+            "inference": inference,
+            "winner": None
+            if top is None
+            else {
+                "instruction": top["prompt"],
+                "exemplars": [dataclasses.asdict(e) for e in top["exemplars"]],
+                "exemplar_ids": top["exemplar_ids"],
+                "validation_accuracy": top["score"],
+                "questions": top["n"],
+            },
+            "exemplar_pool": {
+                "size": len(state["pool"]),
+                "split": None if self.config.mode == "grid" else self.config.pool_split(),
+            },
+            "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
+        }

@@ -1,0 +1,84 @@
+"""The base of optimisers whose models live in the surrogate service (LIPO, LIPO-E)."""
+
+from __future__ import annotations
+
+import abc
+import copy
+import logging
+from pathlib import Path
+
+from services.common.errors import NotFoundError
+from services.common.text import EncodeMemo
+from services.optimizer.algorithms.base import Optimizer
+
+log = logging.getLogger(__name__)
+
+DEBUG_FIDELITY = 20
+
+
+class SurrogateBackedOptimizer(Optimizer):
+    """An optimiser whose VAE and GPs live in the surrogate, owned by its run (`owner`).
+
+    Models are addressed by id and do not survive a restart of the surrogate or of this process:
+    a step that finds one gone (NotFoundError) forgets its ids, restores the state it started
+    from and runs again, retraining from the checkpointed data (llm_eval's cache answers the
+    LLM calls it repeats). Steps are named phases; `state["calls"]` counts LLM calls per phase.
+    """
+
+    def __init__(self, config, evaluation, llm, emit, models=None, state_dir="state/optimizer", owner: str = ""):
+        super().__init__(config, evaluation, llm, emit)
+        self.models = models
+        self.owner = owner  # the run id: the surrogate's models made for this run belong to it
+        self.state_dir = Path(state_dir)
+        self._nvalid: int | None = None
+        self._encode = EncodeMemo(models.encoder.encode) if models else None
+
+    @abc.abstractmethod
+    def phase(self, step: int) -> str:
+        """The name of search step `step` (a key of `state["calls"]`)."""
+
+    @abc.abstractmethod
+    def run_phase(self, phase: str, state: dict) -> None:
+        """Run one named phase, updating `state` in place."""
+
+    @abc.abstractmethod
+    def forget_models(self) -> None:
+        """Drop every surrogate model id this optimiser holds (they are retrained on demand)."""
+
+    def nvalid(self) -> int:
+        """Full fidelity: `fidelity`, else 20 questions in debug runs, else the whole validation split."""
+        if self._nvalid is None:
+            if self.evaluation.fidelity:
+                self._nvalid = self.evaluation.fidelity
+            elif self.config.debug:
+                self._nvalid = DEBUG_FIDELITY
+            else:
+                self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+        return self._nvalid
+
+    def _progress(self, message: str) -> None:
+        self.emit("progress", {"message": message})
+
+    def _calls(self) -> int:
+        return self.llm.usage.llm_calls
+
+    def release(self) -> None:
+        """Free this run's models in the surrogate (the run has ended)."""
+        if self.owner and self.models is not None:
+            deleted = self.models.surrogate.delete_owned(self.owner)
+            self.forget_models()
+            log.info("run %s: freed %d surrogate models", self.owner, deleted)
+
+    def search_step(self, state: dict) -> None:
+        phase = self.phase(state["step"])
+        start = self._calls()
+        snapshot = copy.deepcopy(state)
+        try:
+            self.run_phase(phase, state)
+        except NotFoundError as exc:  # the surrogate restarted and lost our models: retrain, redo the step
+            self._progress(f"surrogate lost a model ({exc}); retraining from the checkpoint and repeating the step")
+            self.forget_models()
+            state.clear()
+            state.update(snapshot)
+            self.run_phase(phase, state)
+        state["calls"][phase] = state["calls"].get(phase, 0) + self._calls() - start

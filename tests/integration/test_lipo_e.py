@@ -1,0 +1,142 @@
+"""LIPO-E on real parts in process: the replay backend over the hbbops_dev grid (12 instructions x
+12 exemplar sets recorded with Qwen2.5-7B on GSM8K test; SQLite answer cache), the shipped
+MiniLM embedder, the surrogate engine (StructureAwareVAE, JointPromptGP) and nearest-text decoding."""
+
+import dataclasses
+import json
+
+import pytest
+
+from services.common.errors import NotFoundError
+from services.common.types import Usage
+from services.decoder.core import NearestTextInverter
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.replay import ReplayBackend, convert_grid, load_table
+from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
+from services.optimizer.algorithms.lipo import ModelServices
+from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
+from services.surrogate.engine import SurrogateEngine
+
+FAST = {"vae_epochs": 20, "vae_samples": 300, "gp_epochs": 150}
+EVALUATION = EvaluationSettings(split="test[:50%]", fidelity=80, seed=3, test_split="test[50%:]", test_fidelity=100)
+
+
+class _Decoder:
+    """The decoder client's call shape over an in-process Inverter."""
+
+    def __init__(self, inverter):
+        self.inverter = inverter
+
+    def invert(self, embeddings, seed_texts, num_steps=0, beam_width=0):
+        return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
+
+
+@pytest.fixture(scope="module")
+def parts(datasets_dir, embedder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lipo_e")
+    grid = datasets_dir / "hbbops_dev"
+    convert_grid(grid, tmp / "table.jsonl")
+    store = DatasetStore(datasets_dir)
+    backend = ReplayBackend(load_table(tmp / "table.jsonl"), store.load("gsm8k", "test"))
+    evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
+    models = ModelServices(embedder, _Decoder(NearestTextInverter(embedder.encode)), SurrogateEngine())
+    rows = [json.loads(line) for line in (grid / "grid.jsonl").read_text().splitlines()]
+    recorded = {(r["instruction_id"], r["exemplar_set_id"]): r["error_rate"] for r in rows}
+    return {"tmp": tmp, "grid": grid, "evaluator": evaluator, "models": models, "recorded": recorded}
+
+
+def run(parts, fields, state=None, usage=None, stop_after=None, owner="", evaluation=EVALUATION):
+    config = LipoEConfig.from_fields(
+        {
+            **FAST,
+            "mode": "grid",
+            "instructions_path": str(parts["grid"] / "instructions.json"),
+            "exemplar_sets_path": str(parts["grid"] / "exemplar_sets.json"),
+            **fields,
+        }
+    )
+    usage = usage or Usage()
+    events = []
+    optimizer = LipoEOptimizer(
+        config,
+        evaluation,
+        MeteredLlm(parts["evaluator"], usage),
+        lambda kind, payload: events.append((kind, payload)),
+        parts["models"],
+        owner=owner,
+    )
+    state = state or optimizer.initial_state()
+    while state["step"] < (stop_after or optimizer.total_steps()):
+        state = optimizer.step(state)
+    return optimizer, state, usage, events
+
+
+def test_grid_mode_selects_a_pair_at_full_fidelity_and_reports_it_held_out(parts):
+    optimizer, state, usage, events = run(parts, {})
+    assert optimizer.total_steps() == 4  # data, VAE, Hyperband, held-out
+    report = optimizer.report(state)
+    hb = report["hyperband"]
+    assert (hb["nvalid"], hb["smax"]) == (80, 3)
+    sets = json.loads((parts["grid"] / "exemplar_sets.json").read_text())
+    distinct = {(e["question"], e["answer"]) for s in sets for e in s}
+    assert len(state["pairs"]) == 144 and len(state["pool"]) == len(distinct) < 60  # two sets share exemplars
+    winner = optimizer.winner(state)
+    assert winner["n"] == 80 and len(winner["exemplars"]) == 5
+    # the winner is the best of the pairs measured at full fidelity, never a low-fidelity fluke
+    full = [e for e in state["evaluations"] if e[1] == 80]
+    assert 1 - winner["score"] == min(e[2] for e in full)
+    held_out = state["held_out"]
+    assert held_out["test_questions"] == 100 and held_out["exemplar_ids"] == winner["exemplar_ids"]
+    # the selected pair is good on the recorded full-split errors: below the grid's median
+    instructions = json.loads((parts["grid"] / "instructions.json").read_text())
+    pair = (instructions.index(winner["prompt"]), state["exemplar_sets"].index(winner["exemplar_ids"]))
+    recorded = sorted(parts["recorded"].values())
+    assert parts["recorded"][pair] < recorded[len(recorded) // 2]
+    assert hb["gp_fits"] >= 1 and report["vae_quality_metrics"]["epochs_trained"] > 0
+    assert any(kind == "candidate" and p["exemplar_ids"] for kind, p in events)
+
+
+def test_a_resumed_run_repays_no_llm_call_and_frees_its_models(parts):
+    evaluation = dataclasses.replace(EVALUATION, seed=11)  # questions no other test asked
+    _, checkpoint, _, _ = run(parts, {}, stop_after=2, evaluation=evaluation)
+    saved = json.dumps(checkpoint)  # what the run store keeps
+    optimizer, state, usage, _ = run(parts, {}, json.loads(saved), stop_after=3, owner="r1", evaluation=evaluation)
+    assert usage.llm_calls > 0
+    # a fresh optimizer (a restarted service: models retrained from the checkpoint) redoes the step
+    again, state2, usage2, _ = run(parts, {}, json.loads(saved), stop_after=3, owner="r2", evaluation=evaluation)
+    assert usage2.llm_calls == 0 and usage2.cache_hits == usage.llm_calls + usage.cache_hits
+    assert again.winner(state2) == optimizer.winner(state)
+    engine, vae_id = parts["models"].surrogate, again._vae_id
+    assert engine.registry.get(vae_id) is not None
+    optimizer.release()
+    again.release()
+    with pytest.raises(NotFoundError):
+        engine.registry.get(vae_id)
+    assert engine.delete_owned("r1") == engine.delete_owned("r2") == 0
+
+
+def test_standard_mode_config_and_splits():
+    config = LipoEConfig()
+    assert (config.num_slots, config.min_exemplars, config.qa_pool_size, config.ape_num_instructions) == (
+        8,
+        0,
+        6154,
+        2000,
+    )
+    assert (config.vae_beta, config.vae_epochs, config.gp_epochs, config.gp_lr, config.gp_patience) == (
+        0.005,
+        50000,
+        1000,
+        0.01,
+        50,
+    )
+    assert (config.bmin, config.eta, config.random_interleaving_prob) == (10, 2.0, 0.1)
+    assert (config.candidate_instructions, config.exemplar_steps, config.exemplar_restarts) == (50, 20, 5)
+    assert config.pool_split() == "train[:6154]"
+    assert config.seen_splits() == [("lipo_e.qa_pool_split", "train[:6154]")]
+    sizes = {"train": 7473, "test": 1319}
+    config.check_splits(EvaluationSettings(split="train[6154:]"), sizes)
+    with pytest.raises(ValueError, match="shares questions with evaluation.split 'train\\[6000:\\]'"):
+        config.check_splits(EvaluationSettings(split="train[6000:]"), sizes)
