@@ -90,6 +90,8 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     if algorithm == "lipo_e":  # the seed's --instructions FILE; grid mode with --exemplar-sets
         if args.instructions:
             config.instructions_path = args.instructions
+            if not args.exemplar_sets:
+                config.use_ape = False  # the seed's --no-use-ape --instructions FILE
         if args.exemplar_sets:
             config.mode, config.exemplar_sets_path = "grid", args.exemplar_sets
     return request

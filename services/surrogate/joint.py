@@ -25,7 +25,7 @@ from botorch.models.gpytorch import GPyTorchModel
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from services.surrogate.acquisition import log_ei
+from services.surrogate.acquisition import latent_bounds, log_ei
 from services.surrogate.core import Surrogate, tensor_bytes
 from services.surrogate.types import JointGpConfig, JointVaeConfig, JointVaeResult
 
@@ -182,22 +182,28 @@ def set_f1(predicted: list[list[int]], target: list[list[int]]) -> float:
     return float(np.mean(scores))
 
 
+def _draw(rng: np.random.Generator, instructions: torch.Tensor, pool_size: int, config: JointVaeConfig):
+    """`samples` (instruction embedding, random exemplar set) pairs: x [n, d], sets, ids, padding."""
+    rows = torch.as_tensor(rng.integers(0, len(instructions), size=config.samples))
+    sets = random_sets(rng, config.samples, pool_size, config)
+    return instructions[rows], sets, *pad_sets(sets, config.num_slots)
+
+
 def train_joint_vae(
     instructions: torch.Tensor, pool: torch.Tensor, config: JointVaeConfig, progress=lambda epoch, loss: None
 ) -> tuple[StructureAwareVAE, JointVaeResult]:
-    """Train on (instruction, random exemplar set) pairs: instruction cosine reconstruction + slot
-    cross-entropy + beta KL; returns the best checkpoint by training loss and its quality."""
+    """Train on (instruction, random exemplar set) pairs drawn afresh every epoch: instruction
+    cosine reconstruction + slot cross-entropy + beta KL. Returns the best checkpoint by epoch loss
+    and its quality on `samples` held-out pairs (new random sets, drawn after training)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = StructureAwareVAE(instructions.shape[1], pool, config.num_slots)
-    inst_rows = torch.as_tensor(rng.integers(0, len(instructions), size=config.samples))
-    sets = random_sets(rng, config.samples, len(pool), config)
-    ids, padding = pad_sets(sets, config.num_slots)
-    x = F.normalize(instructions.float(), dim=-1)[inst_rows]
+    instructions = F.normalize(instructions.float(), dim=-1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     best, best_loss, stale, epoch = copy.deepcopy(model.state_dict()), math.inf, 0, 0
     for epoch in range(1, config.epochs + 1):  # noqa: B007 - epoch is reported after the loop
         model.train()
+        x, _, ids, padding = _draw(rng, instructions, len(pool), config)
         order = torch.randperm(config.samples)
         total = 0.0
         for start in range(0, config.samples, config.batch_size):
@@ -224,6 +230,7 @@ def train_joint_vae(
                 break
     model.load_state_dict(best)
     model.eval()
+    x, sets, _, _ = _draw(rng, instructions, len(pool), config)
     with torch.no_grad():
         z = model.embed(x, sets)
         cosine = float(F.cosine_similarity(model.decode_instruction(z), x, dim=-1).mean())
@@ -370,19 +377,23 @@ def propose_exemplars(
     steps: int = 20,
     restarts: int = 5,
     seed: int = 0,
+    margin: float = 0.2,
 ) -> list[tuple[list[int], float]]:
     """Two-stage proposals, stage 2 (seed 001): for each instruction embedding, optimise z_ex by
     gradient ascent on LogEI (Adam, `steps` x `restarts` random starts, z_inst fixed at the
-    instruction's encoding), decode each restart's z_ex to an exemplar set, and keep the set whose
-    re-encoded pair has the highest LogEI. Returns (exemplar ids, LogEI) per instruction."""
+    instruction's encoding) inside the box of the GP's observed z_ex widened by `margin` (beyond
+    it a constant-mean GP rewards distance itself), decode each restart's z_ex to an exemplar
+    set, and keep the set whose re-encoded pair has the highest LogEI. Returns (exemplar ids,
+    LogEI) per instruction."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     best_f = gp.best_observed
+    low, high = latent_bounds(gp.x[:, INST_DIM:].float(), margin)
     for row in instructions.float():
         with torch.no_grad():
             ids, padding = pad_sets([[]], vae.num_slots)
             mu, _ = vae.encode(row[None], ids, padding)
-        z_ex = torch.randn(restarts, EX_DIM, generator=generator).requires_grad_(True)
+        z_ex = (low + (high - low) * torch.rand(restarts, EX_DIM, generator=generator)).requires_grad_(True)
         optimizer = torch.optim.Adam([z_ex], lr=0.1)
         z_inst = mu[:, :INST_DIM].expand(restarts, -1)
         for _ in range(steps):
@@ -392,6 +403,8 @@ def propose_exemplars(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            with torch.no_grad():  # stay where the GP has seen exemplar sets (as InvBO's box)
+                z_ex.copy_(torch.maximum(torch.minimum(z_ex, high), low))
         with torch.no_grad():
             sets = vae.decode_exemplars(vae.joint(torch.cat([z_inst, z_ex], -1)))
             candidates = list({tuple(s): s for s in sets}.values())

@@ -185,7 +185,7 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
             num_restarts=request.num_restarts or defaults.num_restarts,
             raw_samples=request.raw_samples or defaults.raw_samples,
             maxiter=request.maxiter or defaults.maxiter,
-            latent_margin=request.latent_margin or defaults.latent_margin,
+            latent_margin=request.latent_margin if request.HasField("latent_margin") else defaults.latent_margin,
         )
         z, value = self.engine.optimize_joint(request.model_id, config, request.seed)
         return surrogate_pb2.OptimizeJointResponse(z=encode_tensor(z), log_ei=value)

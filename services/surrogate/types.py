@@ -126,7 +126,7 @@ class LatentPoint:
 class JointVaeConfig:
     """Seed 001: vae_beta 0.005, vae_epochs 50000, num_slots 8, min_exemplars 0. Not in the seed
     (LIPO's values): early stopping after `patience` epochs without a better training loss, and
-    `samples` (instruction, random exemplar set) training pairs."""
+    `samples` (instruction, random exemplar set) training pairs, drawn afresh every epoch."""
 
     beta: float = 0.005
     epochs: int = 50000
@@ -150,8 +150,9 @@ class JointVaeConfig:
 
 @dataclasses.dataclass
 class JointVaeResult:
-    """A trained StructureAwareVAE: epochs run, its best training loss, and on its training pairs
-    the instruction reconstruction cosine and the F1 of the decoded exemplar sets."""
+    """A trained StructureAwareVAE: epochs run, its best epoch loss, and on held-out random pairs
+    (instructions of the training pool with exemplar sets never drawn in training) the
+    instruction reconstruction cosine and the F1 of the decoded exemplar sets."""
 
     epochs_trained: int
     final_loss: float
@@ -163,7 +164,8 @@ class JointVaeResult:
 @dataclasses.dataclass(frozen=True)
 class JointGpConfig:
     """Seed 001: gp_epochs 1000, gp_lr 0.01, gp_patience 50; `product` False (one Matern over all
-    32 dims) and `beta_smoothing` False (raw rates, homoscedastic binomial noise) are ablations."""
+    32 dims) and `beta_smoothing` False (raw rates as targets, binomial noise p(1 - p)/n at the
+    pooled rate p, no Beta prior) are ablations."""
 
     epochs: int = 1000
     lr: float = 0.01

@@ -113,6 +113,7 @@ def gp_quality(engine, z, cells, errors) -> None:
                     z[~test], errors[~test], [1319] * int((~test).sum()), JointGpConfig(product=product)
                 )
                 mean, var = engine.predict(fit.model_id, z[test])
+                var = var + errors[test] * (1 - errors[test]) / 1319  # the observation's own binomial noise
                 engine.delete(fit.model_id)
                 rho = spearmanr(mean, errors[test]).statistic
                 rhos.append(0.0 if np.isnan(rho) else rho)

@@ -140,3 +140,36 @@ def test_standard_mode_config_and_splits():
     config.check_splits(EvaluationSettings(split="train[6154:]"), sizes)
     with pytest.raises(ValueError, match="shares questions with evaluation.split 'train\\[6000:\\]'"):
         config.check_splits(EvaluationSettings(split="train[6000:]"), sizes)
+
+
+def test_bad_configs_fail_at_start_with_the_field_named(parts, tmp_path):
+    grid = {
+        "mode": "grid",
+        "instructions_path": str(parts["grid"] / "instructions.json"),
+        "exemplar_sets_path": str(parts["grid"] / "exemplar_sets.json"),
+    }
+    sizes = {"train": 7473, "test": 1319}
+    for fields, message in [
+        ({"eta": 1.0}, "lipo_e.eta must be > 1"),
+        ({"min_exemplars": 9}, r"lipo_e.min_exemplars must be in \[0, 8\]"),
+        ({"instructions_path": grid["instructions_path"]}, "instructions_path is set but use_ape is on"),
+        ({"exemplar_sets_path": grid["exemplar_sets_path"]}, "exemplar_sets_path is only read in grid mode"),
+        ({**grid, "num_slots": 4}, "have more than num_slots=4"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            LipoEConfig.from_fields(fields)
+    repeated = tmp_path / "sets.json"
+    repeated.write_text(json.dumps([[{"question": "q", "answer": "a"}] * 2]))
+    with pytest.raises(ValueError, match=r"sets \[0\] show the same exemplar twice"):
+        LipoEConfig.from_fields({**grid, "exemplar_sets_path": str(repeated)})
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(["Solve it."]))
+    with pytest.raises(ValueError, match="at least 2 are needed"):
+        LipoEConfig.from_fields({**grid, "instructions_path": str(one)})
+    with pytest.raises(ValueError, match="lipo_e.bmin 10 exceeds the full fidelity of 5"):
+        LipoEConfig().check_splits(EvaluationSettings(split="train[6154:]", fidelity=5), sizes)
+    with pytest.raises(ValueError, match="lipo_e.min_exemplars 3 exceeds qa_pool_size 2"):
+        LipoEConfig(qa_pool_size=2, min_exemplars=3).check_splits(EvaluationSettings(split="train[6154:]"), sizes)
+    # --debug keeps a grid's exemplar sets whole (its 3-slot default is for generated sets)
+    debug_grid = LipoEConfig.from_fields({**grid, "debug": True})
+    assert debug_grid.num_slots == 8 and LipoEConfig.from_fields({"debug": True}).num_slots == 3

@@ -136,3 +136,38 @@ def test_propose_exemplars_returns_a_decodable_set_per_instruction():
     assert len(out) == 2
     for ids, value in out:
         assert len(ids) <= 3 and all(0 <= i < 9 for i in ids) and np.isfinite(value)
+
+
+class LineVae:
+    """A stand-in VAE for the logic of stage 2: z_ex[0] alone decodes to one of three sets
+    ([0] below -0.5, [1] in between, [2] above 0.5), and each set encodes back to -1, 0 or 1."""
+
+    num_slots = 3
+
+    def encode(self, inst, ids, padding):
+        return torch.zeros(len(inst), JOINT_DIM), torch.zeros(len(inst), JOINT_DIM)
+
+    def joint(self, z):
+        return z
+
+    def decode_exemplars(self, z):
+        return [[0] if v < -0.5 else [1] if v < 0.5 else [2] for v in z[:, INST_DIM].tolist()]
+
+    def embed(self, inst, sets):
+        z = torch.zeros(len(sets), JOINT_DIM)
+        z[:, INST_DIM] = torch.tensor([float(s[0] - 1) for s in sets])
+        return z
+
+
+def test_propose_exemplars_climbs_log_ei_and_keeps_the_best_decoded_set():
+    rng = np.random.default_rng(0)
+    z = np.zeros((30, JOINT_DIM))
+    z[:, INST_DIM:] = rng.normal(size=(30, EX_DIM))
+    errors = np.clip(0.5 - 0.25 * z[:, INST_DIM], 0.02, 0.98)  # set [2] (z_ex[0] above 0.5) is best
+    gp = JointPromptGP(z, errors, np.full(30, 20), JointGpConfig(epochs=200))
+    inst = torch.zeros(1, 4)
+    # gradient steps from one start climb to the best set (a reversed gradient descends to [0])
+    assert propose_exemplars(LineVae(), gp, inst, steps=40, restarts=1)[0][0] == [2]
+    # with one step, the random starts decode to several sets and the best one is kept
+    [(ids, value)] = propose_exemplars(LineVae(), gp, inst, steps=1, restarts=8)
+    assert ids == [2] and value == pytest.approx(float(gp.log_ei(LineVae().embed(inst, [[2]]).numpy())[0]))

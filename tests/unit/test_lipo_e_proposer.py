@@ -89,3 +89,51 @@ def test_gp_trains_on_every_fidelity_and_deletes_superseded_fits():
     assert second != first and gp.fits == 2
     with pytest.raises(LookupError):
         engine.predict(first, np.zeros((1, 32)))
+
+
+class ScriptedSurrogate:
+    """Stage-2 proposals with known LogEI: instruction i gets set [i % 5] with LogEI -i (lower
+    instruction index, better); encode_joint just numbers the pairs."""
+
+    def __init__(self):
+        self.fitted = 0
+
+    def encode_joint(self, vae_id, instructions, exemplar_sets):
+        return np.zeros((len(exemplar_sets), 32))
+
+    def fit_joint(self, z, errors, fidelities, config, owner=""):
+        self.fitted += 1
+        return type("Fit", (), {"model_id": f"gp{self.fitted}"})()
+
+    def delete(self, model_id):
+        pass
+
+    def propose_exemplars(self, vae_id, model_id, instructions, steps, restarts, seed):
+        return [([int(i) % 5], -float(i)) for i in np.asarray(instructions)[:, 0]]
+
+
+def test_standard_proposals_take_the_pairs_of_highest_log_ei():
+    surrogate = ScriptedSurrogate()
+    space = PairSpace(surrogate, "vae", lambda idx: np.asarray(idx, dtype=float)[:, None])
+    gp = JointGp(surrogate, space, FAST_GP)
+    proposer = JointProposer(gp, 0.0, grid=False, num_instructions=100, pool_size=20, candidates=50, seed=0)
+    history = [Evaluation(i, 10, 0.5) for i in space.add([(90 + k, [k]) for k in range(4)])]
+    picks = proposer.propose(range(100), 3, history, random.Random(0))
+    sampled = sorted(space.pairs[p][0] for p in picks)
+    # of the 50 sampled instructions, the 3 of highest LogEI (lowest index), each with its proposed set
+    assert sampled == sorted(random.Random(0).sample(range(100), 50))[:3]
+    assert all(space.pairs[p][1] == (space.pairs[p][0] % 5,) for p in picks)
+
+
+def test_random_standard_pairs_respect_the_slot_bounds():
+    surrogate = ScriptedSurrogate()
+    space = PairSpace(surrogate, "vae", lambda idx: np.asarray(idx, dtype=float)[:, None])
+    proposer = JointProposer(
+        JointGp(surrogate, space, FAST_GP), 1.0, grid=False, num_instructions=7, pool_size=9, num_slots=3,
+        min_exemplars=1,
+    )  # fmt: skip
+    picks = proposer.propose(range(7), 30, [], random.Random(1))
+    assert len(picks) == 30 and surrogate.fitted == 0
+    sizes = {len(space.pairs[p][1]) for p in picks}
+    assert sizes <= {1, 2, 3} and len(sizes) > 1
+    assert all(0 <= space.pairs[p][0] < 7 and len(set(space.pairs[p][1])) == len(space.pairs[p][1]) for p in picks)

@@ -39,7 +39,7 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
-from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
+from services.optimizer.algorithms.surrogate_backed import DEBUG_FIDELITY, SurrogateBackedOptimizer
 from services.surrogate.types import AcquisitionConfig, FitResult, JointGpConfig, JointVaeConfig, JointVaeResult
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,14 @@ class LipoEConfig:
 
     @classmethod
     def from_fields(cls, fields: dict) -> LipoEConfig:
-        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
-        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+        """Fields set by the user over the debug defaults (when debug) over the seed defaults. Grid
+        runs keep the given exemplar sets, so the pool and slot debug defaults do not apply."""
+        if not fields.get("debug"):
+            return cls(**fields)
+        debug = dict(DEBUG_DEFAULTS)
+        if fields.get("mode") == "grid":
+            debug.pop("num_slots"), debug.pop("qa_pool_size")
+        return cls(**{**debug, **fields})
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -117,6 +123,10 @@ class LipoEConfig:
             raise ValueError(f"lipo_e.num_slots must be in [1, {MAX_EXEMPLARS}], got {self.num_slots}")
         if self.iterations < 0 or self.bmin <= 0:
             raise ValueError("lipo_e.iterations must be >= 0 and lipo_e.bmin positive")
+        if self.eta <= 1:
+            raise ValueError(f"lipo_e.eta must be > 1, got {self.eta}")
+        if not 0 <= self.min_exemplars <= self.num_slots:
+            raise ValueError(f"lipo_e.min_exemplars must be in [0, {self.num_slots}], got {self.min_exemplars}")
         if not 0 <= self.random_interleaving_prob <= 1:
             raise ValueError("lipo_e.random_interleaving_prob must be in [0, 1]")
         for name in ("candidate_instructions", "exemplar_steps", "exemplar_restarts"):
@@ -124,6 +134,10 @@ class LipoEConfig:
                 raise ValueError(f"lipo_e.{name} must be positive, got {getattr(self, name)}")
         needs = ["instructions_path"] if self.mode == "grid" or not self.use_ape else []
         needs += ["exemplar_sets_path"] if self.mode == "grid" else []
+        if self.instructions_path and not needs:
+            raise ValueError("lipo_e.instructions_path is set but use_ape is on: turn use_ape off to use the file")
+        if self.exemplar_sets_path and self.mode != "grid":
+            raise ValueError("lipo_e.exemplar_sets_path is only read in grid mode")
         for name in needs:
             path = getattr(self, name)
             if not path:
@@ -143,8 +157,12 @@ class LipoEConfig:
         return [] if self.mode == "grid" else [("lipo_e.qa_pool_split", self.pool_split())]
 
     def check_splits(self, evaluation, sizes: dict[str, int]) -> None:
-        """The exemplar pool exists, holds qa_pool_size examples and shares no question with the
-        validation split (exemplars are never evaluation questions)."""
+        """Full fidelity is at least bmin; the exemplar pool exists, holds qa_pool_size examples and
+        shares no question with the validation split (exemplars are never evaluation questions)."""
+        spec = SplitSpec.parse(evaluation.split, "evaluation.split")
+        nvalid = evaluation.fidelity or (DEBUG_FIDELITY if self.debug else len(spec.bounds(sizes.get(spec.base, 0))))
+        if nvalid < self.bmin:
+            raise ValueError(f"lipo_e.bmin {self.bmin} exceeds the full fidelity of {nvalid} questions")
         if self.mode == "grid":
             return
         pool = SplitSpec.parse(self.pool_split(), "lipo_e.qa_pool_split")
@@ -155,6 +173,8 @@ class LipoEConfig:
                 f"lipo_e.qa_pool_size {self.qa_pool_size} exceeds the {sizes[pool.base]} questions of {pool.base!r}"
             )
         validation = SplitSpec.parse(evaluation.split, "evaluation.split")
+        if self.min_exemplars > self.qa_pool_size:
+            raise ValueError(f"lipo_e.min_exemplars {self.min_exemplars} exceeds qa_pool_size {self.qa_pool_size}")
         if pool.overlaps(validation, sizes[pool.base]):
             raise ValueError(
                 f"lipo_e.qa_pool_split {self.pool_split()!r} shares questions with evaluation.split "
@@ -207,6 +227,9 @@ def load_exemplar_sets(path: str | Path, num_slots: int, field: str = "lipo_e.ex
     too_big = [i for i, s in enumerate(sets) if len(s) > num_slots]
     if too_big:
         raise ValueError(f"{field}: sets {too_big[:5]} have more than num_slots={num_slots} exemplars")
+    repeated = [i for i, s in enumerate(sets) if len({(e["question"], e["answer"]) for e in s}) < len(s)]
+    if repeated:
+        raise ValueError(f"{field}: sets {repeated[:5]} show the same exemplar twice")
     return sets
 
 
@@ -218,9 +241,10 @@ def load_instructions(path: str | Path, field: str = "lipo_e.instructions_path")
             raise ValueError("not a list of non-empty strings")
     except (OSError, ValueError) as exc:
         raise ValueError(f"{field} {str(path)!r}: expected a JSON list of instructions ({exc})") from exc
-    if not rows:
-        raise ValueError(f"{field} {str(path)!r} holds no instruction")
-    return list(dict.fromkeys(rows))
+    rows = list(dict.fromkeys(rows))
+    if len(rows) < 2:
+        raise ValueError(f"{field} {str(path)!r} holds {len(rows)} distinct instruction(s); at least 2 are needed")
+    return rows
 
 
 class JointSurrogate(Protocol):
@@ -634,6 +658,9 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
                 "instruction": top["prompt"],
                 "exemplars": [dataclasses.asdict(e) for e in top["exemplars"]],
                 "exemplar_ids": top["exemplar_ids"],
+                "exemplar_set_index": state["exemplar_sets"].index(top["exemplar_ids"])
+                if top["exemplar_ids"] in state["exemplar_sets"]
+                else None,
                 "validation_accuracy": top["score"],
                 "questions": top["n"],
             },
