@@ -407,6 +407,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         self._vae_id: str | None = None
         self._space: PairSpace | None = None
         self._gp: JointGp | None = None
+        self._pool_cache: list[dict] | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
     def search_steps(self) -> int:
@@ -436,7 +437,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         instruction, ids = state["pairs"][top.index]
         return {
             "prompt": state["instructions"][instruction],
-            "exemplars": [Exemplar(**state["pool"][i]) for i in ids],
+            "exemplars": [Exemplar(**self._pool(state)[i]) for i in ids],
             "exemplar_ids": list(ids),
             "score": 1.0 - top.error,
             "n": top.fidelity,
@@ -446,8 +447,18 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
     def _instruction_embeddings(self, state: dict):
         return lambda indices: self._encode([state["instructions"][i] for i in indices])
 
+    def _pool(self, state: dict) -> list[dict]:
+        """The exemplar pool as {question, answer}: a grid's own exemplars are in the state; a
+        standard run's pool split is fetched from llm_eval once per process (checkpoints stay small)."""
+        if state["pool"] or self.config.mode == "grid":
+            return state["pool"]
+        if self._pool_cache is None:
+            fetched = self.llm.pool_exemplars(self.evaluation.dataset, self.config.pool_split())
+            self._pool_cache = [dataclasses.asdict(e) for e in fetched]
+        return self._pool_cache
+
     def _pool_texts(self, state: dict) -> list[str]:
-        return [f"Q: {e['question']}\nA: {e['answer']}" for e in state["pool"]]
+        return [f"Q: {e['question']}\nA: {e['answer']}" for e in self._pool(state)]
 
     def _models(self, state: dict) -> tuple[PairSpace, JointGp]:
         if self._space is None:
@@ -517,9 +528,9 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             state["instructions"] = load_instructions(config.instructions_path)
         if len(state["instructions"]) < 2:
             raise ValueError(f"LIPO-E needs at least 2 instructions, got {len(state['instructions'])}")
-        state["pool"] = [dataclasses.asdict(e) for e in self.llm.pool_exemplars(ev.dataset, config.pool_split())]
+        pool = self._pool(state)
         self._progress(
-            f"{len(state['instructions'])} instructions; exemplar pool {len(state['pool'])} Q/A pairs "
+            f"{len(state['instructions'])} instructions; exemplar pool {len(pool)} Q/A pairs "
             f"({ev.dataset} {config.pool_split()})"
         )
 
@@ -527,7 +538,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         """Error rate of pair `pair` on the first `fidelity` validation questions (llm_eval extends
         a lower fidelity of the same pair), recorded as a candidate and an evaluation."""
         instruction, ids = state["pairs"][pair]
-        exemplars = tuple(Exemplar(**state["pool"][i]) for i in ids)
+        exemplars = tuple(Exemplar(**self._pool(state)[i]) for i in ids)
         request = self.evaluation.request(state["instructions"][instruction], fidelity, exemplars=exemplars)
         result = self.llm.evaluate(request)
         comparable = fidelity == self.nvalid()
@@ -544,7 +555,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             config.random_interleaving_prob,
             config.mode == "grid",
             len(state["instructions"]),
-            len(state["pool"]),
+            len(self._pool(state)),
             config.num_slots,
             config.min_exemplars,
             config.candidate_instructions,
@@ -665,7 +676,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
                 "questions": top["n"],
             },
             "exemplar_pool": {
-                "size": len(state["pool"]),
+                "size": len(self._pool(state)),
                 "split": None if self.config.mode == "grid" else self.config.pool_split(),
             },
             "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
