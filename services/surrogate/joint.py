@@ -370,6 +370,20 @@ class JointPromptGP(Surrogate):
 # ---------------------------------------------------------------- proposals
 
 
+def ascend_log_ei(gp: JointPromptGP, param: torch.Tensor, to_joint, low, high, steps: int, lr: float) -> None:
+    """Adam on `param` (in place) maximising the GP's LogEI at `to_joint(param)`, projected back
+    into the box [low, high] after every step."""
+    optimizer = torch.optim.Adam([param], lr=lr)
+    for _ in range(steps):
+        mean, std = gp.posterior(to_joint(param))
+        loss = -log_ei(mean, std, gp.best_observed).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            param.copy_(torch.maximum(torch.minimum(param, high), low))
+
+
 def propose_exemplars(
     vae: StructureAwareVAE,
     gp: JointPromptGP,
@@ -387,24 +401,17 @@ def propose_exemplars(
     LogEI) per instruction."""
     generator = torch.Generator().manual_seed(seed)
     out = []
-    best_f = gp.best_observed
     low, high = latent_bounds(gp.x[:, INST_DIM:].float(), margin)
     for row in instructions.float():
         with torch.no_grad():
             ids, padding = pad_sets([[]], vae.num_slots)
             mu, _ = vae.encode(row[None], ids, padding)
         z_ex = (low + (high - low) * torch.rand(restarts, EX_DIM, generator=generator)).requires_grad_(True)
-        optimizer = torch.optim.Adam([z_ex], lr=0.1)
         z_inst = mu[:, :INST_DIM].expand(restarts, -1)
-        for _ in range(steps):
-            z = vae.joint(torch.cat([z_inst, z_ex], -1))
-            mean, std = gp.posterior(z)
-            loss = -log_ei(mean, std, best_f).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            with torch.no_grad():  # stay where the GP has seen exemplar sets (as InvBO's box)
-                z_ex.copy_(torch.maximum(torch.minimum(z_ex, high), low))
+        # stay where the GP has seen exemplar sets (as InvBO's box)
+        ascend_log_ei(
+            gp, z_ex, lambda z_ex, z_inst=z_inst: vae.joint(torch.cat([z_inst, z_ex], -1)), low, high, steps, 0.1
+        )
         with torch.no_grad():
             sets = vae.decode_exemplars(vae.joint(torch.cat([z_inst, z_ex], -1)))
             candidates = list({tuple(s): s for s in sets}.values())
@@ -430,15 +437,7 @@ def optimize_joint(
     raw = low + (high - low) * torch.rand(raw_samples, JOINT_DIM, generator=generator, dtype=torch.float64)
     scores = torch.as_tensor(gp.log_ei(raw.numpy()))
     z = raw[scores.topk(min(restarts, raw_samples)).indices].clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=0.05 * float((high - low).mean()))
-    for _ in range(steps):
-        mean, std = gp.posterior(z)
-        loss = -log_ei(mean, std, gp.best_observed).sum()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            z.copy_(torch.maximum(torch.minimum(z, high), low))
+    ascend_log_ei(gp, z, lambda z: z, low, high, steps, 0.05 * float((high - low).mean()))
     final = gp.log_ei(z.detach().numpy())
     best = int(np.argmax(final))
     return z.detach()[best].numpy(), float(final[best])

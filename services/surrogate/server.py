@@ -180,14 +180,8 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
 
     def OptimizeJoint(self, request, context):
         require(bool(request.model_id), "model_id must be set")
-        defaults = AcquisitionConfig()
-        config = AcquisitionConfig(
-            num_restarts=request.num_restarts or defaults.num_restarts,
-            raw_samples=request.raw_samples or defaults.raw_samples,
-            maxiter=request.maxiter or defaults.maxiter,
-            latent_margin=request.latent_margin if request.HasField("latent_margin") else defaults.latent_margin,
-        )
-        z, value = self.engine.optimize_joint(request.model_id, config, request.seed)
+        fields = {f.name: v for f, v in request.ListFields() if f.name not in ("model_id", "seed")}  # 0 = default
+        z, value = self.engine.optimize_joint(request.model_id, AcquisitionConfig(**fields), request.seed)
         return surrogate_pb2.OptimizeJointResponse(z=encode_tensor(z), log_ei=value)
 
     def DeleteModel(self, request, context):

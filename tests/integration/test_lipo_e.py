@@ -9,28 +9,16 @@ import pytest
 
 from services.common.errors import NotFoundError
 from services.common.types import Usage
-from services.decoder.core import NearestTextInverter
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_grid, load_table
 from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
-from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
-from services.surrogate.engine import SurrogateEngine
+from tests.integration.harness import nearest_text_models
 
 FAST = {"vae_epochs": 20, "vae_samples": 300, "gp_epochs": 150}
 EVALUATION = EvaluationSettings(split="test[:50%]", fidelity=80, seed=3, test_split="test[50%:]", test_fidelity=100)
-
-
-class _Decoder:
-    """The decoder client's call shape over an in-process Inverter."""
-
-    def __init__(self, inverter):
-        self.inverter = inverter
-
-    def invert(self, embeddings, seed_texts, num_steps=0, beam_width=0):
-        return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +29,7 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     store = DatasetStore(datasets_dir)
     backend = ReplayBackend(load_table(tmp / "table.jsonl"), store.load("gsm8k", "test"))
     evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
-    models = ModelServices(embedder, _Decoder(NearestTextInverter(embedder.encode)), SurrogateEngine())
+    models = nearest_text_models(embedder)
     rows = [json.loads(line) for line in (grid / "grid.jsonl").read_text().splitlines()]
     recorded = {(r["instruction_id"], r["exemplar_set_id"]): r["error_rate"] for r in rows}
     return {"tmp": tmp, "grid": grid, "evaluator": evaluator, "models": models, "recorded": recorded}

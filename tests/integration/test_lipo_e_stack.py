@@ -3,23 +3,14 @@ over the hbbops_dev grid, and a --debug standard run on the real CPU LLM."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from services.common.launcher import LocalStack
 from services.llm_eval.replay import convert_grid
 from services.optimizer import cli
+from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(stack, tmp_path, *args) -> dict:
-    code = cli.main(["--optimizer", stack.address("optimizer"), "--results-dir", str(tmp_path), "run", *args])
-    assert code == 0
-    [path] = tmp_path.glob("*.json")
-    assert path.with_suffix(".png").stat().st_size > 1000
-    return json.loads(path.read_text())
 
 
 def test_grid_mode_through_the_services_on_replay(tmp_path_factory, datasets_dir, tmp_path, capsys):

@@ -8,14 +8,13 @@ import json
 import pytest
 
 from services.common.types import Usage
-from services.decoder.core import NearestTextInverter
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
-from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
-from services.surrogate.engine import SurrogateEngine
+from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer
+from tests.integration.harness import nearest_text_models
 
 FAST = {"debug": True, "vae_epochs": 40, "vae_patience": 40, "gp_epochs": 60, "gp_retrain_epochs": 20}
 
@@ -30,18 +29,8 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     store = DatasetStore(datasets_dir)
     backend = ReplayBackend(table, store.load("gsm8k", "test"))
     evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
-    models = ModelServices(embedder, _Decoder(NearestTextInverter(embedder.encode)), SurrogateEngine())
+    models = nearest_text_models(embedder)
     return {"tmp": tmp, "recorded": recorded, "evaluator": evaluator, "models": models}
-
-
-class _Decoder:
-    """The decoder client's call shape over an in-process Inverter."""
-
-    def __init__(self, inverter):
-        self.inverter = inverter
-
-    def invert(self, embeddings, seed_texts, num_steps=0, beam_width=0):
-        return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
 
 
 def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None, owner=""):

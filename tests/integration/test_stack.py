@@ -8,7 +8,6 @@ resumes its run without paying for answers twice.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import urllib.request
@@ -25,6 +24,7 @@ from services.llm_eval.client import LlmEvalClient
 from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
 from tests.deploy.validate import dashboard_metrics, exported_metrics
+from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +79,6 @@ def test_reflection_health_and_metrics(stack):
     text = scrape(stack.services["llm_eval"].metrics_port)
     assert metric(text, "promptopt_rpc_requests_total", 'method="GetDatasetInfo"') >= 1
     assert "promptopt_rpc_latency_seconds_bucket" in text
-
-
-def run_cli(stack, tmp_path, *args) -> dict:
-    code = cli.main(["--optimizer", stack.address("optimizer"), "--results-dir", str(tmp_path), "run", *args])
-    assert code == 0
-    [path] = tmp_path.glob("*.json")
-    assert path.with_suffix(".png").stat().st_size > 1000
-    return json.loads(path.read_text())
 
 
 def test_opro_end_to_end(stack, tmp_path, capsys):

@@ -36,6 +36,7 @@ from services.optimizer.algorithms.hyperband import (
     Evaluation,
     HyperbandSchedule,
     Proposer,
+    high_fidelity,
     incumbent,
     run_bracket,
 )
@@ -296,11 +297,8 @@ class JointGp:
 
     @staticmethod
     def data(history: Sequence[Evaluation]) -> dict[int, Evaluation]:
-        top: dict[int, Evaluation] = {}
-        for e in history:
-            if e.index not in top or e.fidelity >= top[e.index].fidelity:
-                top[e.index] = e
-        return top
+        """Each evaluated pair at its highest fidelity (every fidelity counts)."""
+        return high_fidelity(history, 0)
 
     def model_for(self, history: Sequence[Evaluation], min_points: int = MIN_GP_POINTS) -> str | None:
         """The GP's id, or None below `min_points` evaluated pairs (Hyperband's proposals: MIN_GP_POINTS)."""
@@ -537,7 +535,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
     def _evaluate(self, state: dict, pair: int, fidelity: int) -> float:
         """Error rate of pair `pair` on the first `fidelity` validation questions (llm_eval extends
         a lower fidelity of the same pair), recorded as a candidate and an evaluation."""
-        instruction, ids = state["pairs"][pair]
+        instruction, ids = self._space.pairs[pair]
         exemplars = tuple(Exemplar(**self._pool(state)[i]) for i in ids)
         request = self.evaluation.request(state["instructions"][instruction], fidelity, exemplars=exemplars)
         result = self.llm.evaluate(request)
@@ -566,22 +564,19 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         state["evaluations"] = []
         history: list[Evaluation] = []
 
-        def evaluate(pair: int, fidelity: int) -> float:
-            state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]
-            return self._evaluate(state, pair, fidelity)
-
         self._progress(f"Hyperband: nvalid {schedule.nvalid}, smax {schedule.smax}, B {schedule.budget}")
         for s in schedule.brackets():
             run_bracket(
                 schedule,
                 s,
                 len(space.pairs) if config.mode == "grid" else len(state["instructions"]),
-                evaluate,
+                lambda pair, fidelity: self._evaluate(state, pair, fidelity),
                 proposer,
                 history,
                 random.Random(self.evaluation.seed * 1_000_003 + s),
                 lambda stage, n, b, s=s: self._progress(f"bracket s={s} stage {stage}: {n} prompts x {b} questions"),
             )
+        state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]  # the proposals' new pairs
         best = incumbent(history, schedule.nvalid)
         instruction, ids = space.pairs[best.index]
         state["hyperband"] = {
