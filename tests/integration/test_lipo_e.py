@@ -77,6 +77,8 @@ def test_grid_mode_selects_a_pair_at_full_fidelity_and_reports_it_held_out(parts
     assert 1 - winner["score"] == min(e[2] for e in full)
     held_out = state["held_out"]
     assert held_out["test_questions"] == 100 and held_out["exemplar_ids"] == winner["exemplar_ids"]
+    best_prompt, _ = optimizer.best(state)  # the run's best prompt names its exemplars
+    assert best_prompt == f"{winner['prompt']}\n(+ 5 exemplars: ids {winner['exemplar_ids']})"
     # the selected pair is good on the recorded full-split errors: below the grid's median
     instructions = json.loads((parts["grid"] / "instructions.json").read_text())
     pair = (instructions.index(winner["prompt"]), state["exemplar_sets"].index(winner["exemplar_ids"]))

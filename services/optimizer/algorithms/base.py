@@ -239,7 +239,7 @@ class Optimizer(Job):
     def best(self, state: dict) -> tuple[str, float]:
         """The winner and its validation score (never a held-out score: that is only reported)."""
         top = self.winner(state)
-        return (top["prompt"], top["score"]) if top else ("", 0.0)
+        return (top["prompt"] + exemplar_note(top), top["score"]) if top else ("", 0.0)
 
     def held_out(self, state: dict) -> None:
         """Score the winner on the held-out test split; stores `state["held_out"]`."""
@@ -265,13 +265,12 @@ class Optimizer(Job):
             "test_score": result.accuracy,
             "llm_calls": self.llm.usage.llm_calls - calls,
         }
-        shots = f"\n(+ {len(exemplars)} exemplars: ids {top['exemplar_ids']})" if exemplars else ""
         self.emit(
             "progress",
             {
                 "message": f"winner: validation {top['score']:.3f} on {top['n']} {ev.split} questions, "
                 f"held-out test {result.accuracy:.3f} on {result.num_evaluated} {ev.test_split} questions:\n"
-                f"{top['prompt']}{shots}"
+                f"{top['prompt']}{exemplar_note(top)}"
             },
         )
 
@@ -300,6 +299,12 @@ class Optimizer(Job):
                 "exemplar_ids": list(exemplar_ids),
             },
         )
+
+
+def exemplar_note(entry: dict) -> str:
+    """'(+ N exemplars: ids [...])' on its own line for a few-shot history entry, else ''."""
+    ids = entry.get("exemplar_ids")
+    return f"\n(+ {len(ids)} exemplars: ids {ids})" if ids else ""
 
 
 def best_comparable(history: Sequence[dict]) -> dict | None:
