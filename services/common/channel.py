@@ -1,34 +1,58 @@
 """The channel plumbing every typed client builds on.
 
-Channels retry UNAVAILABLE with exponential backoff (gRPC service config), carry the bearer
-token when configured, use TLS when a CA is given, and clients set a deadline on every call.
-Each service's typed client lives beside it (`services/<service>/client.py`).
+Channels ride out restarts and overload: unary calls that fail with UNAVAILABLE or
+RESOURCE_EXHAUSTED are retried with exponential backoff and jitter for up to
+`ClientConfig.retry_seconds`; DEADLINE_EXCEEDED is retried too, except on the methods that
+start or change something (`NOT_RETRIED_ON_DEADLINE`), where a late reply may still have done
+its work. They carry the bearer token when configured, use TLS when a CA is given, and clients
+set a deadline on every attempt. Each service's typed client lives beside it
+(`services/<service>/client.py`).
 """
 
 from __future__ import annotations
 
 import collections
-import json
+import logging
+import random
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import ClientConfig
 
-_RETRY_POLICY = {
-    "methodConfig": [
-        {
-            "name": [{}],
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.2s",
-                "maxBackoff": "5s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ]
-}
+log = logging.getLogger(__name__)
+
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+NOT_RETRIED_ON_DEADLINE = frozenset({"StartRun", "ResumeRun", "CancelRun", "DeleteModel"})
+
+
+class _RetryInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Retries transient failures of unary calls with capped exponential backoff (0.5 s doubling
+    to 15 s, +-25% jitter) until `budget` seconds have passed since the first attempt."""
+
+    def __init__(self, budget: float, sleep=time.sleep):
+        self.budget = budget
+        self.sleep = sleep
+
+    def retryable(self, method: str, code: grpc.StatusCode) -> bool:
+        if code in TRANSIENT:
+            return True
+        return code == grpc.StatusCode.DEADLINE_EXCEEDED and method.rsplit("/", 1)[-1] not in NOT_RETRIED_ON_DEADLINE
+
+    def intercept_unary_unary(self, continuation, details, request):
+        start, delay = time.monotonic(), 0.5
+        while True:
+            outcome = continuation(details, request)
+            code = outcome.code()
+            if code is None or code == grpc.StatusCode.OK or not self.retryable(details.method, code):
+                return outcome
+            pause = delay * random.uniform(0.75, 1.25)
+            if time.monotonic() - start + pause > self.budget:
+                return outcome
+            log.warning("%s: %s (%s); retrying in %.1fs", details.method, code.name, outcome.details(), pause)
+            self.sleep(pause)
+            delay = min(delay * 2, 15.0)
 
 
 class _TokenAuth(grpc.AuthMetadataPlugin):
@@ -68,12 +92,8 @@ class _Details(
 def make_channel(config: ClientConfig) -> grpc.Channel:
     """A channel with retries, message-size limits and optional TLS/token."""
     size = config.max_message_mb * 1024 * 1024
-    options = [
-        ("grpc.max_send_message_length", size),
-        ("grpc.max_receive_message_length", size),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(_RETRY_POLICY)),
-    ]
+    options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
+    interceptors = []
     if config.tls_ca:
         with open(config.tls_ca, "rb") as fh:
             creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
@@ -81,11 +101,14 @@ def make_channel(config: ClientConfig) -> grpc.Channel:
             creds = grpc.composite_channel_credentials(
                 creds, grpc.metadata_call_credentials(_TokenAuth(config.auth_token))
             )
-        return grpc.secure_channel(config.address, creds, options)
-    channel = grpc.insecure_channel(config.address, options)
-    if config.auth_token:
-        channel = grpc.intercept_channel(channel, _BearerInterceptor(config.auth_token))
-    return channel
+        channel = grpc.secure_channel(config.address, creds, options)
+    else:
+        channel = grpc.insecure_channel(config.address, options)
+        if config.auth_token:
+            interceptors.append(_BearerInterceptor(config.auth_token))
+    if config.retry_seconds > 0:
+        interceptors.append(_RetryInterceptor(config.retry_seconds))
+    return grpc.intercept_channel(channel, *interceptors) if interceptors else channel
 
 
 class BaseClient:

@@ -91,10 +91,12 @@ class ServerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
-    """How a client reaches a service: address, optional TLS root and bearer token."""
+    """How a client reaches a service: address, optional TLS root and bearer token; the deadline
+    of each attempt and how long transient failures are retried (0 = never)."""
 
     address: str
     tls_ca: str = ""
     auth_token: str = ""
     max_message_mb: int = 64
     timeout_seconds: float = 600.0
+    retry_seconds: float = 300.0

@@ -2,7 +2,7 @@
 
 Core modules raise these (or plain ValueError for malformed input); the server interceptor
 maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND,
-OverloadedError -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE.
+OverloadedError -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE, CallerGoneError -> CANCELLED.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ class UnavailableError(RuntimeError):
     """The service is loading or draining."""
 
 
+class CallerGoneError(RuntimeError):
+    """The caller cancelled or its deadline passed; the work was stopped (what was done is kept)."""
+
+
 class FailedPreconditionError(RuntimeError):
     """The request is valid but the system is not in a state to serve it."""
 
@@ -38,6 +42,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, FailedPreconditionError):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, CallerGoneError):
+        return grpc.StatusCode.CANCELLED
     if isinstance(exc, NotImplementedError):
         return grpc.StatusCode.UNIMPLEMENTED
     return grpc.StatusCode.INTERNAL
@@ -47,3 +53,10 @@ def require(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition; the message must name the field."""
     if not condition:
         raise ValueError(message)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a run's error: 'CODE: details' for a failed RPC, else 'Type: message'."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}"

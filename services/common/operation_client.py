@@ -1,13 +1,18 @@
-"""The client side of the operation pattern (StartRun/WatchRun/GetRun/ListRuns/CancelRun), shared
-by the optimizer's and the tuner's clients."""
+"""The client side of the operation pattern (StartRun/WatchRun/GetRun/ListRuns/CancelRun/
+ResumeRun), shared by the optimizer's and the tuner's clients."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 
+import grpc
 from promptopt.operations.v1 import operations_pb2
 
-from services.common.channel import BaseClient
+from services.common.channel import TRANSIENT, BaseClient
+
+log = logging.getLogger(__name__)
 
 
 class OperationClient(BaseClient):
@@ -35,8 +40,26 @@ class OperationClient(BaseClient):
     def cancel(self, run_id: str):
         return self.stub.CancelRun(self.pb2.CancelRunRequest(run_id=run_id), timeout=self.timeout).run
 
+    def resume(self, run_id: str):
+        return self.stub.ResumeRun(self.pb2.ResumeRunRequest(run_id=run_id), timeout=self.timeout).run
+
     def watch(self, run_id: str, after_sequence: int = 0, timeout: float | None = None) -> Iterator:
-        """The run's `operations.v1.RunEvent`s after `after_sequence`, until the run ends."""
-        request = self.pb2.WatchRunRequest(run_id=run_id, after_sequence=after_sequence)
-        for response in self.stub.WatchRun(request, timeout=timeout):
-            yield response.event
+        """The run's `operations.v1.RunEvent`s after `after_sequence`, until the run ends. A stream
+        broken by a restarting service is reopened after the last event seen, for up to the
+        channel's `retry_seconds` without an event."""
+        sequence, delay, quiet_since = after_sequence, 0.5, time.monotonic()
+        while True:
+            request = self.pb2.WatchRunRequest(run_id=run_id, after_sequence=sequence)
+            try:
+                for response in self.stub.WatchRun(request, timeout=timeout):
+                    sequence, delay, quiet_since = response.event.sequence, 0.5, time.monotonic()
+                    yield response.event
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in TRANSIENT or time.monotonic() - quiet_since + delay > self.config.retry_seconds:
+                    raise
+                log.warning(
+                    "WatchRun %s: %s; reopening after event %d in %.1fs", run_id, exc.code().name, sequence, delay
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)

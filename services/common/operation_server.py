@@ -28,7 +28,7 @@ def _timestamp(seconds: float) -> Timestamp:
 
 
 class OperationServicer:
-    """Implements the five operation RPCs over a RunStore and RunManager."""
+    """Implements the six operation RPCs over a RunStore and RunManager."""
 
     def __init__(self, pb2, store: RunStore, manager: RunManager, parse: Parser, poll_seconds: float = 1.0):
         self.pb2 = pb2
@@ -98,6 +98,10 @@ class OperationServicer:
     def CancelRun(self, request, context):
         require(bool(request.run_id), "run_id must be set")
         return self.pb2.CancelRunResponse(run=self.run_to_proto(self.manager.cancel(request.run_id)))
+
+    def ResumeRun(self, request, context):
+        require(bool(request.run_id), "run_id must be set")
+        return self.pb2.ResumeRunResponse(run=self.run_to_proto(self.manager.resume(request.run_id)))
 
     def WatchRun(self, request, context):
         require(bool(request.run_id), "run_id must be set")

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.errors import FailedPreconditionError, NotFoundError
+from services.common.errors import FailedPreconditionError, NotFoundError, describe
 from services.common.metrics import RUNS_ACTIVE, RUNS_FINISHED
 from services.common.types import Usage
 
@@ -293,6 +293,18 @@ class RunManager:
         self.store.update(run_id, cancel_requested=True)
         return self.store.get(run_id)
 
+    def resume(self, run_id: str) -> RunRecord:
+        """Restart a FAILED or CANCELLED run from its last checkpoint."""
+        record = self.store.get(run_id)
+        if record.state not in (RunState.FAILED, RunState.CANCELLED):
+            raise FailedPreconditionError(f"run {run_id} is {record.state.name}; only FAILED or CANCELLED runs resume")
+        self.store.update(run_id, state=RunState.PENDING, cancel_requested=False, error="")
+        self.store.append_event(
+            run_id, "progress", {"message": f"resume requested after {record.state.name}"}, record.usage
+        )
+        self.start(run_id)
+        return self.store.get(run_id)
+
     def join(self, run_id: str, timeout: float | None = None) -> None:
         thread = self._threads.get(run_id)
         if thread:
@@ -362,8 +374,8 @@ class RunManager:
             return RunState.CANCELLED
         except Exception as exc:  # noqa: BLE001 - recorded on the run
             log.exception("run %s failed", run_id)
-            emit("error", {"message": f"{type(exc).__name__}: {exc}"})
-            self.store.update(run_id, state=RunState.FAILED, error=f"{type(exc).__name__}: {exc}", usage=usage)
+            emit("error", {"message": describe(exc)})
+            self.store.update(run_id, state=RunState.FAILED, error=describe(exc), usage=usage)
             return RunState.FAILED
         finally:
             if job is not None:

@@ -26,9 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class LLMBackend(ABC):
-    """A chat model that completes user messages."""
+    """A chat model that completes user messages. `max_batch`: prompts worth sending in one
+    `generate` call (None: any number); sequential backends say 1, so each answer is cached,
+    and a cancelled request stopped, as soon as it is done."""
 
     model_name: str
+    max_batch: int | None = None
 
     @abstractmethod
     def generate(self, prompts: Sequence[str], params: DecodingParams) -> list[Completion]:
@@ -45,6 +48,8 @@ def _sha256(text: str) -> str:
 
 class LlamaCppBackend(LLMBackend):
     """llama-cpp-python over a local GGUF file, on CPU (the embedded default)."""
+
+    max_batch = 1
 
     def __init__(
         self, model_path: str, model_name: str = "", n_ctx: int = 4096, n_threads: int = 0, model_sha256: str = ""
@@ -107,6 +112,8 @@ class OpenAIBackend(LLMBackend):
 
     The API key is read from the environment variable named by `api_key_env` and never logged.
     """
+
+    max_batch = 1
 
     def __init__(self, base_url: str, model_name: str, api_key_env: str = "OPENAI_API_KEY", timeout: float = 600.0):
         self.model_name = model_name

@@ -8,7 +8,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from services.common.errors import NotFoundError
+from services.common.errors import CallerGoneError, NotFoundError
 from services.common.splits import SplitSpec
 from services.common.types import Usage
 from services.llm_eval import gsm8k
@@ -185,10 +185,12 @@ class LlmEvaluator:
         cached = set(answers)
         missing = [(i, k) for i, k in zip(indices, keys, strict=True) if k not in answers]
         params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
+        step = min(self.batch_size, self.task.max_batch or self.batch_size)
         while missing:
             if should_stop():
-                raise TimeoutError("evaluation stopped: the caller went away or its deadline passed")
-            batch, missing = missing[: self.batch_size], missing[self.batch_size :]
+                log.info("evaluation stopped after %d new answers: the caller went away", usage.llm_calls)
+                raise CallerGoneError("evaluation stopped: the caller went away or its deadline passed")
+            batch, missing = missing[:step], missing[step:]
             mine, theirs = self._claim(batch)
             try:
                 if mine:

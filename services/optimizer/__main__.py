@@ -18,6 +18,7 @@ from services.common.server import ServiceBinding, serve
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
+from services.optimizer.algorithms.base import Chunking
 from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import build_optimizer, parse_start, track_best
 from services.surrogate.client import SurrogateClient
@@ -34,6 +35,12 @@ class OptimizerConfig:
     store_path: str = "state/optimizer/runs.sqlite"
     auth_token: str = ""
     tls_ca: str = ""
+    # per attempt; transient failures are retried for retry_seconds
+    rpc_timeout_seconds: float = 600.0
+    retry_seconds: float = 300.0
+    # long evaluations: first chunk size, then chunks of about this many seconds
+    eval_chunk_questions: int = 16
+    eval_chunk_seconds: float = 30.0
 
 
 def main() -> None:
@@ -41,7 +48,15 @@ def main() -> None:
     config = from_env(OptimizerConfig, PREFIX)
 
     def client(cls, address):
-        return cls(ClientConfig(address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+        return cls(
+            ClientConfig(
+                address,
+                tls_ca=config.tls_ca,
+                auth_token=config.auth_token,
+                timeout_seconds=config.rpc_timeout_seconds,
+                retry_seconds=config.retry_seconds,
+            )
+        )
 
     llm = client(LlmEvalClient, config.llm_eval_address)
     models = ModelServices(
@@ -49,11 +64,12 @@ def main() -> None:
         client(DecoderClient, config.decoder_address),
         client(SurrogateClient, config.surrogate_address),
     )
+    chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path)
     state_dir = Path(config.store_path).parent
 
     def factory(record, emit, usage, cancelled):
-        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir)
+        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir, chunking)
 
     manager = RunManager(store, factory, on_best=track_best)
     servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm))

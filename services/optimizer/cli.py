@@ -48,7 +48,12 @@ ALGORITHM_FLAGS = algorithm_flags()
 
 
 def _client_config(address: str, args) -> ClientConfig:
-    return ClientConfig(address, tls_ca=args.tls_ca, auth_token=os.environ.get("PROMPTOPT_AUTH_TOKEN", ""))
+    return ClientConfig(
+        address,
+        tls_ca=args.tls_ca,
+        auth_token=os.environ.get("PROMPTOPT_AUTH_TOKEN", ""),
+        retry_seconds=args.retry_seconds,
+    )
 
 
 def _usage_text(usage) -> str:
@@ -112,19 +117,26 @@ def watch(client: OptimizerClient, run_id: str, after: int = 0):
         task = progress.add_task(
             run_id, total=run.total_steps or None, completed=run.step, best=run.best_score, calls=0, hits=0
         )
+        questions = None
         for event in client.watch(run_id, after):
             events.append(event)
             kind = event.WhichOneof("event")
-            progress.update(task, calls=event.usage.llm_calls, hits=event.usage.cache_hits)
+            for t in progress.task_ids:
+                progress.update(t, calls=event.usage.llm_calls, hits=event.usage.cache_hits)
             if kind == "progress":
-                if event.progress.total_steps:  # a finished step: the winner's validation score
-                    progress.update(
-                        task,
-                        total=event.progress.total_steps,
-                        completed=event.progress.step,
-                        best=event.progress.best_score,
-                    )
-                progress.console.log(event.progress.message)
+                p = event.progress
+                if p.questions_total:  # inside one long evaluation: a second bar, questions done / total
+                    if questions is None:
+                        fields = next(t.fields for t in progress.tasks if t.id == task)
+                        questions = progress.add_task("  evaluating", total=p.questions_total, **fields)
+                    progress.update(questions, total=p.questions_total, completed=p.questions_done)
+                    if p.questions_done >= p.questions_total:
+                        progress.remove_task(questions)
+                        questions = None
+                    continue
+                if p.total_steps:  # a finished step: the winner's validation score
+                    progress.update(task, total=p.total_steps, completed=p.step, best=p.best_score)
+                progress.console.log(p.message)
             elif kind == "candidate":
                 c = event.candidate
                 kind_text = "" if c.comparable else " screening"
@@ -162,6 +174,8 @@ def _finish(client, run_id, events, results_dir) -> int:
         )
     else:
         console.print(f"best prompt (validation accuracy {run.best_score:.3f}):\n{run.best_prompt}")
+    if run.state == operations_pb2.RUN_STATE_FAILED:
+        console.print(f"[red]failed[/]: {run.error}\nresume it with: promptopt resume {run_id}")
     console.print(_usage_text(run.usage))
     json_path, png_path = write_results(run, events, results_dir)
     console.print(f"results: {json_path}  plot: {png_path}")
@@ -171,6 +185,13 @@ def _finish(client, run_id, events, results_dir) -> int:
 def cmd_watch(args) -> int:
     with OptimizerClient(_client_config(args.optimizer, args)) as client:
         return _finish(client, args.run_id, watch(client, args.run_id, args.after), args.results_dir)
+
+
+def cmd_resume(args) -> int:
+    with OptimizerClient(_client_config(args.optimizer, args)) as client:
+        run = client.resume(args.run_id)
+        console.print(f"resumed [bold]{run.run_id}[/] at step {run.step}/{run.total_steps}")
+        return _finish(client, run.run_id, watch(client, run.run_id, run.last_sequence - 1), args.results_dir)
 
 
 def cmd_results(args) -> int:
@@ -231,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--llm-eval", default=os.environ.get("PROMPTOPT_LLM_EVAL_ADDRESS", "127.0.0.1:50053"))
     parser.add_argument("--tls-ca", default=os.environ.get("PROMPTOPT_TLS_CA", ""), help="CA bundle for TLS")
     parser.add_argument("--results-dir", default="results")
+    parser.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=30.0,
+        help="keep retrying an unreachable or overloaded optimizer this long (0: fail at once)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def evaluation_flags(p, split):
@@ -273,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("watch", cmd_watch, "stream a run's progress"),
         ("get", cmd_get, "print a run as JSON"),
         ("cancel", cmd_cancel, "cancel a run"),
+        ("resume", cmd_resume, "restart a failed or cancelled run from its last checkpoint and watch it"),
         ("results", cmd_results, "write a run's results JSON and plot"),
     ):
         p = sub.add_parser(name, help=help_text)

@@ -9,7 +9,7 @@ from prometheus_client import Gauge
 
 from services.common.operations import RunRecord
 from services.common.types import Usage
-from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm, Optimizer
+from services.optimizer.algorithms.base import Chunking, EvaluationSettings, MeteredLlm, Optimizer
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
@@ -76,13 +76,25 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
 
 
 def build_optimizer(
-    record: RunRecord, llm_service, emit, usage: Usage, cancelled, models: ModelServices | None = None, state_dir="."
+    record: RunRecord,
+    llm_service,
+    emit,
+    usage: Usage,
+    cancelled,
+    models: ModelServices | None = None,
+    state_dir=".",
+    chunking: Chunking | None = None,
 ) -> Optimizer:
-    """Rebuild a run's optimiser from its stored (resolved) config (used at start and on resume)."""
+    """Rebuild a run's optimiser from its stored (resolved) config (used at start and on resume).
+    With `chunking`, long evaluations go to llm_eval in chunks, each reported as a progress event."""
     config_cls, optimizer_cls = ALGORITHMS[record.algorithm]
     config = _config(config_cls, dict(record.config["algorithm"]))
 
-    llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""))
+    def on_progress(done: int, total: int) -> None:
+        message = f"evaluated {done}/{total} questions"
+        emit("progress", {"message": message, "questions_done": done, "questions_total": total})
+
+    llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""), chunking, on_progress)
     args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
     if optimizer_cls in (LipoOptimizer, LipoEOptimizer):
         return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)

@@ -17,10 +17,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from services.common.errors import require
 from services.common.operations import Cancelled, Job
 from services.common.splits import SplitSpec
 from services.common.types import Usage
@@ -60,10 +62,33 @@ class LlmService(Protocol):
     def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Chunking:
+    """How MeteredLlm splits a long evaluation: `first` questions, then chunks sized to take about
+    `target_seconds` at the rate measured so far (growing at most `max_growth`x per chunk)."""
+
+    first: int = 16
+    target_seconds: float = 30.0
+    max_growth: float = 4.0
+
+    def __post_init__(self):
+        require(self.first >= 1, f"chunking first must be >= 1, got {self.first}")
+        require(self.target_seconds > 0, f"chunking target_seconds must be > 0, got {self.target_seconds}")
+        require(self.max_growth >= 1, f"chunking max_growth must be >= 1, got {self.max_growth}")
+
+    def next_size(self, size: int, seconds: float) -> int:
+        grown = size * self.target_seconds / max(seconds, 1e-3)
+        return int(min(max(grown, self.first), size * self.max_growth))
+
+
 class MeteredLlm:
     """Wraps an `LlmService`: adds every call's usage to `usage` and stops calls once cancelled.
 
     `meta_model` names the meta-LLM this run's proposals use ('' = llm_eval's default meta model).
+    With `chunking`, an evaluation of more than `chunking.first` questions is sent as growing
+    prefixes of its question list (the answers of earlier prefixes are cache hits in llm_eval),
+    so each call is short, a retried call repeats little, and `on_progress(done, total)` hears
+    of every chunk.
     """
 
     def __init__(
@@ -72,10 +97,14 @@ class MeteredLlm:
         usage: Usage,
         cancelled: Callable[[], bool] = lambda: False,
         meta_model: str = "",
+        chunking: Chunking | None = None,
+        on_progress: Callable[[int, int], None] = lambda done, total: None,
     ):
         self.service = service
         self.usage = usage
         self.meta_model = meta_model
+        self.chunking = chunking
+        self.on_progress = on_progress
         self._cancelled = cancelled
 
     def _check(self):
@@ -91,9 +120,36 @@ class MeteredLlm:
 
     def evaluate(self, request: EvaluationRequest) -> EvaluationResult:
         self._check()
-        result = self.service.evaluate(request)
-        self.usage.add(result.usage)
-        return result
+        total = self._question_count(request)
+        if self.chunking is None or total <= self.chunking.first:
+            result = self.service.evaluate(request)
+            self.usage.add(result.usage)
+            return result
+        done, size, spent = 0, self.chunking.first, Usage()
+        while done < total:
+            self._check()
+            upto = min(total, done + size)
+            if request.question_indices:
+                part = dataclasses.replace(request, question_indices=request.question_indices[:upto])
+            else:
+                part = dataclasses.replace(request, fidelity=upto)
+            started = time.monotonic()
+            result = self.service.evaluate(part)
+            # the first `done` questions were answered by this evaluation's earlier chunks
+            chunk = dataclasses.replace(result.usage, cache_hits=result.usage.cache_hits - done)
+            self.usage.add(chunk)
+            spent.add(chunk)
+            size = self.chunking.next_size(upto - done, time.monotonic() - started)
+            done = upto
+            self.on_progress(done, total)
+        return dataclasses.replace(result, usage=spent)
+
+    def _question_count(self, request: EvaluationRequest) -> int:
+        if request.question_indices:
+            return len(request.question_indices)
+        if request.fidelity or self.chunking is None:
+            return request.fidelity
+        return self.split_size(request.dataset, request.split)
 
     def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]:
         """Examples of a pool split as few-shot exemplars (no LLM call)."""
