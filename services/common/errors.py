@@ -23,7 +23,12 @@ class UnavailableError(RuntimeError):
 
 
 class CallerGoneError(RuntimeError):
-    """The caller cancelled or its deadline passed; the work was stopped (what was done is kept)."""
+    """The caller cancelled or its deadline passed; the work was stopped (what was done is kept).
+    `usage`: the work done before it stopped, so that it is still counted."""
+
+    def __init__(self, message: str, usage=None):
+        super().__init__(message)
+        self.usage = usage
 
 
 class FailedPreconditionError(RuntimeError):

@@ -189,7 +189,8 @@ class LlmEvaluator:
         while missing:
             if should_stop():
                 log.info("evaluation stopped after %d new answers: the caller went away", usage.llm_calls)
-                raise CallerGoneError("evaluation stopped: the caller went away or its deadline passed")
+                self._record(usage)
+                raise CallerGoneError("evaluation stopped: the caller went away or its deadline passed", usage)
             batch, missing = missing[:step], missing[step:]
             mine, theirs = self._claim(batch)
             try:

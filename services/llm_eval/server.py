@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 
-from services.common.errors import require
+from services.common.errors import CallerGoneError, require
 from services.llm_eval import convert
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.types import ModelRole
@@ -41,7 +41,11 @@ class LlmEvalServicer(llm_eval_pb2_grpc.LlmEvalServiceServicer):
 
     def EvaluatePrompt(self, request, context):
         domain = convert.eval_request_from_proto(request)
-        result = self.evaluator.evaluate(domain, should_stop=lambda: not context.is_active())
+        try:
+            result = self.evaluator.evaluate(domain, should_stop=lambda: not context.is_active())
+        except CallerGoneError as gone:  # the answers it paid for are cached and counted all the same
+            _count("task", gone.usage)
+            raise
         _count("task", result.usage)
         CACHE_HITS.inc(result.usage.cache_hits)
         QUESTIONS.inc(result.num_evaluated)

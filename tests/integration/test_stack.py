@@ -2,13 +2,15 @@
 processes (the `make demo` stack), with the real CPU LLM.
 
 Covers: reflection and health on every port, /metrics, tiny OPRO and ProTeGi runs through the
-CLI, every Grafana dashboard metric exported by a running service, and a killed optimizer that
-resumes its run without paying for answers twice.
+CLI, every Grafana dashboard metric exported by a running service, a killed optimizer that
+resumes its run without paying for answers twice, a run that rides out a crashed llm_eval, and a
+cancelled run resumed through `promptopt resume`.
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 import urllib.request
 
@@ -221,6 +223,56 @@ def test_killed_optimizer_resumes_without_repaying(stack):
     with LlmEvalClient(stack.address("llm_eval")) as client:
         cached = client.usage().cached_answers
     assert metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"') == cached
+
+
+def test_run_rides_out_an_llm_eval_crash(stack):
+    request = optimizer_pb2.StartRunRequest(
+        evaluation=optimizer_pb2.EvaluationSettings(fidelity=24, seed=12, test_fidelity=2),
+        opro=optimizer_pb2.OproConfig(iterations=1, candidates_per_step=1),
+    )
+    with OptimizerClient(stack.address("optimizer")) as client:
+        run_id = client.start(request).run_id
+        for event in client.watch(run_id):  # wait until the first chunk of an evaluation is answered
+            if event.WhichOneof("event") == "progress" and event.progress.questions_total:
+                break
+    stack.kill("llm_eval")
+    with sqlite3.connect(stack.services["llm_eval"].env["PROMPTOPT_LLM_EVAL_CACHE_PATH"]) as db:
+        answered = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    stack.start("llm_eval")
+    stack.wait_serving("llm_eval")
+    with OptimizerClient(stack.address("optimizer")) as client:
+        events = list(client.watch(run_id))
+        run = client.get(run_id)
+    assert run.state == operations_pb2.RUN_STATE_SUCCEEDED, run.error  # the optimizer retried; nobody resumed
+    chunks = [(e.progress.questions_done, e.progress.questions_total) for e in events if e.progress.questions_total]
+    assert (24, 24) in chunks and (16, 24) in chunks
+    # nothing paid twice: every task-model call of the restarted llm_eval made a new cached answer
+    text = scrape(stack.services["llm_eval"].metrics_port)
+    with LlmEvalClient(stack.address("llm_eval")) as client:
+        cached = client.usage().cached_answers
+    assert metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"') == cached - answered > 0
+
+
+def test_cancelled_run_resumes_through_the_cli(stack, tmp_path, capsys):
+    address = stack.address("optimizer")
+    args = ["run", "opro", "--iterations", "2", "--candidates-per-step", "1", "--fidelity", "3"]
+    assert cli.main(["--optimizer", address, *args, "--test-fidelity", "2", "--no-watch"]) == 0
+    run_id = capsys.readouterr().out.split()[-1]
+    with OptimizerClient(address) as client:
+        for event in client.watch(run_id):
+            if event.WhichOneof("event") == "candidate":
+                client.cancel(run_id)
+                break
+        list(client.watch(run_id))
+        assert client.get(run_id).state == operations_pb2.RUN_STATE_CANCELLED
+    assert cli.main(["--optimizer", address, "--results-dir", str(tmp_path), "resume", run_id]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"resumed {run_id}" in out and "resume requested after CANCELLED" in out
+    with OptimizerClient(address) as client:
+        run = client.get(run_id)
+    assert run.state == operations_pb2.RUN_STATE_SUCCEEDED and run.step == run.total_steps
+    assert cli.main(["--optimizer", address, "resume", run_id]) == 2  # a finished run: one clear line
+    assert "only FAILED or CANCELLED runs resume" in " ".join(capsys.readouterr().out.split())
 
 
 def test_sigterm_drains_and_exits_cleanly(stack):
