@@ -292,20 +292,24 @@ def prometheus_problems(document: dict) -> list[str]:
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "promptopt.json"
 
 
+def dashboard_queries(path: Path = DASHBOARD) -> list[str]:
+    """Every PromQL expression of the Grafana dashboard, in panel order."""
+    import json
+
+    return [target["expr"] for panel in json.loads(path.read_text())["panels"] for target in panel["targets"]]
+
+
 def dashboard_metrics(path: Path = DASHBOARD) -> set[str]:
     """Metric names used by the dashboard's PromQL expressions.
 
     Strips strings, label matchers, `by (...)` groupings and range selectors; what remains as an
     identifier not followed by `(` (a function call) is a metric name.
     """
-    import json
-
     names = set()
-    for panel in json.loads(path.read_text())["panels"]:
-        for target in panel["targets"]:
-            expr = re.sub(r'"[^"]*"', "", target["expr"])
-            expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
-            names.update(m.group(1) for m in re.finditer(r"\b([a-zA-Z_:][\w:]*)\b(?!\s*\()", expr))
+    for expr in dashboard_queries(path):
+        expr = re.sub(r'"[^"]*"', "", expr)
+        expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(by|without|on|ignoring)\s*\([^)]*\)", " ", expr)
+        names.update(m.group(1) for m in re.finditer(r"\b([a-zA-Z_:][\w:]*)\b(?!\s*\()", expr))
     return names
 
 

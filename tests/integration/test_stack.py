@@ -23,9 +23,11 @@ from promptopt.optimizer.v1 import optimizer_pb2
 from services.common.launcher import LocalStack
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.types import EvaluationRequest
 from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
-from tests.deploy.validate import dashboard_metrics, exported_metrics
+from tests.deploy.validate import dashboard_metrics, dashboard_queries, exported_metrics
+from tests.integration import prometheus
 from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow
@@ -196,6 +198,43 @@ def test_dashboard_metrics_are_exported(stack):
     assert used - declared == set(), "dashboard metrics no service exports"
     # GPU memory has samples only where torch holds a CUDA context; everything else must have values.
     assert {m for m in used if not m.startswith("promptopt_gpu_")} - sampled == set()
+
+
+def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_samples(stack, tmp_path):
+    """A real Prometheus with deploy/prometheus/prometheus.yml (targets mapped to loopback) evaluates
+    each Grafana expression ($__rate_interval as 1m) through its HTTP API while the stack works."""
+    reason = prometheus.available()
+    if reason:
+        pytest.skip(reason)
+    assert "SUCCESS" in prometheus.check_config()
+    # the compose network aliases (encoder, llm-eval, ...) that the file's targets name
+    addresses = {name.replace("_", "-"): f"127.0.0.1:{spec.metrics_port}" for name, spec in stack.services.items()}
+    server = prometheus.LocalPrometheus(prometheus.loopback_config(addresses), tmp_path / "prometheus")
+    try:
+        targets = server.wait_scrapes(2)
+        assert sorted(t["labels"]["component"] for t in targets) == sorted(addresses)
+        # fresh work while it scrapes: a run, an encoding, an evaluation and a refused request
+        request = optimizer_pb2.StartRunRequest(
+            evaluation=optimizer_pb2.EvaluationSettings(fidelity=2, seed=21, test_fidelity=1),
+            opro=optimizer_pb2.OproConfig(iterations=1, candidates_per_step=1),
+        )
+        with OptimizerClient(stack.address("optimizer")) as client:
+            run_id = client.start(request).run_id
+            list(client.watch(run_id))
+            with pytest.raises(grpc.RpcError):
+                client.get("no-such-run")
+        with EncoderClient(stack.address("encoder")) as client:
+            client.encode(["Answer with one number."])
+        with LlmEvalClient(stack.address("llm_eval")) as client:
+            client.evaluate(EvaluationRequest("Answer with one number.", split="test", fidelity=2, shuffle_seed=99))
+        server.wait_scrapes(2)  # rate() sees the work: two scrapes after it
+        results = {expr: server.query(expr.replace("$__rate_interval", "1m")) for expr in dashboard_queries()}
+    finally:
+        server.close()
+    # GPU memory series exist only where torch holds a CUDA context; every other panel has samples
+    assert [e for e, samples in results.items() if not samples and "promptopt_gpu_" not in e] == []
+    questions = results["sum(rate(promptopt_llm_eval_questions_total[$__rate_interval]))"]
+    assert float(questions[0]["value"][1]) > 0
 
 
 def test_killed_optimizer_resumes_without_repaying(stack):
