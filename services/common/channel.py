@@ -1,12 +1,13 @@
 """The channel plumbing every typed client builds on.
 
-Channels ride out restarts and overload: unary calls that fail with UNAVAILABLE or
-RESOURCE_EXHAUSTED are retried with exponential backoff and jitter for up to
-`ClientConfig.retry_seconds`; DEADLINE_EXCEEDED is retried too, except on the methods that
-start or change something (`NOT_RETRIED_ON_DEADLINE`), where a late reply may still have done
-its work. They carry the bearer token when configured, use TLS when a CA is given, and clients
-set a deadline on every attempt. Each service's typed client lives beside it
-(`services/<service>/client.py`).
+Channels ride out restarts and overload: a unary call that fails with UNAVAILABLE or
+RESOURCE_EXHAUSTED (overload, not gRPC's own message-size limit) is retried with exponential
+backoff and jitter until `ClientConfig.retry_seconds` have passed since its first failure.
+DEADLINE_EXCEEDED is retried only on `RETRIED_ON_DEADLINE`, the calls whose repeat pays for
+nothing twice (reads, pure computations, and EvaluatePrompt, whose answers are cached as they
+come); a late Generate, StartRun or model fit may still have done its work. Channels carry the
+bearer token when configured and use TLS when a CA is given; clients set a deadline on every
+attempt. Each service's typed client lives beside it (`services/<service>/client.py`).
 """
 
 from __future__ import annotations
@@ -24,34 +25,59 @@ from services.common.config import ClientConfig
 log = logging.getLogger(__name__)
 
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-NOT_RETRIED_ON_DEADLINE = frozenset({"StartRun", "ResumeRun", "CancelRun", "DeleteModel"})
+RETRIED_ON_DEADLINE = frozenset(
+    {
+        "EvaluatePrompt",
+        "Encode",
+        "GetDatasetInfo",
+        "GetExemplars",
+        "GetUsage",
+        "GetModelInfo",
+        "GetRun",
+        "ListRuns",
+        "Predict",
+        "ComputeAcquisition",
+        "OptimizeAcquisition",
+        "OptimizeJoint",
+        "ProposeExemplars",
+        "EncodeJoint",
+        "DecodeJoint",
+        "DecodeLatent",
+        "Check",
+    }
+)
+
+
+def transient(code: grpc.StatusCode | None, details: str | None) -> bool:
+    """UNAVAILABLE, or RESOURCE_EXHAUSTED from overload (a too-large message stays too large)."""
+    return code in TRANSIENT and "larger than max" not in (details or "")
 
 
 class _RetryInterceptor(grpc.UnaryUnaryClientInterceptor):
     """Retries transient failures of unary calls with capped exponential backoff (0.5 s doubling
-    to 15 s, +-25% jitter) until `budget` seconds have passed since the first attempt."""
+    to 15 s, +-25% jitter) until `budget` seconds have passed since the call first failed."""
 
-    def __init__(self, budget: float, sleep=time.sleep):
+    def __init__(self, budget: float):
         self.budget = budget
-        self.sleep = sleep
 
-    def retryable(self, method: str, code: grpc.StatusCode) -> bool:
-        if code in TRANSIENT:
-            return True
-        return code == grpc.StatusCode.DEADLINE_EXCEEDED and method.rsplit("/", 1)[-1] not in NOT_RETRIED_ON_DEADLINE
+    def retryable(self, method: str, code: grpc.StatusCode, details: str | None) -> bool:
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return method.rsplit("/", 1)[-1] in RETRIED_ON_DEADLINE
+        return transient(code, details)
 
     def intercept_unary_unary(self, continuation, details, request):
-        start, delay = time.monotonic(), 0.5
+        failing_since, delay = None, 0.5
         while True:
             outcome = continuation(details, request)
             code = outcome.code()
-            if code is None or code == grpc.StatusCode.OK or not self.retryable(details.method, code):
+            if code in (None, grpc.StatusCode.OK) or not self.retryable(details.method, code, outcome.details()):
                 return outcome
+            failing_since = failing_since or time.monotonic()
             pause = delay * random.uniform(0.75, 1.25)
-            if time.monotonic() - start + pause > self.budget:
+            if time.monotonic() - failing_since + pause > self.budget:
                 return outcome
             log.warning("%s: %s (%s); retrying in %.1fs", details.method, code.name, outcome.details(), pause)
-            self.sleep(pause)
+            time.sleep(pause)
             delay = min(delay * 2, 15.0)
 
 
@@ -95,8 +121,15 @@ def make_channel(config: ClientConfig) -> grpc.Channel:
     options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
     interceptors = []
     if config.tls_ca:
-        with open(config.tls_ca, "rb") as fh:
-            creds = grpc.ssl_channel_credentials(root_certificates=fh.read())
+
+        def read(path):
+            with open(path, "rb") as fh:
+                return fh.read()
+
+        identity = (read(config.tls_key), read(config.tls_cert)) if config.tls_cert else (None, None)
+        creds = grpc.ssl_channel_credentials(read(config.tls_ca), *identity)
+        if config.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", config.tls_server_name))
         if config.auth_token:
             creds = grpc.composite_channel_credentials(
                 creds, grpc.metadata_call_credentials(_TokenAuth(config.auth_token))

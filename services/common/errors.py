@@ -23,12 +23,11 @@ class UnavailableError(RuntimeError):
 
 
 class CallerGoneError(RuntimeError):
-    """The caller cancelled or its deadline passed; the work was stopped (what was done is kept).
-    `usage`: the work done before it stopped, so that it is still counted."""
+    """The caller cancelled or its deadline passed; the work was stopped (what was done is kept)."""
 
-    def __init__(self, message: str, usage=None):
-        super().__init__(message)
-        self.usage = usage
+
+class StoreError(RuntimeError):
+    """A SQLite store cannot be opened or is held by another process (a start-up error)."""
 
 
 class FailedPreconditionError(RuntimeError):
@@ -63,5 +62,7 @@ def require(condition: bool, message: str) -> None:
 def describe(exc: BaseException) -> str:
     """One line for a run's error: 'CODE: details' for a failed RPC, else 'Type: message'."""
     if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
-        return f"{exc.code().name}: {exc.details()}"
-    return f"{type(exc).__name__}: {exc}"
+        text = f"{exc.code().name}: {exc.details() or 'no details'}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())

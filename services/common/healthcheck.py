@@ -11,15 +11,33 @@ import os
 import sys
 
 from services.common.channel import BaseClient
+from services.common.config import ClientConfig
 
 
 def check(service: str, env=os.environ, timeout: float = 3.0) -> str:
-    """The overall health status name of `service` (e.g. `llm_eval`) on its configured port."""
+    """The overall health status name of `service` (e.g. `llm_eval`) on its configured port.
+
+    With TLS on (`<PREFIX>TLS_CERT`), the probe speaks TLS: it trusts `<PREFIX>TLS_CA` (else the
+    client CA), presents the service's own certificate (mTLS servers require one; it must allow
+    client auth) and expects the name `<PREFIX>TLS_SERVER_NAME` (default localhost)."""
     prefix = f"PROMPTOPT_{service.upper()}_"
     port = env.get(prefix + "PORT")
     if not port:
         raise ValueError(f"{prefix}PORT is not set; the health check reads the port the service listens on")
-    with BaseClient(f"127.0.0.1:{port}") as client:
+    config = ClientConfig(f"127.0.0.1:{port}", retry_seconds=0)  # a probe answers now
+    if env.get(prefix + "TLS_CERT"):
+        ca = env.get(prefix + "TLS_CA") or env.get(prefix + "TLS_CLIENT_CA")
+        if not ca:
+            raise ValueError(f"{prefix}TLS_CERT is set: the probe needs {prefix}TLS_CA to verify the service")
+        config = ClientConfig(
+            config.address,
+            tls_ca=ca,
+            tls_cert=env[prefix + "TLS_CERT"],
+            tls_key=env.get(prefix + "TLS_KEY", ""),
+            tls_server_name=env.get(prefix + "TLS_SERVER_NAME", "localhost"),
+            retry_seconds=0,
+        )
+    with BaseClient(config) as client:
         return client.health(timeout=timeout)
 
 

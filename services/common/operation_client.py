@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 from promptopt.operations.v1 import operations_pb2
 
-from services.common.channel import TRANSIENT, BaseClient
+from services.common.channel import BaseClient, transient
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +45,22 @@ class OperationClient(BaseClient):
 
     def watch(self, run_id: str, after_sequence: int = 0, timeout: float | None = None) -> Iterator:
         """The run's `operations.v1.RunEvent`s after `after_sequence`, until the run ends. A stream
-        broken by a restarting service is reopened after the last event seen, for up to the
-        channel's `retry_seconds` without an event."""
-        sequence, delay, quiet_since = after_sequence, 0.5, time.monotonic()
+        broken by a restarting service is reopened after the last event seen, until
+        `retry_seconds` have passed since it broke without a new event."""
+        sequence, delay, failing_since = after_sequence, 0.5, None
         while True:
             request = self.pb2.WatchRunRequest(run_id=run_id, after_sequence=sequence)
             try:
                 for response in self.stub.WatchRun(request, timeout=timeout):
-                    sequence, delay, quiet_since = response.event.sequence, 0.5, time.monotonic()
+                    sequence, delay, failing_since = response.event.sequence, 0.5, None
                     yield response.event
                 return
             except grpc.RpcError as exc:
-                if exc.code() not in TRANSIENT or time.monotonic() - quiet_since + delay > self.config.retry_seconds:
+                failing_since = failing_since or time.monotonic()
+                if not transient(exc.code(), exc.details()) or (
+                    time.monotonic() - failing_since + delay > self.config.retry_seconds
+                ):
                     raise
-                log.warning(
-                    "WatchRun %s: %s; reopening after event %d in %.1fs", run_id, exc.code().name, sequence, delay
-                )
+                log.warning("WatchRun %s: %s; reopening after event %d", run_id, exc.code().name, sequence)
                 time.sleep(delay)
                 delay = min(delay * 2, 15.0)

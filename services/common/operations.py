@@ -11,7 +11,6 @@ import dataclasses
 import enum
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -19,7 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.errors import FailedPreconditionError, NotFoundError, describe
+from services.common.database import hold_exclusive, open_database
+from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError, describe
 from services.common.metrics import RUNS_ACTIVE, RUNS_FINISHED
 from services.common.types import Usage
 
@@ -79,17 +79,19 @@ _COLUMNS = (
 class RunStore:
     """SQLite-backed runs and events; `wait_events` blocks until new events or a timeout."""
 
-    def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.executescript(
+    def __init__(self, path: str | Path, exclusive: bool = False):
+        """`exclusive`: this process alone may run the store's runs (a service's own store)."""
+        if exclusive:
+            self._lock_fd = hold_exclusive(path, "run store")
+        self._conn = open_database(
+            path,
+            "run store",
             "CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, algorithm TEXT, display_name TEXT,"
             " state INTEGER, step INTEGER, total_steps INTEGER, best_prompt TEXT, best_score REAL, usage TEXT,"
             " config TEXT, checkpoint TEXT, error TEXT, create_time REAL, update_time REAL,"
             " last_sequence INTEGER, cancel_requested INTEGER);"
             "CREATE TABLE IF NOT EXISTS events (run_id TEXT, sequence INTEGER, time REAL, kind TEXT,"
-            " payload TEXT, usage TEXT, PRIMARY KEY (run_id, sequence));"
+            " payload TEXT, usage TEXT, PRIMARY KEY (run_id, sequence));",
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -293,17 +295,29 @@ class RunManager:
         self.store.update(run_id, cancel_requested=True)
         return self.store.get(run_id)
 
-    def resume(self, run_id: str) -> RunRecord:
-        """Restart a FAILED or CANCELLED run from its last checkpoint."""
-        record = self.store.get(run_id)
-        if record.state not in (RunState.FAILED, RunState.CANCELLED):
-            raise FailedPreconditionError(f"run {run_id} is {record.state.name}; only FAILED or CANCELLED runs resume")
-        self.store.update(run_id, state=RunState.PENDING, cancel_requested=False, error="")
-        self.store.append_event(
-            run_id, "progress", {"message": f"resume requested after {record.state.name}"}, record.usage
-        )
+    def resume(self, run_id: str, release_wait: float = 60.0) -> RunRecord:
+        """Restart a FAILED or CANCELLED run from its last checkpoint; the record as resumed.
+
+        Waits up to `release_wait` seconds for the run's previous thread to finish releasing
+        what it held (UnavailableError after that: try again)."""
+        previous = self._threads.get(run_id)
+        if previous is not None:
+            previous.join(release_wait)
+            if previous.is_alive():
+                raise UnavailableError(f"run {run_id} is still releasing its resources; resume it again shortly")
+        with self._lock:  # check and flip atomically: one of two concurrent resumes wins
+            record = self.store.get(run_id)
+            if record.state not in (RunState.FAILED, RunState.CANCELLED):
+                raise FailedPreconditionError(
+                    f"run {run_id} is {record.state.name}; only FAILED or CANCELLED runs resume"
+                )
+            self.store.update(run_id, state=RunState.PENDING, cancel_requested=False, error="")
+            self.store.append_event(
+                run_id, "progress", {"message": f"resume requested after {record.state.name}"}, record.usage
+            )
+            resumed = self.store.get(run_id)
         self.start(run_id)
-        return self.store.get(run_id)
+        return resumed
 
     def join(self, run_id: str, timeout: float | None = None) -> None:
         thread = self._threads.get(run_id)

@@ -8,7 +8,7 @@ from pathlib import Path
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 from services.llm_eval.backends import LlamaCppBackend, LLMBackend, OpenAIBackend, VLLMBackend
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.config import LlmEvalConfig
@@ -63,4 +63,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-from services.common.errors import UnavailableError
+from services.common.errors import FailedPreconditionError, OverloadedError, UnavailableError
 from services.llm_eval.types import Completion, DecodingParams
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,13 @@ class OpenAIBackend(LLMBackend):
         try:
             with urllib.request.urlopen(request, timeout=self._timeout) as resp:
                 data = json.load(resp)
+        except urllib.error.HTTPError as exc:  # the server answered: overloaded, down, or a refused request
+            message = f"OpenAI-compatible server at {self._url} answered HTTP {exc.code}: {exc.reason}"
+            if exc.code == 429:
+                raise OverloadedError(message) from exc
+            if exc.code >= 500:
+                raise UnavailableError(message) from exc
+            raise FailedPreconditionError(message) from exc
         except (urllib.error.URLError, TimeoutError) as exc:
             raise UnavailableError(f"OpenAI-compatible server at {self._url} failed: {exc}") from exc
         usage = data.get("usage") or {}

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sqlite3
 import threading
 from pathlib import Path
 
+from services.common.database import open_database
 from services.llm_eval import gsm8k
 from services.llm_eval.types import DecodingParams
 
@@ -65,13 +65,12 @@ class AnswerCache:
     """Thread-safe SQLite answer store (WAL mode, one connection guarded by a lock)."""
 
     def __init__(self, path: str | Path):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
+        self._conn = open_database(
+            path,
+            "answer cache",
             "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, model TEXT, prompt_hash TEXT,"
             " dataset TEXT, split TEXT, question_index INTEGER, params TEXT, response TEXT,"
-            " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL DEFAULT (julianday('now')))"
+            " prompt_tokens INTEGER, completion_tokens INTEGER, created REAL DEFAULT (julianday('now')))",
         )
         self._lock = threading.Lock()
 

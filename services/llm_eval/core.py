@@ -186,36 +186,44 @@ class LlmEvaluator:
         missing = [(i, k) for i, k in zip(indices, keys, strict=True) if k not in answers]
         params_json = json.dumps(dataclasses.asdict(params), sort_keys=True)
         step = min(self.batch_size, self.task.max_batch or self.batch_size)
-        while missing:
-            if should_stop():
-                log.info("evaluation stopped after %d new answers: the caller went away", usage.llm_calls)
-                self._record(usage)
-                raise CallerGoneError("evaluation stopped: the caller went away or its deadline passed", usage)
-            batch, missing = missing[:step], missing[step:]
-            mine, theirs = self._claim(batch)
-            try:
-                if mine:
-                    prompts = [gsm8k.format_prompt(examples[i].question, request.instruction, shots) for i, _ in mine]
-                    rows = []
-                    for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
-                        answer = CachedAnswer(completion.text, completion.prompt_tokens, completion.completion_tokens)
-                        meta = (model, p_hash, request.dataset, base_split, base[i], params_json)
-                        rows.append((key, meta, answer))
-                        answers[key] = answer
-                        usage.llm_calls += 1
-                        usage.prompt_tokens += completion.prompt_tokens
-                        usage.completion_tokens += completion.completion_tokens
-                    self.cache.put_many(rows)
-            finally:
-                self._release([key for _, key in mine])
-            if theirs:  # answered by a concurrent request; a failed one leaves them to us
-                for event in {id(e): e for _, _, e in theirs}.values():
-                    event.wait()
-                found = self.cache.get_many([key for _, key, _ in theirs])
-                answers.update(found)
-                cached.update(found)
-                usage.cache_hits += len(found)
-                missing += [(i, key) for i, key, _ in theirs if key not in found]
+        try:
+            while missing:
+                if should_stop():
+                    log.info("evaluation stopped after %d new answers: the caller went away", usage.llm_calls)
+                    raise CallerGoneError("evaluation stopped: the caller went away or its deadline passed")
+                batch, missing = missing[:step], missing[step:]
+                mine, theirs = self._claim(batch)
+                try:
+                    if mine:
+                        prompts = [
+                            gsm8k.format_prompt(examples[i].question, request.instruction, shots) for i, _ in mine
+                        ]
+                        rows = []
+                        for (i, key), completion in zip(mine, self.task.generate(prompts, params), strict=True):
+                            answer = CachedAnswer(
+                                completion.text, completion.prompt_tokens, completion.completion_tokens
+                            )
+                            meta = (model, p_hash, request.dataset, base_split, base[i], params_json)
+                            rows.append((key, meta, answer))
+                            answers[key] = answer
+                            usage.llm_calls += 1
+                            usage.prompt_tokens += completion.prompt_tokens
+                            usage.completion_tokens += completion.completion_tokens
+                        self.cache.put_many(rows)
+                finally:
+                    self._release([key for _, key in mine])
+                if theirs:  # answered by a concurrent request; a failed one leaves them to us
+                    for event in {id(e): e for _, _, e in theirs}.values():
+                        event.wait()
+                    found = self.cache.get_many([key for _, key, _ in theirs])
+                    answers.update(found)
+                    cached.update(found)
+                    usage.cache_hits += len(found)
+                    missing += [(i, key) for i, key, _ in theirs if key not in found]
+        except Exception as exc:
+            self._record(usage)
+            exc.partial_usage = usage  # the answers it paid for before failing stay cached and counted
+            raise
         self._record(usage)
         results = []
         for i, key in zip(indices, keys, strict=True):

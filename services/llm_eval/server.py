@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 
-from services.common.errors import CallerGoneError, require
+from services.common.errors import require
 from services.llm_eval import convert
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.types import ModelRole
@@ -43,8 +43,9 @@ class LlmEvalServicer(llm_eval_pb2_grpc.LlmEvalServiceServicer):
         domain = convert.eval_request_from_proto(request)
         try:
             result = self.evaluator.evaluate(domain, should_stop=lambda: not context.is_active())
-        except CallerGoneError as gone:  # the answers it paid for are cached and counted all the same
-            _count("task", gone.usage)
+        except Exception as exc:  # stopped or failed midway: the answers it paid for still count
+            if getattr(exc, "partial_usage", None) is not None:
+                _count("task", exc.partial_usage)
             raise
         _count("task", result.usage)
         CACHE_HITS.inc(result.usage.cache_hits)

@@ -23,8 +23,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.common.config import ClientConfig
+from services.common.types import Usage
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import DecodingParams, EvaluationRequest
+from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
 from services.optimizer.results import write_results
 
@@ -48,11 +50,13 @@ ALGORITHM_FLAGS = algorithm_flags()
 
 
 def _client_config(address: str, args) -> ClientConfig:
+    mtls = {"tls_cert": os.environ.get("PROMPTOPT_TLS_CERT", ""), "tls_key": os.environ.get("PROMPTOPT_TLS_KEY", "")}
     return ClientConfig(
         address,
         tls_ca=args.tls_ca,
         auth_token=os.environ.get("PROMPTOPT_AUTH_TOKEN", ""),
         retry_seconds=args.retry_seconds,
+        **(mtls if args.tls_ca else {}),
     )
 
 
@@ -239,8 +243,21 @@ def cmd_evaluate(args) -> int:
             shuffle_seed=args.seed,
             params=DecodingParams(max_tokens=args.max_tokens),
         )
-        with console.status(f"evaluating on {args.fidelity or 'all'} {args.split} questions"):
-            result = client.evaluate(request)
+        with Progress(
+            TextColumn(f"evaluating on {args.split}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("evaluate", total=args.fidelity or None)
+            llm = MeteredLlm(  # chunked: a long evaluation shows questions done and retries little
+                client,
+                Usage(),
+                chunking=Chunking(),
+                on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+            result = llm.evaluate(request)
     console.print(f"accuracy {result.accuracy:.3f} ({result.num_correct}/{result.num_evaluated}) on {result.model}")
     console.print(_usage_text(result.usage))
     return 0
@@ -250,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptopt", description="Prompt optimisation over gRPC services.")
     parser.add_argument("--optimizer", default=os.environ.get("PROMPTOPT_OPTIMIZER_ADDRESS", "127.0.0.1:50055"))
     parser.add_argument("--llm-eval", default=os.environ.get("PROMPTOPT_LLM_EVAL_ADDRESS", "127.0.0.1:50053"))
-    parser.add_argument("--tls-ca", default=os.environ.get("PROMPTOPT_TLS_CA", ""), help="CA bundle for TLS")
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("PROMPTOPT_TLS_CA", ""),
+        help="CA bundle for TLS (mTLS: PROMPTOPT_TLS_CERT/KEY)",
+    )
     parser.add_argument("--results-dir", default="results")
     parser.add_argument(
         "--retry-seconds",

@@ -88,7 +88,8 @@ class MeteredLlm:
     With `chunking`, an evaluation of more than `chunking.first` questions is sent as growing
     prefixes of its question list (the answers of earlier prefixes are cache hits in llm_eval),
     so each call is short, a retried call repeats little, and `on_progress(done, total)` hears
-    of every chunk.
+    of every chunk. Answers an abandoned attempt paid for come back as cache hits on its retry,
+    so a run's usage counts them as hits.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class MeteredLlm:
         self.chunking = chunking
         self.on_progress = on_progress
         self._cancelled = cancelled
+        self._split_sizes: dict[tuple[str, str], int] = {}
 
     def _check(self):
         if self._cancelled():
@@ -135,8 +137,9 @@ class MeteredLlm:
                 part = dataclasses.replace(request, fidelity=upto)
             started = time.monotonic()
             result = self.service.evaluate(part)
-            # the first `done` questions were answered by this evaluation's earlier chunks
-            chunk = dataclasses.replace(result.usage, cache_hits=result.usage.cache_hits - done)
+            # the first `done` questions were answered by this evaluation's earlier chunks (an answer
+            # lost in between, e.g. with a wiped cache, is paid again and shows as an LLM call)
+            chunk = dataclasses.replace(result.usage, cache_hits=max(0, result.usage.cache_hits - done))
             self.usage.add(chunk)
             spent.add(chunk)
             size = self.chunking.next_size(upto - done, time.monotonic() - started)
@@ -145,11 +148,17 @@ class MeteredLlm:
         return dataclasses.replace(result, usage=spent)
 
     def _question_count(self, request: EvaluationRequest) -> int:
-        if request.question_indices:
-            return len(request.question_indices)
-        if request.fidelity or self.chunking is None:
-            return request.fidelity
-        return self.split_size(request.dataset, request.split)
+        """Questions the request covers; with chunking, a fidelity beyond the split fails here,
+        before any chunk is paid for."""
+        if request.question_indices or self.chunking is None:
+            return len(request.question_indices) or request.fidelity
+        key = (request.dataset, request.split)
+        if key not in self._split_sizes:
+            self._split_sizes[key] = self.split_size(request.dataset, request.split)
+        size = self._split_sizes[key]
+        if request.fidelity > size:
+            raise ValueError(f"fidelity {request.fidelity} exceeds the {size} questions of split {request.split!r}")
+        return request.fidelity or size
 
     def pool_exemplars(self, dataset: str, pool: str, ids=()) -> list[Exemplar]:
         """Examples of a pool split as few-shot exemplars (no LLM call)."""
