@@ -75,7 +75,7 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
-    auth_token: str = ""
+    auth_token: str = dataclasses.field(default="", repr=False)
     gpu_memory_fraction: float = 0.0
 
     def __post_init__(self):
@@ -91,12 +91,23 @@ class ServerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClientConfig:
-    """How a client reaches a service: address, optional TLS root and bearer token; the deadline
-    of each attempt and how long transient failures are retried (0 = never)."""
+    """How a client reaches a service: address; TLS root (`tls_ca`), its own certificate for mTLS
+    (`tls_cert`/`tls_key`) and the name the server's certificate must carry when it differs from
+    the address (`tls_server_name`); bearer token; the deadline of each attempt and how long
+    transient failures are retried (0 = never)."""
 
     address: str
     tls_ca: str = ""
-    auth_token: str = ""
+    auth_token: str = dataclasses.field(default="", repr=False)
     max_message_mb: int = 64
     timeout_seconds: float = 600.0
     retry_seconds: float = 300.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_server_name: str = ""
+
+    def __post_init__(self):
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if self.tls_cert and not self.tls_ca:
+            raise ValueError("tls_cert (a client certificate) needs tls_ca")

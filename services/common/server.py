@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.common.config import ServerConfig
-from services.common.errors import status_for
+from services.common.errors import StoreError, status_for
 from services.common.metrics import RPC_LATENCY, RPC_REQUESTS, cap_gpu_memory
 
 log = logging.getLogger(__name__)
@@ -233,3 +234,13 @@ def serve(
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
     return running
+
+
+def run_service(main: Callable[[], None]) -> None:
+    """Run a service's `main`; a start-up error (a bad setting, an unusable or busy store) is one
+    line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except (ValueError, StoreError) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -10,7 +10,7 @@ import grpc
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 
 from services.common.config import ClientConfig, ServerConfig, from_env
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 from services.common.text import EncodeMemo
 from services.decoder.core import (
     GTR_ST,
@@ -52,8 +52,16 @@ class DecoderConfig:
     vec2text_num_steps: int = 20
     vec2text_beam: int = 8
     sonar_decoder: str = "text_sonar_basic_decoder"
-    auth_token: str = ""
+    auth_token: str = dataclasses.field(default="", repr=False)
     tls_ca: str = ""
+    # the service's own certificate (its server identity) is its client identity under mTLS
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def identity(self) -> dict:
+        """TLS and token settings for this service's clients."""
+        mtls = {"tls_cert": self.tls_cert, "tls_key": self.tls_key} if self.tls_ca else {}
+        return {"tls_ca": self.tls_ca, "auth_token": self.auth_token, **mtls}
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -77,7 +85,7 @@ def build_inverter(config: DecoderConfig, encoder: EncoderClient, info) -> Inver
         return Vec2TextInverter(encode, model, info.normalized, config.vec2text_num_steps, config.vec2text_beam)
     if config.backend == "sonar":
         return SonarInverter(encode, config.sonar_decoder)
-    llm = LlmEvalClient(ClientConfig(config.llm_eval_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+    llm = LlmEvalClient(ClientConfig(config.llm_eval_address, **config.identity()))
     return LlmGuidedInverter(
         encode,
         lambda prompts, params: llm.generate(prompts, params, ModelRole.META),
@@ -90,7 +98,7 @@ def build_inverter(config: DecoderConfig, encoder: EncoderClient, info) -> Inver
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = from_env(DecoderConfig, PREFIX)
-    encoder = EncoderClient(ClientConfig(config.encoder_address, tls_ca=config.tls_ca, auth_token=config.auth_token))
+    encoder = EncoderClient(ClientConfig(config.encoder_address, **config.identity()))
     servicer = DecoderServicer(None)
 
     def load():
@@ -110,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)

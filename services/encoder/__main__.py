@@ -8,7 +8,7 @@ import logging
 from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 from services.encoder.core import EMBEDDED_MODEL, make_embedder
 from services.encoder.server import EncoderServicer
 
@@ -46,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)

@@ -14,7 +14,7 @@ from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
@@ -33,8 +33,17 @@ class OptimizerConfig:
     decoder_address: str = "127.0.0.1:50052"
     surrogate_address: str = "127.0.0.1:50054"
     store_path: str = "state/optimizer/runs.sqlite"
-    auth_token: str = ""
+    auth_token: str = dataclasses.field(default="", repr=False)
     tls_ca: str = ""
+    # the service's own certificate (its server identity) is its client identity under mTLS
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    def identity(self) -> dict:
+        """TLS and token settings for this service's clients."""
+        mtls = {"tls_cert": self.tls_cert, "tls_key": self.tls_key} if self.tls_ca else {}
+        return {"tls_ca": self.tls_ca, "auth_token": self.auth_token, **mtls}
+
     # per attempt; transient failures are retried for retry_seconds
     rpc_timeout_seconds: float = 600.0
     retry_seconds: float = 300.0
@@ -51,8 +60,7 @@ def main() -> None:
         return cls(
             ClientConfig(
                 address,
-                tls_ca=config.tls_ca,
-                auth_token=config.auth_token,
+                **config.identity(),
                 timeout_seconds=config.rpc_timeout_seconds,
                 retry_seconds=config.retry_seconds,
             )
@@ -65,7 +73,7 @@ def main() -> None:
         client(SurrogateClient, config.surrogate_address),
     )
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
-    store = RunStore(config.store_path)
+    store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs
     state_dir = Path(config.store_path).parent
 
     def factory(record, emit, usage, cancelled):
@@ -80,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)

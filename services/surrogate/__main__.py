@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 from services.surrogate.server import RegistryCollector, SurrogateServicer
 
 PREFIX = "PROMPTOPT_SURROGATE_"
@@ -46,4 +46,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)

@@ -14,7 +14,7 @@ from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
 from services.common.config import ServerConfig, from_env
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
-from services.common.server import ServiceBinding, serve
+from services.common.server import ServiceBinding, run_service, serve
 
 PREFIX = "PROMPTOPT_TUNER_"
 
@@ -34,11 +34,11 @@ def no_jobs(record, emit, usage, cancelled):
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    store = RunStore(from_env(TunerConfig, PREFIX).store_path)
+    store = RunStore(from_env(TunerConfig, PREFIX).store_path, exclusive=True)
     servicer = OperationServicer(tuner_pb2, store, RunManager(store, no_jobs), parse_start)
     binding = ServiceBinding.of(tuner_pb2, "TunerService", tuner_pb2_grpc.add_TunerServiceServicer_to_server, servicer)
     serve(from_env(ServerConfig, PREFIX), [binding]).wait()
 
 
 if __name__ == "__main__":
-    main()
+    run_service(main)
