@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install protos demo test test-fast bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
+.PHONY: install protos demo test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,17 @@ test: install protos
 test-fast: install protos
 	$(PY) -m pytest -m "not slow"
 
+# Faults, storage, security and monitoring tests (loopback), then the load figures; run it alone.
+test-reliability: install protos
+	$(PY) -m pytest tests/integration/test_faults.py tests/integration/test_storage_faults.py \
+	  tests/integration/test_security.py tests/integration/test_stack.py
+	$(PY) -m tests.bench.load_bench
+
+# The stack tests against `docker compose --profile cpu up` (real images); prepares what it can
+# (dockerd, compose v2, a base image, make images) and says what it skipped and why.
+test-containers: install protos
+	$(PY) -m tests.integration.containers
+
 bench: install protos
 	$(PY) -m tests.bench.run_bench
 	$(PY) -m tests.bench.lipo_bench
@@ -75,15 +86,15 @@ IMAGES := encoder decoder llm-eval surrogate optimizer tuner
 GPU_IMAGES := encoder-cuda decoder-cuda surrogate-cuda llm-eval-vllm
 TAG ?= latest
 
-# Container images (needs a Docker engine): promptopt/<service>:$(TAG), GPU ones :$(TAG)-cuda/-vllm.
+# Container images (needs a Docker engine with BuildKit): promptopt/<service>:$(TAG), GPU ones
+# :$(TAG)-cuda/-vllm; sizes printed. BASE_IMAGE, TORCH_INDEX_URL, DOCKER: see deploy/docker/images.sh.
 images:
 	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed)"; exit 1; }
-	for t in $(IMAGES); do docker build -f deploy/docker/Dockerfile --target $$t -t promptopt/$$t:$(TAG) . || exit 1; done
+	TAG=$(TAG) deploy/docker/images.sh $(IMAGES)
 
 images-gpu:
 	@docker info >/dev/null 2>&1 || { echo "make images-gpu needs a running Docker engine (docker info failed)"; exit 1; }
-	for t in $(GPU_IMAGES); do name=$${t%-*}; docker build -f deploy/docker/Dockerfile --target $$t \
-	  -t promptopt/$$name:$(TAG)-$${t##*-} . || exit 1; done
+	TAG=$(TAG) deploy/docker/images.sh $(GPU_IMAGES)
 
 # Render every kustomize overlay and validate it (kubernetes-validate, strict), plus the compose file.
 k8s-validate: install
