@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,7 +22,40 @@ from services.common.compose import COMPOSE_FILE, ServiceSpec, load_services
 DEFAULT_VOLUME_DIRS = {"models": Path.home() / ".cache"}
 
 
-class LocalStack:
+class Stack(ABC):
+    """The compose profile's services, running somewhere; a context manager that brings them up,
+    waits until each is SERVING, and takes them down (also when bringing them up failed).
+    `services` maps module names (`encoder`, `llm_eval`, ...) to their ServiceSpec."""
+
+    services: dict[str, ServiceSpec]
+
+    @abstractmethod
+    def up(self) -> None:
+        """Start every service."""
+
+    @abstractmethod
+    def down(self) -> None:
+        """Stop every service."""
+
+    @abstractmethod
+    def wait_serving(self, name: str, timeout: float = 600.0) -> None:
+        """Block until `name` is SERVING (TimeoutError after `timeout` seconds)."""
+
+    def __enter__(self):
+        try:
+            self.up()
+            for name in self.services:
+                self.wait_serving(name)
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.down()
+
+
+class LocalStack(Stack):
     """The compose `profile`'s services, keyed by module (`encoder`, `llm_eval`, ...).
 
     Args:
@@ -108,17 +142,10 @@ class LocalStack:
         process.kill()
         process.wait()
 
-    def __enter__(self):
-        try:
-            for name in self.services:
-                self.start(name)
-            for name in self.services:
-                self.wait_serving(name)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+    def up(self) -> None:
+        for name in self.services:
+            self.start(name)
 
-    def __exit__(self, *exc):
+    def down(self) -> None:
         for name in reversed(list(self.services)):
             self.stop(name)

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import re
+import shutil
+import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import yaml
@@ -155,3 +159,24 @@ def test_loopback_refuses_remapped_ports(tmp_path):
 )
 def test_interpolation(text, env, expected):
     assert compose.interpolate(text, env) == expected
+
+
+def test_the_installed_package_carries_every_data_file(tmp_path):
+    """Images `pip install .`: every non-Python file the services read must be in the wheel
+    (built from a clean copy of the tree, so no stale build/ directory can supply one)."""
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"
+    for part in ("services", "gen"):
+        shutil.copytree(root / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*command, str(source)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("promptopt-*.whl")
+    packed = set(zipfile.ZipFile(wheel).namelist())
+    data = {
+        str(p.relative_to(root))
+        for p in (root / "services").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }
+    assert data and data - packed == set()

@@ -1,5 +1,6 @@
-"""The compose stack on loopback: the cpu profile of deploy/docker-compose.yml started as local
-processes (the `make demo` stack), with the real CPU LLM.
+"""The compose stack: the cpu profile of deploy/docker-compose.yml started as local processes on
+loopback (the `make demo` stack), or as real containers with PROMPTOPT_STACK=compose (`make
+test-containers`), with the real CPU LLM.
 
 Covers: reflection and health on every port, /metrics, tiny OPRO and ProTeGi runs through the
 CLI, every Grafana dashboard metric exported by a running service, a killed optimizer that
@@ -9,6 +10,7 @@ cancelled run resumed through `promptopt resume`.
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -28,6 +30,7 @@ from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
 from tests.deploy.validate import dashboard_metrics, dashboard_queries, exported_metrics
 from tests.integration import prometheus
+from tests.integration.compose_stack import ComposeStack
 from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow
@@ -49,6 +52,10 @@ def stack(tmp_path_factory, datasets_dir):
         "PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS": "48",
         "PROMPTOPT_LLM_EVAL_N_CTX": "2048",
     }
+    if os.environ.get("PROMPTOPT_STACK") == "compose":  # real containers (make test-containers)
+        with ComposeStack(tmp_path_factory.mktemp("compose"), env, datasets_dir=datasets_dir) as s:
+            yield s
+        return
     with LocalStack(tmp_path_factory.mktemp("stack"), port_offset=1000, env=env) as s:
         yield s
 
