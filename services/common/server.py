@@ -241,6 +241,6 @@ def run_service(main: Callable[[], None]) -> None:
     line on stderr and exit status 2, not a traceback."""
     try:
         main()
-    except (ValueError, StoreError) as exc:
+    except (ValueError, StoreError, OSError) as exc:  # OSError: e.g. an unreadable TLS file, a busy port
         print(f"cannot start: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -39,6 +39,7 @@ def main() -> None:
     server_config = from_env(ServerConfig, PREFIX)
     config = from_env(LlmEvalConfig, PREFIX)
     servicer = LlmEvalServicer(None)
+    cache = AnswerCache(config.cache_path)  # before serving: an unusable cache is a start-up error
 
     def load():
         task = build_backend(config, config.backend, config.task_model)
@@ -50,7 +51,7 @@ def main() -> None:
             task,
             meta,
             DatasetStore(config.datasets_dir),
-            AnswerCache(config.cache_path),
+            cache,
             config.default_max_tokens,
             config.batch_size,
             [build_backend(config, backend, model) for backend, model in config.extra()],

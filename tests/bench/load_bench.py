@@ -5,8 +5,9 @@ time each, the encoder's Encode (the embedded MiniLM, one short text per call) a
 EvaluatePrompt (llm_eval over the replay backend, 20 questions already answered). The servers
 run with the service defaults (8 worker threads, at most 64 concurrent RPCs; beyond that gRPC
 answers RESOURCE_EXHAUSTED). Prints throughput, p50/p99 latency of answered calls, the share
-refused with RESOURCE_EXHAUSTED, any other error, and the process RSS before and after.
-Run it alone: the figures are wall-clock.
+refused with RESOURCE_EXHAUSTED, any other error, and the process RSS (servers and clients
+share it) before and after. Exits 1 on any error besides the cap, a refusal under the cap, or
+RSS growing over 200 MB. Run it alone: the figures are wall-clock.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def main(argv=None) -> int:
         "Encode": serve(config, [encoder_binding(SentenceTransformerEmbedder())], install_signal_handlers=False),
         "EvaluatePrompt (cached)": serve(config, [llm_eval_binding(evaluator)], install_signal_handlers=False),
     }
-    for running in servers.values():
-        running.ready.wait(120)
+    for name, running in servers.items():
+        if not running.ready.wait(120):
+            raise SystemExit(f"{name}: the server did not become ready in 120 s")
     calls = {
         "Encode": (EncoderClient, lambda c: c.encode(["Let's think step by step."])),
         "EvaluatePrompt (cached)": (LlmEvalClient, lambda c: c.evaluate(request)),
@@ -112,19 +114,27 @@ def main(argv=None) -> int:
 
     for name, (client_cls, call) in calls.items():
         hammer(connect(client_cls, name), call, 2, 1.0)  # warm up
-    before = rss_mb()
+    before, problems = rss_mb(), []
     for name, (client_cls, call) in calls.items():
         for clients in levels:
             row = hammer(connect(client_cls, name), call, clients, args.seconds)
+            if row["other errors"]:
+                problems.append(f"{name} at {clients} clients: {row['other errors']} errors besides the cap")
+            if clients < config.max_concurrent_rpcs and row["exhausted %"]:
+                problems.append(f"{name} at {clients} clients (under the cap): refused {row['exhausted %']:.1f}%")
             print(
                 f"{name:<24}{clients:>8}{row['calls/s']:>10.1f}{row['p50 ms']:>9.1f}{row['p99 ms']:>9.1f}"
                 f"{row['exhausted %']:>13.1f}{row['other errors']:>14}"
             )
     after = rss_mb()
     print(f"process RSS: {before:.0f} MB after warm-up, {after:.0f} MB after all levels ({after - before:+.0f} MB)")
+    if after - before > 200:
+        problems.append(f"RSS grew {after - before:.0f} MB under load (bound 200 MB)")
     for running in servers.values():
         running.server.stop(0)
-    return 0
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

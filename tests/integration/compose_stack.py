@@ -121,6 +121,8 @@ class ComposeStack(Stack):
 
     def down(self) -> None:
         logs = self.state_dir / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        (logs / "compose.log").write_text(self.compose("logs", "--no-color"))
-        self.compose("down", "--volumes", "--timeout", "15")
+        try:
+            logs.mkdir(parents=True, exist_ok=True)
+            (logs / "compose.log").write_text(self.compose("logs", "--no-color"))
+        finally:
+            self.compose("down", "--volumes", "--timeout", "15")

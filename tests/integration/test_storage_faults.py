@@ -12,7 +12,7 @@ import pytest
 
 from services.common.errors import StoreError
 from services.common.operations import RunStore
-from services.llm_eval.cache import AnswerCache, CachedAnswer
+from services.llm_eval.cache import AnswerCache
 
 
 def start_optimizer(store_path, **env) -> subprocess.Popen:
@@ -46,6 +46,16 @@ def test_a_corrupted_file_is_named_and_left_as_it_was(tmp_path):
         f"cannot start: run store {tmp_path / 'runs.sqlite'} cannot be used: file is not a database"
         " (nothing in it was changed)"
     ]
+    env = {**os.environ, "PROMPTOPT_LLM_EVAL_PORT": "0", "PROMPTOPT_LLM_EVAL_METRICS_PORT": "-1"}
+    env["PROMPTOPT_LLM_EVAL_CACHE_PATH"] = str(tmp_path / "answers.sqlite")
+    llm_eval = subprocess.run(
+        [sys.executable, "-m", "services.llm_eval"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert llm_eval.returncode == 2 and llm_eval.stderr.strip().splitlines() == [
+        f"cannot start: answer cache {tmp_path / 'answers.sqlite'} cannot be used: file is not a database"
+        " (nothing in it was changed)"
+    ]
+    assert (tmp_path / "answers.sqlite").read_bytes() == garbage
 
 
 def test_a_state_directory_that_cannot_be_written(tmp_path):
@@ -89,13 +99,3 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     holder.kill()
     holder.wait()
     RunStore(path, exclusive=True)  # a SIGKILLed optimizer leaves no stale lock behind
-
-
-def test_answers_survive_a_refused_open(tmp_path):
-    path = tmp_path / "answers.sqlite"
-    cache = AnswerCache(path)
-    cache.put("k", ("m", "h", "gsm8k", "test", 0, "{}"), CachedAnswer("42", 1, 1))
-    (tmp_path / "blocked").write_text("")
-    with pytest.raises(StoreError):
-        AnswerCache(tmp_path / "blocked" / "answers.sqlite")
-    assert AnswerCache(path).get_many(["k"])["k"].response == "42"
