@@ -10,6 +10,7 @@ domain exceptions to status codes, and graceful shutdown on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import logging
 import signal
 import sys
@@ -43,6 +44,11 @@ class ServiceBinding:
         return cls(pb2.DESCRIPTOR.services_by_name[service].full_name, lambda server: add_servicer(servicer, server))
 
 
+# Answer without the bearer token (policy, README "Reliability and security"): probes and API
+# discovery; they reveal health and the API, never data.
+OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.reflection.v1.ServerReflection"})
+
+
 class _Interceptor(grpc.ServerInterceptor):
     """Counts and times RPCs, checks the bearer token and maps exceptions to status codes."""
 
@@ -56,10 +62,11 @@ class _Interceptor(grpc.ServerInterceptor):
             return None
         full = handler_call_details.method.lstrip("/")
         service, _, method = full.partition("/")
-        exempt = service.startswith("grpc.")
+        exempt = service in OPEN_SERVICES
         if self._auth_token and not exempt:
             metadata = dict(handler_call_details.invocation_metadata or ())
-            if metadata.get("authorization") != f"Bearer {self._auth_token}":
+            given = str(metadata.get("authorization", "")).encode()
+            if not hmac.compare_digest(given, f"Bearer {self._auth_token}".encode()):
                 return _replace(handler, _deny)
         if not exempt and not self._ready.is_set():
             return _replace(handler, _loading)

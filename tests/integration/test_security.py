@@ -14,6 +14,7 @@ import grpc
 import pytest
 from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
@@ -159,6 +160,9 @@ def test_every_rpc_of_every_service_needs_the_bearer_token(certs):
         assert checked >= 35  # every RPC of the six services
         # policy: health and reflection answer without the token (probes and grpcurl discovery)
         assert health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+        listing = reflection_pb2.ServerReflectionRequest(list_services="")
+        [answer] = reflection_pb2_grpc.ServerReflectionStub(plain).ServerReflectionInfo(iter([listing]), timeout=5)
+        assert len(answer.list_services_response.service) == 8  # the six services, health, reflection
     finally:
         plain.close()
         signed.close()
