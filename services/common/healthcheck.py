@@ -24,20 +24,18 @@ def check(service: str, env=os.environ, timeout: float = 3.0) -> str:
     port = env.get(prefix + "PORT")
     if not port:
         raise ValueError(f"{prefix}PORT is not set; the health check reads the port the service listens on")
-    config = ClientConfig(f"127.0.0.1:{port}", retry_seconds=0)  # a probe answers now
+    tls = {}
     if env.get(prefix + "TLS_CERT"):
         ca = env.get(prefix + "TLS_CA") or env.get(prefix + "TLS_CLIENT_CA")
         if not ca:
             raise ValueError(f"{prefix}TLS_CERT is set: the probe needs {prefix}TLS_CA to verify the service")
-        config = ClientConfig(
-            config.address,
-            tls_ca=ca,
-            tls_cert=env[prefix + "TLS_CERT"],
-            tls_key=env.get(prefix + "TLS_KEY", ""),
-            tls_server_name=env.get(prefix + "TLS_SERVER_NAME", "localhost"),
-            retry_seconds=0,
-        )
-    with BaseClient(config) as client:
+        tls = {
+            "tls_ca": ca,
+            "tls_cert": env[prefix + "TLS_CERT"],
+            "tls_key": env.get(prefix + "TLS_KEY", ""),
+            "tls_server_name": env.get(prefix + "TLS_SERVER_NAME", "localhost"),
+        }
+    with BaseClient(ClientConfig(f"127.0.0.1:{port}", retry_seconds=0, **tls)) as client:  # a probe answers now
         return client.health(timeout=timeout)
 
 

@@ -244,31 +244,48 @@ def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_samples(stac
     assert float(questions[0]["value"][1]) > 0
 
 
+def crash_mid_run(stack, request, until, service: str) -> tuple:
+    """Start `request`, SIGKILL `service` at the first event `until(event)` accepts, restart it and
+    watch the run to its end; (run, events after the crash, answers cached when it died)."""
+    with OptimizerClient(stack.address("optimizer")) as client:
+        run_id = client.start(request).run_id
+        for event in client.watch(run_id):
+            if until(event):
+                break
+    stack.kill(service)
+    with sqlite3.connect(stack.services["llm_eval"].env["PROMPTOPT_LLM_EVAL_CACHE_PATH"]) as db:
+        answered = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    stack.start(service)
+    stack.wait_serving(service)
+    with OptimizerClient(stack.address("optimizer")) as client:
+        events = list(client.watch(run_id))
+        run = client.get(run_id)
+    return run, events, answered
+
+
+def task_calls_and_cached(stack) -> tuple[float, int]:
+    """(task-model LLM calls llm_eval's process has counted, answers in its cache)."""
+    text = scrape(stack.services["llm_eval"].metrics_port)
+    with LlmEvalClient(stack.address("llm_eval")) as client:
+        return metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"'), client.usage().cached_answers
+
+
 def test_killed_optimizer_resumes_without_repaying(stack):
     request = optimizer_pb2.StartRunRequest(
         evaluation=optimizer_pb2.EvaluationSettings(fidelity=4, seed=11, test_fidelity=2),
         opro=optimizer_pb2.OproConfig(iterations=2, candidates_per_step=2),
     )
-    with OptimizerClient(stack.address("optimizer")) as client:
-        run_id = client.start(request).run_id
-        for event in client.watch(run_id):  # wait until step 1 has scored a candidate
-            if event.WhichOneof("event") == "candidate" and event.candidate.step == 1:
-                break
-    stack.kill("optimizer")
-    stack.start("optimizer")
-    stack.wait_serving("optimizer")
-    with OptimizerClient(stack.address("optimizer")) as client:
-        events = list(client.watch(run_id))
-        run = client.get(run_id)
+    # killed once step 1 has scored a candidate
+    run, events, _ = crash_mid_run(
+        stack, request, lambda e: e.WhichOneof("event") == "candidate" and e.candidate.step == 1, "optimizer"
+    )
     assert run.state == operations_pb2.RUN_STATE_SUCCEEDED, run.error
     messages = [e.progress.message for e in events if e.WhichOneof("event") == "progress"]
     assert any(m.startswith("resumed at step 1/4") for m in messages)
     assert run.usage.cache_hits > 0  # the re-run step found its answers in the cache
     # Nothing paid twice: every task-model call produced a distinct cached answer.
-    text = scrape(stack.services["llm_eval"].metrics_port)
-    with LlmEvalClient(stack.address("llm_eval")) as client:
-        cached = client.usage().cached_answers
-    assert metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"') == cached
+    calls, cached = task_calls_and_cached(stack)
+    assert calls == cached
 
 
 def test_run_rides_out_an_llm_eval_crash(stack):
@@ -276,27 +293,16 @@ def test_run_rides_out_an_llm_eval_crash(stack):
         evaluation=optimizer_pb2.EvaluationSettings(fidelity=24, seed=12, test_fidelity=2),
         opro=optimizer_pb2.OproConfig(iterations=1, candidates_per_step=1),
     )
-    with OptimizerClient(stack.address("optimizer")) as client:
-        run_id = client.start(request).run_id
-        for event in client.watch(run_id):  # wait until the first chunk of an evaluation is answered
-            if event.WhichOneof("event") == "progress" and event.progress.questions_total:
-                break
-    stack.kill("llm_eval")
-    with sqlite3.connect(stack.services["llm_eval"].env["PROMPTOPT_LLM_EVAL_CACHE_PATH"]) as db:
-        answered = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
-    stack.start("llm_eval")
-    stack.wait_serving("llm_eval")
-    with OptimizerClient(stack.address("optimizer")) as client:
-        events = list(client.watch(run_id))
-        run = client.get(run_id)
+    # killed once the first chunk of an evaluation is answered
+    run, events, answered = crash_mid_run(
+        stack, request, lambda e: e.WhichOneof("event") == "progress" and e.progress.questions_total, "llm_eval"
+    )
     assert run.state == operations_pb2.RUN_STATE_SUCCEEDED, run.error  # the optimizer retried; nobody resumed
     chunks = [(e.progress.questions_done, e.progress.questions_total) for e in events if e.progress.questions_total]
     assert (24, 24) in chunks and (16, 24) in chunks
     # nothing paid twice: every task-model call of the restarted llm_eval made a new cached answer
-    text = scrape(stack.services["llm_eval"].metrics_port)
-    with LlmEvalClient(stack.address("llm_eval")) as client:
-        cached = client.usage().cached_answers
-    assert metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"') == cached - answered > 0
+    calls, cached = task_calls_and_cached(stack)
+    assert calls == cached - answered > 0
 
 
 def test_cancelled_run_resumes_through_the_cli(stack, tmp_path, capsys):
