@@ -68,3 +68,20 @@ def start_server(binding, load=None):
     running = serve(ServerConfig(port=0, metrics_port=-1), [binding], load=load, install_signal_handlers=False)
     assert running.ready.wait(60), "server did not become ready"
     return running
+
+
+def replay_evaluator(work: Path, cache_path: Path | None = None):
+    """An LlmEvaluator answering with the replay backend over the recorded 100-instruction table
+    (GSM8K test): cheap, deterministic answers. Returns (evaluator, one recorded instruction)."""
+    from services.llm_eval.cache import AnswerCache
+    from services.llm_eval.core import LlmEvaluator
+    from services.llm_eval.datasets import DatasetStore
+    from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+
+    work.mkdir(parents=True, exist_ok=True)
+    convert_results(DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json", work / "table.jsonl")
+    table = load_table(work / "table.jsonl")
+    datasets = DatasetStore(DATASETS)
+    backend = ReplayBackend(table, datasets.load("gsm8k", "test"))
+    cache = AnswerCache(cache_path or work / "answers.sqlite")
+    return LlmEvaluator(backend, backend, datasets, cache), next(iter(table))[0]

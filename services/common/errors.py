@@ -1,8 +1,8 @@
 """Domain errors and their gRPC status codes.
 
 Core modules raise these (or plain ValueError for malformed input); the server interceptor
-maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND,
-OverloadedError -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE, CallerGoneError -> CANCELLED.
+maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND, OverloadedError (and
+StorageFullError) -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE, CallerGoneError -> CANCELLED.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ class NotFoundError(LookupError):
 
 class OverloadedError(RuntimeError):
     """The service is at capacity; retry later."""
+
+
+class StorageFullError(OverloadedError):
+    """A store's disk is full: the write was rolled back, everything stored before is intact."""
 
 
 class UnavailableError(RuntimeError):
@@ -34,8 +38,27 @@ class FailedPreconditionError(RuntimeError):
     """The request is valid but the system is not in a state to serve it."""
 
 
+# A failed call to another service passes its code on where it says something about the request
+# or the service's state; a missed deadline there is UNAVAILABLE here (the caller's own deadline
+# did not pass); anything else (e.g. UNAUTHENTICATED between services) is INTERNAL.
+PASSED_ON = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+}
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code for a domain exception (INTERNAL when unknown)."""
+    """The status code for a domain exception or a failed downstream call (INTERNAL when unknown)."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        code = exc.code()
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return grpc.StatusCode.UNAVAILABLE
+        return code if code in PASSED_ON else grpc.StatusCode.INTERNAL
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, NotFoundError):
@@ -57,6 +80,13 @@ def require(condition: bool, message: str) -> None:
     """Raise ValueError(message) unless condition; the message must name the field."""
     if not condition:
         raise ValueError(message)
+
+
+def message_for(exc: BaseException) -> str:
+    """The status details for `exc`: a downstream call's own details, else the exception's text."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "details", None)):
+        return exc.details() or exc.code().name
+    return str(exc) or type(exc).__name__
 
 
 def describe(exc: BaseException) -> str:

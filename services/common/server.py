@@ -24,8 +24,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from services.common.cancellation import caller_scope
 from services.common.config import ServerConfig
-from services.common.errors import StoreError, status_for
+from services.common.errors import StoreError, message_for, status_for
 from services.common.metrics import RPC_LATENCY, RPC_REQUESTS, cap_gpu_memory
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class _Interceptor(grpc.ServerInterceptor):
             code = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("%s/%s failed", service, method, exc_info=exc)
-            message = str(exc) or type(exc).__name__
+            message = message_for(exc)
         else:
             code, message = None, None
         name = code or context.code() or grpc.StatusCode.OK
@@ -96,7 +97,8 @@ class _Interceptor(grpc.ServerInterceptor):
         def wrapped(request, context):
             start = time.perf_counter()
             try:
-                response = behaviour(request, context)
+                with caller_scope(context.is_active):
+                    response = behaviour(request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code
                 self._finish(context, service, method, start, _classify(exc))
                 raise

@@ -6,12 +6,15 @@ import dataclasses
 import hashlib
 import json
 import random
+import re
 from functools import cache
 from pathlib import Path
 
 from services.common.errors import NotFoundError
 from services.common.splits import SplitSpec
 from services.llm_eval import gsm8k
+
+DATASET_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")  # a directory under the datasets root
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +63,9 @@ class DatasetStore:
         return indices
 
     def _dir(self, dataset: str) -> Path:
-        if not dataset or "/" in dataset or dataset.startswith("."):
-            raise ValueError(f"dataset {dataset!r} is not a valid dataset name")
+        if not DATASET_NAME.fullmatch(dataset):
+            shown = dataset if len(dataset) <= 80 else dataset[:80] + "..."
+            raise ValueError(f"dataset {shown!r} is not a valid dataset name (letters, digits, . _ -; at most 64)")
         directory = self.root / dataset
         if not directory.is_dir():
             raise NotFoundError(f"dataset {dataset!r} not found under {self.root}")

@@ -9,18 +9,15 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
-
 from services.common.config import ClientConfig, ServerConfig, from_env
-from services.common.operation_server import OperationServicer
-from services.common.operations import RunManager, RunStore
-from services.common.server import ServiceBinding, run_service, serve
+from services.common.operations import RunStore
+from services.common.server import run_service, serve
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
 from services.optimizer.algorithms.base import Chunking
 from services.optimizer.algorithms.lipo import ModelServices
-from services.optimizer.server import build_optimizer, parse_start, track_best
+from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
@@ -74,16 +71,7 @@ def main() -> None:
     )
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs
-    state_dir = Path(config.store_path).parent
-
-    def factory(record, emit, usage, cancelled):
-        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir, chunking)
-
-    manager = RunManager(store, factory, on_best=track_best)
-    servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm))
-    binding = ServiceBinding.of(
-        optimizer_pb2, "OptimizerService", optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server, servicer
-    )
+    binding, manager = optimizer_service(store, llm, models, Path(config.store_path).parent, chunking)
     serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
-from google.protobuf.json_format import MessageToDict
 from prometheus_client import Gauge
+from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
-from services.common.operations import RunRecord
+from services.common.operation_server import OperationServicer
+from services.common.operations import RunManager, RunRecord, RunStore
+from services.common.server import ServiceBinding
 from services.common.types import Usage
 from services.optimizer.algorithms.base import Chunking, EvaluationSettings, MeteredLlm, Optimizer
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
@@ -21,6 +24,17 @@ ALGORITHMS = {
     "lipo": (LipoConfig, LipoOptimizer),
     "lipo_e": (LipoEConfig, LipoEOptimizer),
 }
+
+
+def set_fields(message, name: str) -> dict:
+    """The fields `message` sets, as Python values (lists for repeated ones); a NaN or infinite
+    number is a ValueError naming the field (`name`.field)."""
+    fields = {}
+    for field, value in message.ListFields():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{name}.{field.name} must be a finite number, got {value}")
+        fields[field.name] = list(value) if field.is_repeated else value
+    return fields
 
 
 def _config(config_cls, fields: dict):
@@ -52,9 +66,8 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
     if algorithm is None:
         raise ValueError("algorithm must be set (one of: " + ", ".join(ALGORITHMS) + ")")
     config_cls, optimizer_cls = ALGORITHMS[algorithm]
-    config = _config(config_cls, MessageToDict(getattr(request, algorithm), preserving_proto_field_name=True))
-    evaluation = EvaluationSettings(**MessageToDict(request.evaluation, preserving_proto_field_name=True))
-    evaluation = dataclasses.replace(evaluation, seed=int(evaluation.seed))
+    config = _config(config_cls, set_fields(getattr(request, algorithm), algorithm))
+    evaluation = EvaluationSettings(**set_fields(request.evaluation, "evaluation"))
     if llm is not None:
         sizes = llm.dataset_info(evaluation.dataset)
         evaluation.check_sizes(sizes, getattr(config, "seen_splits", list)())
@@ -99,3 +112,18 @@ def build_optimizer(
     if optimizer_cls in (LipoOptimizer, LipoEOptimizer):
         return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
     return optimizer_cls(*args, emit)
+
+
+def optimizer_service(
+    store: RunStore, llm, models: ModelServices | None = None, state_dir=".", chunking: Chunking | None = None
+) -> tuple[ServiceBinding, RunManager]:
+    """The OptimizerService over `store`, its runs calling `llm` (llm_eval) and `models`; and the
+    RunManager behind it (`resume_unfinished` at start-up)."""
+
+    def factory(record, emit, usage, cancelled):
+        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir, chunking)
+
+    manager = RunManager(store, factory, on_best=track_best)
+    servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm))
+    add = optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server
+    return ServiceBinding.of(optimizer_pb2, "OptimizerService", add, servicer), manager

@@ -23,6 +23,7 @@ from gpytorch.means import ZeroMean
 from gpytorch.mlls import ExactMarginalLogLikelihood
 from gpytorch.priors import GammaPrior
 
+from services.common.cancellation import check_caller
 from services.surrogate.acquisition import CompositeLogEI, latent_bounds, log_ei
 from services.surrogate.core import Surrogate, tensor_bytes
 from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig
@@ -121,6 +122,7 @@ class DeepKernelSurrogate(Surrogate):
         model.train()
         with gpytorch.settings.cholesky_jitter(CHOLESKY_JITTER):
             for epoch in range(1, training.epochs + 1):
+                check_caller()
                 epochs_run = epoch
                 optimizer.zero_grad()
                 loss = -mll(model(self.train_unit), model.train_targets)

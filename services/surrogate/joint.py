@@ -25,6 +25,7 @@ from botorch.models.gpytorch import GPyTorchModel
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from services.common.cancellation import check_caller
 from services.surrogate.acquisition import latent_bounds, log_ei
 from services.surrogate.core import Surrogate, tensor_bytes
 from services.surrogate.types import JointGpConfig, JointVaeConfig, JointVaeResult
@@ -202,6 +203,7 @@ def train_joint_vae(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     best, best_loss, stale, epoch = copy.deepcopy(model.state_dict()), math.inf, 0, 0
     for epoch in range(1, config.epochs + 1):  # noqa: B007 - epoch is reported after the loop
+        check_caller()
         model.train()
         x, _, ids, padding = _draw(rng, instructions, len(pool), config)
         order = torch.randperm(config.samples)
@@ -321,6 +323,7 @@ class JointPromptGP(Surrogate):
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.lr)
         best, best_state, stale, epoch = math.inf, copy.deepcopy(self.model.state_dict()), 0, 0
         for epoch in range(1, self.config.epochs + 1):  # noqa: B007
+            check_caller()
             optimizer.zero_grad()
             loss = -mll(self.model(self.x), self.y)
             loss.backward()
@@ -375,6 +378,7 @@ def ascend_log_ei(gp: JointPromptGP, param: torch.Tensor, to_joint, low, high, s
     into the box [low, high] after every step."""
     optimizer = torch.optim.Adam([param], lr=lr)
     for _ in range(steps):
+        check_caller()
         mean, std = gp.posterior(to_joint(param))
         loss = -log_ei(mean, std, gp.best_observed).sum()
         optimizer.zero_grad()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from services.common.cancellation import check_caller
 from services.surrogate.types import InversionConfig, VaeConfig
 
 
@@ -110,6 +111,7 @@ def train_vae(embeddings: torch.Tensor, config: VaeConfig, progress=None) -> tup
     best, best_state, since_best = math.inf, copy.deepcopy(model.state_dict()), 0
     epoch = 0
     for epoch in range(config.epochs):
+        check_caller()
         model.train()
         beta = kl_beta(epoch, config)
         perm = torch.randperm(train.shape[0], generator=generator)
@@ -210,6 +212,7 @@ def invert_latent(
     optimizer = torch.optim.Adam([z], lr=config.lr)
     steps = 0
     for step in range(1, config.n_steps + 1):
+        check_caller()
         steps = step
         loss = 1 - F.cosine_similarity(decode(z), target, dim=-1).mean()
         if loss.item() < config.convergence_threshold:

@@ -32,12 +32,16 @@ def no_jobs(record, emit, usage, cancelled):
     raise NotImplementedError("BOLT tuning runs are not implemented yet")
 
 
+def tuner_service(store: RunStore) -> ServiceBinding:
+    """The TunerService over `store`."""
+    servicer = OperationServicer(tuner_pb2, store, RunManager(store, no_jobs), parse_start)
+    return ServiceBinding.of(tuner_pb2, "TunerService", tuner_pb2_grpc.add_TunerServiceServicer_to_server, servicer)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     store = RunStore(from_env(TunerConfig, PREFIX).store_path, exclusive=True)
-    servicer = OperationServicer(tuner_pb2, store, RunManager(store, no_jobs), parse_start)
-    binding = ServiceBinding.of(tuner_pb2, "TunerService", tuner_pb2_grpc.add_TunerServiceServicer_to_server, servicer)
-    serve(from_env(ServerConfig, PREFIX), [binding]).wait()
+    serve(from_env(ServerConfig, PREFIX), [tuner_service(store)]).wait()
 
 
 if __name__ == "__main__":

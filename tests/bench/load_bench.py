@@ -21,15 +21,12 @@ from pathlib import Path
 
 import grpc
 
-from services.common.config import ClientConfig, ServerConfig, datasets_dir
+from services.common.config import ClientConfig, ServerConfig
 from services.common.server import serve
 from services.encoder.client import EncoderClient
-from services.llm_eval.cache import AnswerCache
 from services.llm_eval.client import LlmEvalClient
-from services.llm_eval.core import LlmEvaluator
-from services.llm_eval.datasets import DatasetStore
-from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.llm_eval.types import EvaluationRequest
+from tests.conftest import replay_evaluator
 from tests.contract.conftest import encoder_binding, llm_eval_binding
 
 
@@ -84,14 +81,8 @@ def main(argv=None) -> int:
     levels = [int(n) for n in args.clients.split(",")]
     from services.encoder.core import SentenceTransformerEmbedder
 
-    work = Path("state/bench/load")
-    work.mkdir(parents=True, exist_ok=True)
-    convert_results(datasets_dir() / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json", work / "table.jsonl")
-    table = load_table(work / "table.jsonl")
-    store = DatasetStore(datasets_dir())
-    backend = ReplayBackend(table, store.load("gsm8k", "test"))
-    evaluator = LlmEvaluator(backend, backend, store, AnswerCache(work / "answers.sqlite"))
-    request = EvaluationRequest(next(iter(table))[0], split="test", fidelity=20)
+    evaluator, instruction = replay_evaluator(Path("state/bench/load"))
+    request = EvaluationRequest(instruction, split="test", fidelity=20)
     evaluator.evaluate(request)  # every later call is a cache hit
     config = ServerConfig(port=0, metrics_port=-1)
     servers = {

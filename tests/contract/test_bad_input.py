@@ -17,17 +17,15 @@ from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
 from services.common.codec import encode_tensor
 from services.common.config import ServerConfig
-from services.common.operation_server import OperationServicer
-from services.common.operations import RunManager, RunStore
+from services.common.operations import RunStore
 from services.common.server import ServiceBinding, serve
 from services.decoder.core import NearestTextInverter
 from services.decoder.server import DecoderServicer
-from services.optimizer.server import build_optimizer, parse_start
+from services.optimizer.server import optimizer_service, parse_start
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
-from services.tuner.__main__ import no_jobs
-from services.tuner.__main__ import parse_start as tuner_parse
+from services.tuner.__main__ import tuner_service
 from tests.conftest import DATASETS, start_server
 from tests.contract.conftest import encoder_binding, llm_eval_binding
 
@@ -248,17 +246,8 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         "tuner": (tuner_pb2, tuner_pb2_grpc, "TunerService"),
     }[service]
     store = RunStore(tmp_path / "runs.sqlite")
-    if service == "optimizer":
-        manager = RunManager(store, lambda r, e, u, c: build_optimizer(r, evaluator, e, u, c))
-
-        def parse(request):
-            return parse_start(request, evaluator)
-
-    else:
-        manager, parse = RunManager(store, no_jobs), tuner_parse
-    servicer = OperationServicer(pb2, store, manager, parse)
-    add = getattr(grpc_mod, f"add_{name}Servicer_to_server")
-    stub = getattr(grpc_mod, f"{name}Stub")(channel_to(ServiceBinding.of(pb2, name, add, servicer)))
+    binding = optimizer_service(store, evaluator)[0] if service == "optimizer" else tuner_service(store)
+    stub = getattr(grpc_mod, f"{name}Stub")(channel_to(binding))
     expect(INVALID, "run_id must be set", stub.GetRun, pb2.GetRunRequest())
     expect(NOT_FOUND, "run_id 'r1' not found", stub.GetRun, pb2.GetRunRequest(run_id="r1"))
     expect(NOT_FOUND, "run_id 'r1' not found", stub.CancelRun, pb2.CancelRunRequest(run_id="r1"))

@@ -9,6 +9,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
@@ -236,6 +237,39 @@ def test_an_abandoned_evaluation_stops_in_llm_eval_and_its_answers_are_kept(repl
     with LlmEvalClient(address) as client:  # the retry pays only what the abandoned call had not answered
         result = client.evaluate(request)
         assert result.usage.cache_hits == stopped_at and result.usage.llm_calls == 400 - stopped_at
+
+
+def test_an_abandoned_training_stops_in_the_surrogate():
+    """A VAE asked for a million epochs, whose caller's deadline passes after 2 s, stops within
+    a few seconds (the handler ends CANCELLED) instead of training for nobody."""
+    from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
+
+    from services.common.codec import encode_tensor
+    from services.common.metrics import RPC_REQUESTS
+    from services.surrogate.engine import SurrogateEngine
+    from tests.contract.conftest import surrogate_binding
+
+    def cancelled() -> float:
+        labels = ("promptopt.surrogate.v1.SurrogateService", "TrainVae", "CANCELLED")
+        return RPC_REQUESTS.labels(*labels)._value.get()
+
+    server = start_server(surrogate_binding(SurrogateEngine()))
+    before = cancelled()
+    settings = surrogate_pb2.VaeSettings(epochs=1_000_000, patience=1_000_000, batch_size=4)
+    embeddings = encode_tensor(np.random.default_rng(0).normal(size=(16, 8)).astype(np.float32))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    try:
+        stub = surrogate_pb2_grpc.SurrogateServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrainVae(surrogate_pb2.TrainVaeRequest(embeddings=embeddings, settings=settings), timeout=2.0)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        while cancelled() == before:
+            assert time.monotonic() - started < 10, "the surrogate kept training after its caller left"
+            time.sleep(0.05)
+    finally:
+        channel.close()
+        server.server.stop(0)
 
 
 class FailOnce:
