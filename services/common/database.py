@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
 from pathlib import Path
 
-from services.common.errors import StoreError
+from services.common.errors import StorageFullError, StoreError
 
 
 def open_database(path: str | Path, what: str, schema: str) -> sqlite3.Connection:
@@ -22,6 +23,20 @@ def open_database(path: str | Path, what: str, schema: str) -> sqlite3.Connectio
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"{what} {path} cannot be used: {exc} (nothing in it was changed)") from exc
     return conn
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, what: str, path: str | Path):
+    """One write transaction on an autocommit connection: committed, or rolled back on any error.
+    SQLite's "database or disk is full" becomes StorageFullError naming `what` and the path."""
+    try:
+        with conn:
+            conn.execute("BEGIN")
+            yield conn
+    except sqlite3.OperationalError as exc:
+        if "full" in str(exc):
+            raise StorageFullError(f"{what} {path}: {exc}; nothing stored was lost, free space and retry") from exc
+        raise
 
 
 def hold_exclusive(path: str | Path, what: str) -> int:

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 
-from services.common.database import hold_exclusive, open_database
+from services.common.database import hold_exclusive, open_database, transaction
 from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError, describe
 from services.common.metrics import RUNS_ACTIVE, RUNS_FINISHED
 from services.common.types import Usage
@@ -83,6 +83,7 @@ class RunStore:
         """`exclusive`: this process alone may run the store's runs (a service's own store)."""
         if exclusive:
             self._lock_fd = hold_exclusive(path, "run store")
+        self._path = path
         self._conn = open_database(
             path,
             "run store",
@@ -99,7 +100,7 @@ class RunStore:
     def create(self, algorithm: str, display_name: str, config: dict, total_steps: int) -> RunRecord:
         now = time.time()
         run_id = f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}"
-        with self._lock:
+        with self._lock, self._writing():
             self._conn.execute(
                 f"INSERT INTO runs ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -122,6 +123,9 @@ class RunStore:
                 ),
             )
         return self.get(run_id)
+
+    def _writing(self):
+        return transaction(self._conn, "run store", self._path)
 
     def get(self, run_id: str) -> RunRecord:
         with self._lock:
@@ -160,25 +164,25 @@ class RunStore:
         }
         encoded["update_time"] = time.time()
         with self._lock:
-            self._conn.execute(
-                f"UPDATE runs SET {', '.join(f'{k} = ?' for k in encoded)} WHERE run_id = ?",
-                (*encoded.values(), run_id),
-            )
+            with self._writing():
+                self._conn.execute(
+                    f"UPDATE runs SET {', '.join(f'{k} = ?' for k in encoded)} WHERE run_id = ?",
+                    (*encoded.values(), run_id),
+                )
             self._changed.notify_all()
 
     def append_event(self, run_id: str, kind: str, payload: dict, usage: Usage) -> int:
         with self._lock:
             seq = self.get(run_id).last_sequence + 1
             now = time.time()
-            self._conn.execute("BEGIN")
-            self._conn.execute(
-                "INSERT INTO events VALUES (?,?,?,?,?,?)",
-                (run_id, seq, now, kind, json.dumps(payload), json.dumps(dataclasses.asdict(usage))),
-            )
-            self._conn.execute(
-                "UPDATE runs SET last_sequence = ?, update_time = ? WHERE run_id = ?", (seq, now, run_id)
-            )
-            self._conn.execute("COMMIT")
+            with self._writing():
+                self._conn.execute(
+                    "INSERT INTO events VALUES (?,?,?,?,?,?)",
+                    (run_id, seq, now, kind, json.dumps(payload), json.dumps(dataclasses.asdict(usage))),
+                )
+                self._conn.execute(
+                    "UPDATE runs SET last_sequence = ?, update_time = ? WHERE run_id = ?", (seq, now, run_id)
+                )
             self._changed.notify_all()
         return seq
 

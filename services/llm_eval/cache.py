@@ -14,7 +14,7 @@ import json
 import threading
 from pathlib import Path
 
-from services.common.database import open_database
+from services.common.database import open_database, transaction
 from services.llm_eval import gsm8k
 from services.llm_eval.types import DecodingParams
 
@@ -65,6 +65,7 @@ class AnswerCache:
     """Thread-safe SQLite answer store (WAL mode, one connection guarded by a lock)."""
 
     def __init__(self, path: str | Path):
+        self._path = path
         self._conn = open_database(
             path,
             "answer cache",
@@ -93,8 +94,7 @@ class AnswerCache:
 
     def put_many(self, rows: list[tuple[str, tuple, CachedAnswer]]) -> None:
         """Store (key, meta, answer) rows in one transaction (one commit per backend batch)."""
-        with self._lock, self._conn:
-            self._conn.execute("BEGIN")
+        with self._lock, transaction(self._conn, "answer cache", self._path):
             self._conn.executemany(
                 "INSERT OR REPLACE INTO answers (key, model, prompt_hash, dataset, split, question_index,"
                 " params, response, prompt_tokens, completion_tokens) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -1,5 +1,5 @@
-"""Storage faults: a corrupted SQLite file, a state directory that cannot be written, two
-optimizers on one store. Each is a clear one-line error and nothing stored before is lost."""
+"""Storage faults: a corrupted SQLite file, a state directory that cannot be written, a full
+disk, two optimizers on one store. Each is a clear error and nothing stored before is lost."""
 
 from __future__ import annotations
 
@@ -8,11 +8,17 @@ import subprocess
 import sys
 import time
 
+import grpc
 import pytest
+from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
+from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
 from services.common.errors import StoreError
 from services.common.operations import RunStore
 from services.llm_eval.cache import AnswerCache
+from services.optimizer.server import optimizer_service
+from tests.conftest import replay_evaluator, start_server
+from tests.contract.conftest import llm_eval_binding
 
 
 def start_optimizer(store_path, **env) -> subprocess.Popen:
@@ -99,3 +105,65 @@ def test_the_lock_is_released_when_its_holder_dies(tmp_path):
     holder.kill()
     holder.wait()
     RunStore(path, exclusive=True)  # a SIGKILLed optimizer leaves no stale lock behind
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (mounting needs root; skipped otherwise, saying so) and a way to fill it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"a full disk needs a small tmpfs, and mount failed: {mounted.stderr.decode().strip()}")
+
+    def fill():  # leave no byte free
+        with (disk / "filler").open("ab", buffering=0) as f:
+            for size in (1 << 16, 512, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+
+    yield disk, fill
+    subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_refuses_new_work_clearly_and_keeps_what_is_stored(tmp_path, small_disk):
+    disk, fill = small_disk
+    evaluator, instruction = replay_evaluator(tmp_path / "replay", disk / "answers.sqlite")
+    store = RunStore(disk / "runs.sqlite")
+    kept_run = store.create("opro", "kept", {"x": 1}, 3).run_id
+    llm_server = start_server(llm_eval_binding(evaluator))
+    binding, manager = optimizer_service(store, evaluator)
+    optimizer_server = start_server(binding)
+    llm = llm_eval_pb2_grpc.LlmEvalServiceStub(grpc.insecure_channel(f"127.0.0.1:{llm_server.port}"))
+    optimizer = optimizer_pb2_grpc.OptimizerServiceStub(grpc.insecure_channel(f"127.0.0.1:{optimizer_server.port}"))
+    request = llm_eval_pb2.EvaluatePromptRequest(instruction=instruction, dataset="gsm8k", split="test", fidelity=5)
+    before = llm.EvaluatePrompt(request)
+    try:
+        fill()
+        more = llm_eval_pb2.EvaluatePromptRequest(instruction=instruction, dataset="gsm8k", split="test", fidelity=40)
+        with pytest.raises(grpc.RpcError) as refused:
+            llm.EvaluatePrompt(more)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details().startswith(f"answer cache {disk / 'answers.sqlite'}: database or disk is full")
+        assert "nothing stored was lost" in refused.value.details()
+        start = optimizer_pb2.StartRunRequest(opro=optimizer_pb2.OproConfig(iterations=1))
+        with pytest.raises(grpc.RpcError) as refused:
+            optimizer.StartRun(start)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.details().startswith(f"run store {disk / 'runs.sqlite'}: database or disk is full")
+        # what was stored still reads, while the disk is full
+        assert optimizer.GetRun(optimizer_pb2.GetRunRequest(run_id=kept_run)).run.display_name == "kept"
+        assert [r.run_id for r in optimizer.ListRuns(optimizer_pb2.ListRunsRequest()).runs] == [kept_run]
+        again = llm.EvaluatePrompt(request)  # answered from the cache, which lost nothing
+        assert (again.accuracy, again.usage.cache_hits) == (before.accuracy, 5)
+        (disk / "filler").unlink()  # space again: both stores work as before
+        assert llm.EvaluatePrompt(more).num_evaluated == 40
+        run_id = optimizer.StartRun(start).run.run_id
+        optimizer.CancelRun(optimizer_pb2.CancelRunRequest(run_id=run_id))
+        manager.join(run_id, timeout=60)
+    finally:
+        optimizer_server.server.stop(0)
+        llm_server.server.stop(0)
