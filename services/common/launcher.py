@@ -125,6 +125,11 @@ class LocalStack(Stack):
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
+    def logs(self, name: str) -> str:
+        """Everything `name` has logged, across its restarts."""
+        path = self.log_path(name)
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def stop(self, name: str, grace: float = 15.0) -> int | None:
         process = self.processes.get(name)
         if process is None or process.poll() is not None:
@@ -141,6 +146,14 @@ class LocalStack(Stack):
         process = self.processes[name]
         process.kill()
         process.wait()
+
+    def pause(self, name: str) -> None:
+        """SIGSTOP: the service hangs with its connections open."""
+        self.processes[name].send_signal(signal.SIGSTOP)
+
+    def unpause(self, name: str) -> None:
+        """SIGCONT after `pause`."""
+        self.processes[name].send_signal(signal.SIGCONT)
 
     def up(self) -> None:
         for name in self.services:

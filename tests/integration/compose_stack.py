@@ -1,6 +1,7 @@
 """deploy/docker-compose.yml's `cpu` profile as real containers (Docker Compose v2), with the
-LocalStack interface the stack tests use: `address`, `services`, `start`, `kill`, `stop`,
-`wait_serving`. The images must exist (`make images`); `make test-containers` prepares them.
+LocalStack interface the stack tests use: `address`, `services`, `start`, `kill`, `pause`,
+`unpause`, `logs`, `stop`, `wait_serving`. The images must exist (`make images`); `make test-containers`
+prepares them.
 
 An override file (written under the state directory) adds the tests' environment to every
 Python service and backs the state volumes with host directories, so a test can read the
@@ -106,6 +107,17 @@ class ComposeStack(Stack):
     def kill(self, name: str) -> None:
         """SIGKILL, as a crash would."""
         self.compose("kill", "-s", "SIGKILL", self.services[name].name)
+
+    def logs(self, name: str) -> str:
+        """Everything `name`'s container has logged, across its restarts."""
+        return self.compose("logs", "--no-color", "--no-log-prefix", self.services[name].name)
+
+    def pause(self, name: str) -> None:
+        """Freezes the container's processes (the cgroup freezer: a hang with connections open)."""
+        self.compose("pause", self.services[name].name)
+
+    def unpause(self, name: str) -> None:
+        self.compose("unpause", self.services[name].name)
 
     def stop(self, name: str, grace: float = 15.0) -> int | None:
         """SIGTERM then wait up to `grace` seconds; the container's exit code."""
