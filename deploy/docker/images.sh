@@ -39,5 +39,6 @@ for target in "$@"; do
   DOCKER_BUILDKIT=1 $DOCKER build "${args[@]}" -f deploy/docker/Dockerfile --target "$target" -t "$image" .
   echo "built $image in $(( $(date +%s) - start )) s"
 done
-$DOCKER image prune -f >/dev/null  # the untagged images a rebuild leaves (on the vfs driver each is a full copy)
+# the untagged images our rebuilds leave (on the vfs driver each is a full copy); no one else's
+$DOCKER image prune -f --filter label=org.opencontainers.image.vendor=promptopt >/dev/null
 $DOCKER image ls --format '{{.Repository}}:{{.Tag}}\t{{.Size}}' | grep '^promptopt/' | sort

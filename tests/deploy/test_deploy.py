@@ -118,6 +118,15 @@ def test_dockerfile_targets():
     for service in ("optimizer", "tuner"):
         assert "torch" not in " ".join(line for stage in chain(service) for line in stages[stage])
     assert "cu128" in " ".join(stages["cuda-build"])
+    for build in ("lean-build", "cpu-build", "cuda-build", "vllm-build"):  # code changes keep the deps layer
+        lines = stages[build]
+        deps = next(i for i, line in enumerate(lines) if "-r /tmp/requirements.txt" in line)
+        assert deps < lines.index("COPY services services"), build
+        assert ("source=.wheels" in " ".join(lines)) == (build == "cpu-build"), build  # the CPU torch wheel
+        assert ("-c $CONSTRAINTS" in " ".join(lines)) == (build != "vllm-build"), build
+    assert "GGML_NATIVE=OFF" in " ".join(stages["cpu-build"])  # a portable llama.cpp
+    assert stages["cpu-model"][0].startswith("FROM python-base")  # not rebuilt by code changes
+    assert not any(line.startswith("COPY services ") for line in stages["cpu-model"])
     assert not any(re.search(r"(KEY|TOKEN|SECRET|PASSWORD)=", line) for lines in stages.values() for line in lines)
 
 
@@ -180,3 +189,36 @@ def test_the_installed_package_carries_every_data_file(tmp_path):
         if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
     }
     assert data and data - packed == set()
+
+
+def test_tls_component_turns_probes_into_tls_health_checks(cpu_objects):
+    tls = validate.render_with_component(validate.K8S / "overlays" / "cpu", validate.K8S / "components" / "tls")
+    assert validate.policy_problems(tls) == []
+    for name in ("encoder", "decoder", "llm-eval", "surrogate", "optimizer", "tuner"):
+        pod = _find(tls, "Deployment", name)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            module = name.replace("-", "_")
+            assert container[probe]["exec"]["command"] == ["python", "-m", "services.common.healthcheck", module]
+            assert "grpc" not in container[probe] and container[probe]["timeoutSeconds"] == 10
+        assert {"name": "tls", "mountPath": "/etc/promptopt/tls", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "tls", "secret": {"secretName": "promptopt-tls", "defaultMode": 0o440}} in pod["volumes"]
+        prefix = f"PROMPTOPT_{name.replace('-', '_').upper()}_"
+        config = _find(tls, "ConfigMap", f"{name}-config")["data"]
+        assert config[prefix + "TLS_CLIENT_CA"] == "/etc/promptopt/tls/ca.crt"  # mTLS: clients need a certificate
+    assert _find(tls, "ConfigMap", "optimizer-config")["data"]["PROMPTOPT_OPTIMIZER_TLS_CA"]  # it calls the others
+    # TLS on with native probes (which cannot speak TLS) is caught, and so are exec probes without TLS
+    encoder_config = _find(cpu_objects, "ConfigMap", "encoder-config")
+    with_tls = copy.deepcopy(cpu_objects)
+    _find(with_tls, "ConfigMap", "encoder-config")["data"] = {
+        **encoder_config["data"],
+        "PROMPTOPT_ENCODER_TLS_CERT": "x",
+    }
+    assert validate.policy_problems(with_tls) == [
+        f"Deployment/encoder: with TLS on, {probe} must be the exec probe "
+        "['python', '-m', 'services.common.healthcheck', 'encoder']"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    ]
+    without_tls = copy.deepcopy(tls)
+    del _find(without_tls, "ConfigMap", "encoder-config")["data"]["PROMPTOPT_ENCODER_TLS_CERT"]
+    assert len([p for p in validate.policy_problems(without_tls) if "encoder: " in p and "native gRPC" in p]) == 3

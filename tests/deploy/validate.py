@@ -4,8 +4,9 @@ k8s: renders every overlay, and every optional component on top of the cpu overl
 `kubectl kustomize`; validates each built-in object with kubernetes-validate (strict, against
 Kubernetes K8S_VERSION); reports each CRD kind (no schema there) and checks it here instead;
 then checks what a schema cannot: references resolve, probes are native gRPC on the serving
-port, pods are non-root with a read-only root filesystem, selectors select something, and
-each overlay requests the GPU resources it promises.
+port (exec probes of the TLS-aware health check where TLS is on), pods are non-root with a
+read-only root filesystem, selectors select something, and each overlay requests the GPU
+resources it promises.
 
 compose: `deploy/docker-compose.yml` (interpolated, as `docker compose config` does) against
 the compose specification (the strict `compose_spec` parser), then its wiring: depends_on
@@ -124,6 +125,28 @@ def _pod_specs(objects):
             yield obj, obj["spec"]["template"]
 
 
+def probe_problems(obj: dict, container: dict, objects: list[dict]) -> list[str]:
+    """Probes are native gRPC on the serving port; with TLS on (the service's TLS_CERT set in its
+    ConfigMap) native probes cannot connect, so they must be exec probes of the TLS-aware check."""
+    component = obj["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    module = component.replace("-", "_")
+    configs = {o["metadata"]["name"]: o.get("data", {}) for o in objects if o["kind"] == "ConfigMap"}
+    env = {}
+    for source in container.get("envFrom", []):
+        env.update(configs.get((source.get("configMapRef") or {}).get("name"), {}))
+    tls = bool(env.get(f"PROMPTOPT_{module.upper()}_TLS_CERT"))
+    grpc_ports = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"]
+    health_check = ["python", "-m", "services.common.healthcheck", module]
+    problems = []
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        spec = container.get(probe) or {}
+        if tls and (spec.get("exec") or {}).get("command") != health_check:
+            problems.append(f"{_name(obj)}: with TLS on, {probe} must be the exec probe {health_check}")
+        if not tls and (spec.get("grpc") or {}).get("port") not in grpc_ports:
+            problems.append(f"{_name(obj)}: {probe} must be a native gRPC probe on the grpc port {grpc_ports}")
+    return problems
+
+
 def policy_problems(objects: list[dict]) -> list[str]:
     """References, probes, security and selectors across the rendered objects."""
     problems = []
@@ -154,12 +177,7 @@ def policy_problems(objects: list[dict]) -> list[str]:
                 if secret and not secret.get("optional") and ("Secret", secret["name"]) not in names:
                     problems.append(f"{where}: env {variable['name']} needs Secret {secret['name']} (or optional)")
         if obj["kind"] == "Deployment":
-            container = spec["containers"][0]
-            grpc_ports = [p["containerPort"] for p in container.get("ports", []) if p.get("name") == "grpc"]
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                port = ((container.get(probe) or {}).get("grpc") or {}).get("port")
-                if port is None or port not in grpc_ports:
-                    problems.append(f"{_name(obj)}: {probe} must be a native gRPC probe on the grpc port {grpc_ports}")
+            problems += probe_problems(obj, spec["containers"][0], objects)
     for service in (o for o in objects if o["kind"] == "Service"):
         if not any(_matches({"matchLabels": service["spec"]["selector"]}, labels) for _, labels in pods):
             problems.append(f"{_name(service)}: selector matches no pod template")

