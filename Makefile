@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: install protos demo test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
+.PHONY: constraints install protos demo test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,10 +46,13 @@ test: install protos
 test-fast: install protos
 	$(PY) -m pytest -m "not slow"
 
-# Faults, storage, security and monitoring tests (loopback), then the load figures; run it alone.
+# Faults, storage, security and monitoring tests (loopback), the RPC fuzzing with its outcome
+# table, the fault sweep over all six services and the load figures; run it alone.
 test-reliability: install protos
 	$(PY) -m pytest tests/integration/test_faults.py tests/integration/test_storage_faults.py \
 	  tests/integration/test_security.py tests/integration/test_stack.py
+	$(PY) -m pytest -q -s tests/contract/test_fuzz_every_rpc.py
+	$(PY) -m tests.integration.fault_sweep
 	$(PY) -m tests.bench.load_bench
 
 # The stack tests against `docker compose --profile cpu up` (real images); prepares what it can
@@ -88,6 +91,11 @@ TAG ?= latest
 
 # Container images (needs a Docker engine with BuildKit): promptopt/<service>:$(TAG), GPU ones
 # :$(TAG)-cuda/-vllm; sizes printed. BASE_IMAGE, TORCH_INDEX_URL, DOCKER: see deploy/docker/images.sh.
+# The versions the image builds install (every package of this venv but torch, whose build
+# differs per image); refresh after changing dependencies and running the tests.
+constraints: install
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > deploy/constraints.txt
+
 images:
 	@docker info >/dev/null 2>&1 || { echo "make images needs a running Docker engine (docker info failed)"; exit 1; }
 	TAG=$(TAG) deploy/docker/images.sh $(IMAGES)
