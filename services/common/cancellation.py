@@ -1,7 +1,8 @@
 """Cooperative cancellation of long work whose caller has gone.
 
-The gRPC server runs every handler inside `caller_scope(context.is_active)`; long loops
-(training epochs, inversion steps) call `check_caller()` once per iteration, which raises
+The gRPC server runs every unary handler inside `caller_scope(context.is_active)` (streaming
+handlers watch `context.is_active()` themselves); long loops (the surrogate's training epochs
+and inversion steps, the decoder's LLM-guided steps) call `check_caller()` once per iteration, which raises
 CallerGoneError (status CANCELLED) once the caller cancelled or its deadline passed, so nobody's
 abandoned request keeps a core busy. Outside a handler (in-process use) it never raises.
 """

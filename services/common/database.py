@@ -34,7 +34,7 @@ def transaction(conn: sqlite3.Connection, what: str, path: str | Path):
             conn.execute("BEGIN")
             yield conn
     except sqlite3.OperationalError as exc:
-        if "full" in str(exc):
+        if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
             raise StorageFullError(f"{what} {path}: {exc}; nothing stored was lost, free space and retry") from exc
         raise
 

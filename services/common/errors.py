@@ -1,8 +1,9 @@
 """Domain errors and their gRPC status codes.
 
 Core modules raise these (or plain ValueError for malformed input); the server interceptor
-maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND, OverloadedError (and
-StorageFullError) -> RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE, CallerGoneError -> CANCELLED.
+maps them: ValueError -> INVALID_ARGUMENT, NotFoundError -> NOT_FOUND, OverloadedError ->
+RESOURCE_EXHAUSTED, UnavailableError -> UNAVAILABLE, FailedPreconditionError (and
+StorageFullError) -> FAILED_PRECONDITION, CallerGoneError -> CANCELLED.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ class NotFoundError(LookupError):
 
 class OverloadedError(RuntimeError):
     """The service is at capacity; retry later."""
-
-
-class StorageFullError(OverloadedError):
-    """A store's disk is full: the write was rolled back, everything stored before is intact."""
 
 
 class UnavailableError(RuntimeError):
@@ -38,10 +35,17 @@ class FailedPreconditionError(RuntimeError):
     """The request is valid but the system is not in a state to serve it."""
 
 
+class StorageFullError(FailedPreconditionError):
+    """A store's disk is full: the write was rolled back, everything stored before is intact.
+    FAILED_PRECONDITION, so clients do not retry (and repay) work that cannot be stored."""
+
+
 # A failed call to another service passes its code on where it says something about the request
-# or the service's state; a missed deadline there is UNAVAILABLE here (the caller's own deadline
-# did not pass); anything else (e.g. UNAUTHENTICATED between services) is INTERNAL.
+# or the services' state (a missed deadline stays DEADLINE_EXCEEDED, so the caller's client keeps
+# its rule of retrying that only for calls whose repeat pays nothing twice); anything else (e.g.
+# UNAUTHENTICATED between services) is INTERNAL.
 PASSED_ON = {
+    grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND,
     grpc.StatusCode.FAILED_PRECONDITION,
@@ -56,8 +60,6 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status code for a domain exception or a failed downstream call (INTERNAL when unknown)."""
     if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
         code = exc.code()
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return grpc.StatusCode.UNAVAILABLE
         return code if code in PASSED_ON else grpc.StatusCode.INTERNAL
     if isinstance(exc, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT

@@ -41,6 +41,30 @@ class Stack(ABC):
     def wait_serving(self, name: str, timeout: float = 600.0) -> None:
         """Block until `name` is SERVING (TimeoutError after `timeout` seconds)."""
 
+    @abstractmethod
+    def address(self, name: str) -> str:
+        """host:port of `name`'s gRPC server."""
+
+    @abstractmethod
+    def start(self, name: str) -> None:
+        """Start `name` (again)."""
+
+    @abstractmethod
+    def kill(self, name: str) -> None:
+        """SIGKILL `name`, as a crash would."""
+
+    @abstractmethod
+    def pause(self, name: str) -> None:
+        """Freeze `name` with its connections open (a hang)."""
+
+    @abstractmethod
+    def unpause(self, name: str) -> None:
+        """Undo `pause`."""
+
+    @abstractmethod
+    def logs(self, name: str) -> str:
+        """Everything `name` has logged, across its restarts."""
+
     def __enter__(self):
         try:
             self.up()

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.database import hold_exclusive, open_database, transaction
-from services.common.errors import FailedPreconditionError, NotFoundError, UnavailableError, describe
+from services.common.errors import (
+    FailedPreconditionError,
+    NotFoundError,
+    StorageFullError,
+    UnavailableError,
+    describe,
+)
 from services.common.metrics import RUNS_ACTIVE, RUNS_FINISHED
 from services.common.types import Usage
 
@@ -332,7 +338,8 @@ class RunManager:
         RUNS_ACTIVE.inc()
         try:
             final = self._run(run_id)
-            RUNS_FINISHED.labels(self.store.get(run_id).algorithm, final.name).inc()
+            if final.terminal:
+                RUNS_FINISHED.labels(self.store.get(run_id).algorithm, final.name).inc()
         finally:
             RUNS_ACTIVE.dec()
 
@@ -390,6 +397,11 @@ class RunManager:
             emit("error", {"message": "cancelled"})
             self.store.update(run_id, state=RunState.CANCELLED, usage=usage)
             return RunState.CANCELLED
+        except StorageFullError:  # nothing more can be recorded; the run resumes from its checkpoint
+            log.error(
+                "run %s stopped: its store is full; it stays RUNNING and resumes when the service restarts", run_id
+            )
+            return RunState.RUNNING
         except Exception as exc:  # noqa: BLE001 - recorded on the run
             log.exception("run %s failed", run_id)
             emit("error", {"message": describe(exc)})

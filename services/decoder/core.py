@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common.cancellation import check_caller
 from services.common.text import instruction_lines
 from services.common.types import Usage
 from services.llm_eval.types import DecodingParams, GenerateResult
@@ -101,6 +102,7 @@ class LlmGuidedInverter(Inverter):
         for row, target in enumerate(targets):
             known = dict(zip(seeds, seed_sims[row].tolist(), strict=True))
             for step in range(steps):
+                check_caller()  # each step pays an LLM call: stop once the caller has gone
                 beam = sorted(known.items(), key=lambda kv: -kv[1])[:width]
                 scored = "\n".join(f"{score:.3f}: {text}" for text, score in reversed(beam))
                 prompt = LLM_GUIDED_PROMPT.format(scored=scored, count=self.candidates)

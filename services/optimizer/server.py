@@ -27,8 +27,9 @@ ALGORITHMS = {
 
 
 def set_fields(message, name: str) -> dict:
-    """The fields `message` sets, as Python values (lists for repeated ones); a NaN or infinite
-    number is a ValueError naming the field (`name`.field)."""
+    """The top-level fields `message` sets (scalars as Python values, repeated fields as lists;
+    run configs have no nested messages); a NaN or infinite number is a ValueError naming the
+    field (`name`.field)."""
     fields = {}
     for field, value in message.ListFields():
         if isinstance(value, float) and not math.isfinite(value):

@@ -140,17 +140,26 @@ class DeepKernelSurrogate(Surrogate):
         return epochs_run, best
 
     def add_observations(self, x, y, training: GpTraining) -> None:
-        """Append rows and retrain from the current parameters (the seed's incremental retrain)."""
+        """Append rows and retrain from the current parameters (the seed's incremental retrain); if
+        training does not finish, the model is left exactly as it was."""
         x = np.asarray(x, dtype=np.float32).reshape(-1, self.vae.input_dim)
         y = np.asarray(y, dtype=np.float64).reshape(-1)
         if x.shape[0] != y.shape[0] or not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise ValueError("x and y must be finite with one target per row")
-        state = self.model.state_dict()
-        self.embeddings = np.concatenate([self.embeddings, x])
-        self.targets = np.concatenate([self.targets, y])
+        state = copy.deepcopy(self.model.state_dict())
+        embeddings, targets = self.embeddings, self.targets
+        self.embeddings = np.concatenate([embeddings, x])
+        self.targets = np.concatenate([targets, y])
         self._build()
         self.model.load_state_dict(state)
-        self.epochs_trained, self.final_loss = self._train(training)
+        try:
+            self.epochs_trained, self.final_loss = self._train(training)
+        except BaseException:  # e.g. the caller left mid-training: the model is as it was before
+            self.embeddings, self.targets = embeddings, targets
+            self._build()
+            self.model.load_state_dict(state)
+            self.model.eval()
+            raise
 
     # -- posterior -----------------------------------------------------------------------------
     def _posterior_unit(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,13 +146,13 @@ def test_a_full_disk_refuses_new_work_clearly_and_keeps_what_is_stored(tmp_path,
         more = llm_eval_pb2.EvaluatePromptRequest(instruction=instruction, dataset="gsm8k", split="test", fidelity=40)
         with pytest.raises(grpc.RpcError) as refused:
             llm.EvaluatePrompt(more)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # not retried: it would repay the LLM
         assert refused.value.details().startswith(f"answer cache {disk / 'answers.sqlite'}: database or disk is full")
         assert "nothing stored was lost" in refused.value.details()
         start = optimizer_pb2.StartRunRequest(opro=optimizer_pb2.OproConfig(iterations=1))
         with pytest.raises(grpc.RpcError) as refused:
             optimizer.StartRun(start)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert refused.value.details().startswith(f"run store {disk / 'runs.sqlite'}: database or disk is full")
         # what was stored still reads, while the disk is full
         assert optimizer.GetRun(optimizer_pb2.GetRunRequest(run_id=kept_run)).run.display_name == "kept"

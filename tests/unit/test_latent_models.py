@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.cancellation import caller_scope
+from services.common.errors import CallerGoneError
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 from services.surrogate.vae import InstructionVAE, invert_latent, kl_beta, train_vae, vae_quality
@@ -97,6 +99,11 @@ def test_deep_kernel_gp_fit_predict_optimize_update(ape_embeddings):
     assert np.allclose(decoded[0], point.embedding, atol=1e-5)
     inverted = engine.invert(fit.model_id, point.embedding, np.zeros(64), InversionConfig(n_steps=200))
     assert inverted.value < 0.05
+    before = engine.predict(fit.model_id, x[:52])
+    with caller_scope(lambda: False), pytest.raises(CallerGoneError):  # the caller left mid-update
+        engine.update(fit.model_id, x[50:52], y[50:52], GpTraining(epochs=50, lr=0.001, patience=10))
+    after = engine.predict(fit.model_id, x[:52])  # the model is exactly as before the abandoned update
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
     count, epochs = engine.update(fit.model_id, x[50:52], y[50:52], GpTraining(epochs=50, lr=0.001, patience=10))
     assert count == 52 and 0 < epochs <= 50
     with pytest.raises(ValueError, match="exact GP"):
