@@ -66,7 +66,9 @@ def tensors(draw, cls, widths: tuple[int, ...]):
     else:
         shape = draw(st.lists(st.integers(0, 5), min_size=0, max_size=3))
     if draw(st.booleans()):
-        values = draw(st.lists(st.sampled_from((0.0, 1.0, -2.5, 0.25, 1e30, float("nan"), float("inf"))), min_size=1))
+        finite = (0.0, 1.0, -2.5, 0.25, 0.5)
+        choices = draw(st.sampled_from((finite, (*finite, 1e30, float("nan"), float("inf")))))
+        values = draw(st.lists(st.sampled_from(choices), min_size=1))
         data = np.resize(np.asarray(values, dtype=np.float32), int(np.prod(shape))).tobytes()
     else:
         data = draw(st.binary(max_size=48))
@@ -74,15 +76,15 @@ def tensors(draw, cls, widths: tuple[int, ...]):
 
 
 def messages(descriptor: Descriptor, known: Known | None = None, depth: int = 3) -> st.SearchStrategy:
-    """Messages of type `descriptor`: each field set or left unset, one member per oneof;
-    `known["tensor_widths"]` gives the tensor widths to favour."""
+    """Messages of type `descriptor`: each field set or left unset, one member per oneof. A
+    common.v1.Tensor field favours the widths `known["width:<field>"]` (else `known["width"]`)."""
     known = known or {}
-    cls = message_factory.GetMessageClass(descriptor)
-    if descriptor.name == "Tensor" and "data" in descriptor.fields_by_name:
-        return tensors(cls, known.get("tensor_widths", ()))
     fields = {}
     for field in descriptor.fields:
-        if field.type == FIELD_TYPES.TYPE_MESSAGE:
+        if field.type == FIELD_TYPES.TYPE_MESSAGE and field.message_type.name == "Tensor":
+            widths = known.get(f"width:{field.name}", known.get("width", ()))
+            value = tensors(message_factory.GetMessageClass(field.message_type), widths)
+        elif field.type == FIELD_TYPES.TYPE_MESSAGE:
             if depth == 0 or field.message_type.GetOptions().map_entry:
                 continue
             value = messages(field.message_type, known, depth - 1)
@@ -126,4 +128,5 @@ def messages(descriptor: Descriptor, known: Known | None = None, depth: int = 3)
                 setattr(message, name, drawn)
         return message
 
+    cls = message_factory.GetMessageClass(descriptor)
     return build()

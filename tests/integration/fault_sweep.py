@@ -30,9 +30,11 @@ from services.common.launcher import LocalStack, Stack
 from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
 
-# The optimizer's deadline per attempt in the sweep, and the hang that outlasts it.
-RPC_TIMEOUT_SECONDS = 60
-HANG_SECONDS = 75.0
+# The optimizer's deadline per attempt in the sweep, and the hang: twice as long, so a chunk that
+# starts during the first half of it still misses its deadline.
+RPC_TIMEOUT_SECONDS = 45
+HANG_SECONDS = 90.0
+SWEEP_SECONDS = 1500  # the whole run, faults included, or the sweep fails
 
 SWEEP_ENV = {
     "PROMPTOPT_LLM_EVAL_DEFAULT_MAX_TOKENS": "48",
@@ -56,6 +58,10 @@ def _says(prefix: str | tuple[str, ...]) -> Callable[[object], bool]:
     return lambda event: _message(event).startswith(prefix)
 
 
+def _candidate(event) -> bool:
+    return event.WhichOneof("event") == "candidate"
+
+
 def _chunk(event) -> bool:
     return event.WhichOneof("event") == "progress" and event.progress.questions_total > 0
 
@@ -64,23 +70,24 @@ def _chunk(event) -> bool:
 class Fault:
     """`signal` (SIGKILL or SIGSTOP) to `service` at the first event after the previous fault that
     `when` accepts (`moment` says which, and what the run needs next). A killed service stays
-    down until some client has felt it (logged a retry of a call to it; at most FELT_WINDOW_S),
-    unless `on_path` is False."""
+    down until some service has felt it (logged a retry of a call to it; at most FELT_WINDOW_S),
+    unless `await_felt` is False (the tuner, off the run's path; the optimizer, whose only
+    client is this sweep's watch)."""
 
     service: str
     signal: str
     moment: str
     when: Callable[[object], bool]
-    on_path: bool = True
+    await_felt: bool = True
 
 
 FELT_WINDOW_S = 30.0
 
 FAULTS = (
-    Fault("tuner", "SIGKILL", "the run starts; the tuner is not on its path", lambda e: True, on_path=False),
+    Fault("tuner", "SIGKILL", "the run starts; the tuner is not on its path", lambda e: True, await_felt=False),
     Fault("llm_eval", "SIGKILL", "a Hyperband evaluation is mid-way", _chunk),
     Fault("llm_eval", "SIGSTOP", f"the next chunk; hung {HANG_SECONDS:.0f} s", _chunk),
-    Fault("optimizer", "SIGKILL", "a Hyperband candidate is scored", lambda e: e.WhichOneof("event") == "candidate"),
+    Fault("optimizer", "SIGKILL", "a Hyperband candidate is scored", _candidate, await_felt=False),
     Fault("surrogate", "SIGKILL", "Hyperband restarts with a VAE the optimizer holds", _says("Hyperband:")),
     Fault("encoder", "SIGKILL", "InvBO's GP is fitted; decoding re-encodes texts", _says("GP fitted")),
     Fault("decoder", "SIGKILL", "InvBO iteration 1 ends; iteration 2 decodes", _says("InvBO iteration 1:")),
@@ -125,16 +132,21 @@ class SweepResult:
     new_answers: int  # answers the last llm_eval process added
 
 
-def strike(stack: Stack, row: Row) -> None:
+def strike(stack: Stack, row: Row, on_killed: Callable[[], None]) -> None:
+    """Apply the row's fault and bring the service back; `on_killed` runs while a killed
+    service is down."""
     fault, started = row.fault, time.monotonic()
     if fault.signal == "SIGSTOP":
         stack.pause(fault.service)
-        time.sleep(HANG_SECONDS)
-        stack.unpause(fault.service)
+        try:
+            time.sleep(HANG_SECONDS)
+        finally:
+            stack.unpause(fault.service)
     else:
         seen = retries(stack)
         stack.kill(fault.service)
-        while fault.on_path and time.monotonic() - started < FELT_WINDOW_S:
+        on_killed()
+        while fault.await_felt and time.monotonic() - started < FELT_WINDOW_S:
             if any(callee == fault.service for _, callee, *_ in retries(stack) - seen):
                 break
             time.sleep(0.5)
@@ -153,14 +165,18 @@ def sweep(stack: Stack, faults=FAULTS) -> SweepResult:
     request = cli.start_request(cli.build_parser().parse_args(RUN_ARGS))
     rows, pending, events = [], list(faults), []
     kept: set[str] = set()
-    restarted_with = 0  # answers cached when llm_eval last restarted
+    restarted_with = 0  # answers cached while llm_eval was last down
     seen = retries(stack)
+    struck_until = 0.0  # events stamped before the last fault ended are stale triggers
     with OptimizerClient(stack.address("optimizer")) as client:
-        run_id = client.start(request).run_id
-        for event in client.watch(run_id):
+        run_id, started = client.start(request).run_id, time.monotonic()
+        for event in client.watch(run_id, timeout=SWEEP_SECONDS):
+            if time.monotonic() - started > SWEEP_SECONDS:
+                client.cancel(run_id)
+                raise TimeoutError(f"the sweep's run did not finish in {SWEEP_SECONDS} s")
             if _says(("resumed", "surrogate lost"))(event):
                 events.append(_message(event).split(" (")[0])
-            if pending and pending[0].when(event):
+            if pending and event.time.ToMicroseconds() / 1e6 > struck_until and pending[0].when(event):
                 if rows:
                     now = retries(stack)
                     rows[-1].felt, seen, events = _felt(seen, now, events), now, []
@@ -168,9 +184,14 @@ def sweep(stack: Stack, faults=FAULTS) -> SweepResult:
                 keys = cache_keys(stack)
                 kept |= keys
                 row.cached_answers = len(keys)
-                strike(stack, row)
-                if row.fault.service == "llm_eval" and row.fault.signal == "SIGKILL":
-                    restarted_with = len(cache_keys(stack))
+
+                def while_down(service=row.fault.service):
+                    nonlocal restarted_with
+                    if service == "llm_eval":  # its cache cannot change while it is down
+                        restarted_with = len(cache_keys(stack))
+
+                strike(stack, row, while_down)
+                struck_until = time.time()
                 rows.append(row)
         run = client.get(run_id)
     if rows:
