@@ -56,9 +56,14 @@ PASSED_ON = {
 }
 
 
+def _failed_call(exc: BaseException) -> bool:
+    """A failed gRPC call (an RpcError that carries a status), as opposed to a domain error."""
+    return isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None))
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode:
     """The status code for a domain exception or a failed downstream call (INTERNAL when unknown)."""
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+    if _failed_call(exc):
         code = exc.code()
         return code if code in PASSED_ON else grpc.StatusCode.INTERNAL
     if isinstance(exc, ValueError):
@@ -84,16 +89,21 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def shown(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters for an error message ("..." marks the cut)."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def message_for(exc: BaseException) -> str:
     """The status details for `exc`: a downstream call's own details, else the exception's text."""
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "details", None)):
+    if _failed_call(exc):
         return exc.details() or exc.code().name
     return str(exc) or type(exc).__name__
 
 
 def describe(exc: BaseException) -> str:
     """One line for a run's error: 'CODE: details' for a failed RPC, else 'Type: message'."""
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+    if _failed_call(exc):
         text = f"{exc.code().name}: {exc.details() or 'no details'}"
     else:
         text = f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from services.common.errors import shown
+
 _SPEC = re.compile(r"^(?P<base>[A-Za-z0-9_.-]{1,64})(?:\[(?P<start>\d{1,9}%?)?:(?P<stop>\d{1,9}%?)?\])?$")
 
 
@@ -25,8 +27,7 @@ class SplitSpec:
     def parse(cls, text: str, field: str = "split") -> SplitSpec:
         match = _SPEC.match(text or "")
         if match is None or match["base"].startswith("."):
-            shown = text if len(text or "") <= 80 else text[:80] + "..."
-            raise ValueError(f"{field} {shown!r} is not a split name or slice like 'test' or 'test[:50%]'")
+            raise ValueError(f"{field} {shown(text or '')!r} is not a split name or slice like 'test' or 'test[:50%]'")
         spec = cls(match["base"], match["start"] or "", match["stop"] or "")
         for bound in (spec.start, spec.stop):
             if bound.endswith("%") and int(bound[:-1]) > 100:

@@ -10,7 +10,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from services.common.errors import NotFoundError
+from services.common.errors import NotFoundError, shown
 from services.common.splits import SplitSpec
 from services.llm_eval import gsm8k
 
@@ -64,8 +64,9 @@ class DatasetStore:
 
     def _dir(self, dataset: str) -> Path:
         if not DATASET_NAME.fullmatch(dataset):
-            shown = dataset if len(dataset) <= 80 else dataset[:80] + "..."
-            raise ValueError(f"dataset {shown!r} is not a valid dataset name (letters, digits, . _ -; at most 64)")
+            raise ValueError(
+                f"dataset {shown(dataset)!r} is not a valid dataset name (letters, digits, . _ -; at most 64)"
+            )
         directory = self.root / dataset
         if not directory.is_dir():
             raise NotFoundError(f"dataset {dataset!r} not found under {self.root}")

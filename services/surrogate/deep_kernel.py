@@ -148,18 +148,19 @@ class DeepKernelSurrogate(Surrogate):
             raise ValueError("x and y must be finite with one target per row")
         state = copy.deepcopy(self.model.state_dict())
         embeddings, targets = self.embeddings, self.targets
-        self.embeddings = np.concatenate([embeddings, x])
-        self.targets = np.concatenate([targets, y])
-        self._build()
-        self.model.load_state_dict(state)
+        self._rebuild(np.concatenate([embeddings, x]), np.concatenate([targets, y]), state)
         try:
             self.epochs_trained, self.final_loss = self._train(training)
         except BaseException:  # e.g. the caller left mid-training: the model is as it was before
-            self.embeddings, self.targets = embeddings, targets
-            self._build()
-            self.model.load_state_dict(state)
+            self._rebuild(embeddings, targets, state)
             self.model.eval()
             raise
+
+    def _rebuild(self, embeddings: np.ndarray, targets: np.ndarray, state: dict) -> None:
+        """A GP over these rows with the parameters `state`."""
+        self.embeddings, self.targets = embeddings, targets
+        self._build()
+        self.model.load_state_dict(state)
 
     # -- posterior -----------------------------------------------------------------------------
     def _posterior_unit(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

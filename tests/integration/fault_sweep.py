@@ -18,7 +18,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from services.common.config import datasets_dir
 from services.common.launcher import LocalStack, Stack
 from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
+from tests.integration.harness import metric, scrape
 
 # The optimizer's deadline per attempt in the sweep, and the hang: twice as long, so a chunk that
 # starts during the first half of it still misses its deadline.
@@ -110,11 +110,8 @@ def cache_keys(stack: Stack) -> set[str]:
 
 def task_calls(stack: Stack) -> float:
     """Task-model LLM calls counted by llm_eval's current process."""
-    port = stack.services["llm_eval"].metrics_port
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    found = re.findall(r'^promptopt_llm_eval_llm_calls_total\{[^}]*role="task"[^}]*\} ([0-9.e+]+)$', text, re.M)
-    return sum(float(v) for v in found)
+    text = scrape(stack.services["llm_eval"].metrics_port)
+    return metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"')
 
 
 def retries(stack: Stack) -> Counter:

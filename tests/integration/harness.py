@@ -1,8 +1,11 @@
-"""Shared pieces of the integration tests: in-process model services and the CLI run helper."""
+"""Shared pieces of the integration tests: in-process model services, the CLI run helper and
+reading a service's Prometheus metrics."""
 
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 
 from services.decoder.core import NearestTextInverter
 from services.optimizer import cli
@@ -32,3 +35,15 @@ def run_cli(stack, tmp_path, *args) -> dict:
     [path] = tmp_path.glob("*.json")
     assert path.with_suffix(".png").stat().st_size > 1000
     return json.loads(path.read_text())
+
+
+def scrape(port: int) -> str:
+    """The text a service's /metrics port serves."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The sum of metric `name`'s samples whose labels contain `labels` (e.g. 'role="task"')."""
+    pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} ([0-9.e+]+)$"
+    return sum(float(m) for m in re.findall(pattern, text, re.M))

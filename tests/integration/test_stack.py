@@ -11,10 +11,8 @@ cancelled run resumed through `promptopt resume`.
 from __future__ import annotations
 
 import os
-import re
 import sqlite3
 import time
-import urllib.request
 
 import grpc
 import pytest
@@ -31,7 +29,7 @@ from services.optimizer.client import OptimizerClient
 from tests.deploy.validate import dashboard_metrics, dashboard_queries, exported_metrics
 from tests.integration import prometheus
 from tests.integration.compose_stack import ComposeStack
-from tests.integration.harness import run_cli
+from tests.integration.harness import metric, run_cli, scrape
 
 pytestmark = pytest.mark.slow
 
@@ -65,16 +63,6 @@ def list_services(address: str) -> set[str]:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         return {s.name for r in responses for s in r.list_services_response.service}
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(labels)}[^}}]*\}} ([0-9.e+]+)$"
-    return sum(float(m) for m in re.findall(pattern, text, re.M))
 
 
 def test_reflection_health_and_metrics(stack):
