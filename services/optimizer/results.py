@@ -116,11 +116,14 @@ def plot_inference(ax, history: list[dict]) -> None:
     """InvBO iterations: the GP's predicted error (+- 2 std) against the measured one, and the gap."""
     from matplotlib.ticker import MaxNLocator
 
+    history = [h for h in history if h.get("predicted_error") is not None]  # LIPO-E: rejected ones have none
+    if not history:
+        return
     iterations = [h["iteration"] for h in history]
     predicted = [h["predicted_error"] for h in history]
     spread = [2 * h["predicted_std"] for h in history]
     ax.errorbar(iterations, predicted, yerr=spread, fmt="o", capsize=3, label="GP predicted error (+-2 std)")
-    actual = [(h["iteration"], h["actual_error"]) for h in history if h["actual_error"] is not None]
+    actual = [(h["iteration"], h["actual_error"]) for h in history if h.get("actual_error") is not None]
     if actual:
         ax.plot(*zip(*actual, strict=True), "s", color="C3", label="measured error")
     if history[0]["incumbent_error_before"] is not None:

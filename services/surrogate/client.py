@@ -21,6 +21,8 @@ from services.surrogate.types import (
     JointVaeConfig,
     JointVaeResult,
     LatentPoint,
+    ScorerConfig,
+    ScorerTraining,
     VaeConfig,
     VaeResult,
 )
@@ -101,7 +103,9 @@ class SurrogateClient(BaseClient):
 
     def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
         config = config or AcquisitionConfig()
-        request = surrogate_pb2.OptimizeAcquisitionRequest(model_id=model_id, **dataclasses.asdict(config))
+        fields = surrogate_pb2.OptimizeAcquisitionRequest.DESCRIPTOR.fields_by_name
+        shared = {k: v for k, v in dataclasses.asdict(config).items() if k in fields}  # the engine checks the rest
+        request = surrogate_pb2.OptimizeAcquisitionRequest(model_id=model_id, **shared)
         if best_f is not None:
             request.best_f = best_f
         r = self._call(self.stub.OptimizeAcquisition, request, None)
@@ -132,7 +136,7 @@ class SurrogateClient(BaseClient):
             owner=owner,
         )
         r = self._call(self.stub.TrainJointVae, request, None)
-        return JointVaeResult(r.epochs_trained, r.final_loss, r.inst_cosine, r.exemplar_f1, r.vae_id)
+        return JointVaeResult(r.epochs_trained, r.final_loss, r.inst_cosine, r.exemplar_f1, r.vae_id, r.kl_divergence)
 
     def encode_joint(self, vae_id: str, instructions, exemplar_sets) -> np.ndarray:
         request = surrogate_pb2.EncodeJointRequest(
@@ -156,7 +160,7 @@ class SurrogateClient(BaseClient):
             owner=owner,
         )
         r = self._call(self.stub.FitJointModel, request, None)
-        return FitResult(r.model_id, r.mll, r.epochs_trained)
+        return FitResult(r.model_id, r.mll, r.epochs_trained, r.lengthscale_ratio)
 
     def propose_exemplars(self, vae_id: str, model_id: str, instructions, steps=20, restarts=5, seed=0):
         request = surrogate_pb2.ProposeExemplarsRequest(
@@ -179,9 +183,30 @@ class SurrogateClient(BaseClient):
             maxiter=config.maxiter,
             latent_margin=config.latent_margin,
             seed=seed,
+            acquisition=config.acquisition,
+            ucb_beta=config.ucb_beta,
+            distance_weight=config.distance_weight,
         )
         r = self._call(self.stub.OptimizeJoint, request, None)
         return decode_tensor(r.z), r.log_ei
+
+    def train_scorer(self, instructions, pool, relevance, config: ScorerConfig | None = None, owner: str = ""):
+        request = surrogate_pb2.TrainScorerRequest(
+            instructions=encode_tensor(instructions),
+            pool=encode_tensor(pool),
+            relevance=encode_tensor(relevance),
+            settings=settings_to_proto(config or ScorerConfig(), surrogate_pb2.ScorerSettings),
+            owner=owner,
+        )
+        r = self._call(self.stub.TrainScorer, request, None)
+        return ScorerTraining(r.epochs_trained, r.first_loss, r.final_loss, r.scorer_id)
+
+    def score_exemplars(self, scorer_id: str, instructions, k: int = 0, mmr_lambda: float | None = None):
+        request = surrogate_pb2.ScoreExemplarsRequest(
+            scorer_id=scorer_id, instructions=encode_tensor(instructions), k=k, mmr_lambda=mmr_lambda
+        )
+        r = self._call(self.stub.ScoreExemplars, request, self.timeout)
+        return decode_tensor(r.scores), [list(s.ids) for s in r.selected]
 
     def delete(self, model_id: str) -> None:
         self._call(self.stub.DeleteModel, surrogate_pb2.DeleteModelRequest(model_id=model_id), self.timeout)

@@ -13,13 +13,13 @@ from services.surrogate.acquisition import latent_bounds
 from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
 from services.surrogate.deep_kernel import DeepKernelSurrogate
 from services.surrogate.joint import (
-    JOINT_DIM,
     JointPromptGP,
     StructureAwareVAE,
     optimize_joint,
     propose_exemplars,
     train_joint_vae,
 )
+from services.surrogate.scorer import ExemplarScorer, select, train_scorer
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
@@ -29,6 +29,8 @@ from services.surrogate.types import (
     JointVaeConfig,
     JointVaeResult,
     LatentPoint,
+    ScorerConfig,
+    ScorerTraining,
     VaeConfig,
     VaeResult,
 )
@@ -120,6 +122,8 @@ class SurrogateEngine:
 
     def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint:
         config = config or AcquisitionConfig()
+        if config.acquisition != "logei" or config.distance_weight:
+            raise ValueError("acquisition 'ucb' and distance_weight are LIPO-E's (OptimizeJoint); LIPO's is LogEI")
         model = self._deep(model_id)
         latent, value = model.optimize(config, best_f)
         return LatentPoint(latent.tolist(), model.decode_unit(latent[None])[0].tolist(), value)
@@ -169,7 +173,7 @@ class SurrogateEngine:
         return sets
 
     def encode_joint(self, vae_id: str, instructions, exemplar_sets) -> np.ndarray:
-        """z_joint [n, 32] of (instruction embedding, exemplar id set) pairs."""
+        """z_joint [n, inst_dim + ex_dim] of (instruction embedding, exemplar id set) pairs."""
         vae = self._joint_vae(vae_id)
         x = _matrix(instructions, "instructions", vae.input_dim)
         sets = self._exemplar_sets(vae, exemplar_sets)
@@ -179,16 +183,16 @@ class SurrogateEngine:
             return vae.embed(torch.as_tensor(x), sets).numpy()
 
     def decode_joint(self, vae_id: str, z) -> tuple[np.ndarray, list[list[int]]]:
-        """(instruction embeddings [n, d], exemplar id sets) decoded from z_joint [n, 32]."""
+        """(instruction embeddings [n, d], exemplar id sets) decoded from z_joint [n, joint_dim]."""
         vae = self._joint_vae(vae_id)
-        z = torch.as_tensor(_matrix(z, "z", JOINT_DIM))
+        z = torch.as_tensor(_matrix(z, "z", vae.joint_dim))
         with torch.no_grad():
             return vae.decode_instruction(z).numpy(), vae.decode_exemplars(z)
 
     def fit_joint(self, z, errors, fidelities, config: JointGpConfig | None = None, owner: str = "") -> FitResult:
         """A JointPromptGP on observations at any fidelity (error rate, questions)."""
-        model = JointPromptGP(_matrix(z, "z", JOINT_DIM), errors, fidelities, config or JointGpConfig())
-        return FitResult(self.registry.add(model, owner), model.mll, model.epochs_trained)
+        model = JointPromptGP(_matrix(z, "z"), errors, fidelities, config or JointGpConfig())
+        return FitResult(self.registry.add(model, owner), model.mll, model.epochs_trained, model.lengthscale_ratio())
 
     def _joint_gp(self, model_id: str) -> JointPromptGP:
         return self.registry.get(model_id, JointPromptGP)
@@ -204,12 +208,42 @@ class SurrogateEngine:
         return propose_exemplars(vae, gp, x, steps, restarts, seed)
 
     def optimize_joint(self, model_id: str, config: AcquisitionConfig | None = None, seed: int = 0):
-        """InvBO's z_joint: LogEI maximised in the box of the GP's observed latents (widened by the
-        config's latent_margin); returns (z [32], LogEI)."""
+        """InvBO's z_joint: the config's acquisition (LogEI or UCB, less the distance penalty)
+        maximised in the box of the GP's observed latents (widened by latent_margin); returns
+        (z [width], acquisition value)."""
         config = config or AcquisitionConfig()
         gp = self._joint_gp(model_id)
         bounds = latent_bounds(gp.x, config.latent_margin)
-        return optimize_joint(gp, bounds, config.num_restarts, config.raw_samples, config.maxiter, seed)
+        return optimize_joint(gp, bounds, config, seed)
+
+    # BOLT (seed 004): the Set Transformer exemplar scorer.
+
+    def train_scorer(
+        self, instructions, pool, relevance, config: ScorerConfig | None = None, owner: str = ""
+    ) -> ScorerTraining:
+        """Fit an ExemplarScorer (ListMLE) on relevance [n, P] of the pool [P, d] for instructions [n, d]."""
+        x = _matrix(instructions, "instructions")
+        pool = _matrix(pool, "pool", x.shape[1])
+        relevance = np.asarray(relevance, dtype=np.float32)
+        if relevance.ndim != 2 or relevance.shape[1] != len(pool) or np.isinf(relevance).any():
+            raise ValueError(f"relevance must have shape [n, {len(pool)}] with finite values or NaN (unknown)")
+        if np.isnan(relevance).all(axis=1).any():
+            raise ValueError("every relevance row needs at least one known value")
+        if len(x) < 1 or len(pool) < 2 or len(relevance) != len(x):
+            raise ValueError(f"relevance must have shape [{len(x)}, {len(pool)}] and the pool at least 2 rows")
+        model, result = train_scorer(x, pool, relevance, config or ScorerConfig())
+        result.scorer_id = self.registry.add(model, owner)
+        return result
+
+    def score_exemplars(self, scorer_id: str, instructions, k: int = 0, mmr_lambda: float | None = None):
+        """(scores [m, P], k exemplar ids per instruction chosen by MMR) from a stored scorer."""
+        model = self.registry.get(scorer_id, ExemplarScorer, "scorer_id")
+        if not 0 <= k <= len(model.pool):
+            raise ValueError(f"k must be in [0, {len(model.pool)}] (the pool's size), got {k}")
+        x = _matrix(instructions, "instructions", model.pool.shape[1])
+        if not len(x):
+            raise ValueError("instructions must have at least one row")
+        return select(model, x, k, mmr_lambda)
 
     def delete(self, model_id: str) -> None:
         self.registry.delete(model_id)

@@ -1,15 +1,17 @@
 """LIPO-E's surrogate (seed 001): the StructureAwareVAE over (instruction, exemplar set) and the
-JointPromptGP over its 32-D z_joint, with Beta smoothing of observed error rates.
+JointPromptGP over its z_joint (32-D by default), with Beta smoothing of observed error rates.
 
-- `StructureAwareVAE`: instruction encoder d -> 256 -> 128 -> z_inst (16); exemplar-set encoder
-  (Set Transformer: ISAB -> ISAB -> PMA) over the exemplars' embeddings -> z_ex (16); a residual
-  joint refinement MLP over [z_inst || z_ex] -> z_joint (32). Decoders: z_inst -> instruction
-  embedding (cosine loss), and a slot decoder: `num_slots` slots from z_ex, each attending over
-  the exemplar pool and choosing one pool item or "empty" (a discrete selection of 0..num_slots
-  exemplars).
-- `JointPromptGP`: product kernel k_inst(z[0:16]) x k_ex(z[16:32]) (Matern 5/2, ARD each) with a
+- `StructureAwareVAE`: instruction encoder d -> 256 -> 128 -> z_inst (16; BOLT tunes 12..32);
+  exemplar-set encoder (Set Transformer: ISAB -> ISAB -> PMA) over the exemplars' embeddings ->
+  z_ex (16; BOLT tunes 8..24); a residual joint refinement MLP over [z_inst || z_ex] -> z_joint.
+  Decoders: z_inst -> instruction embedding (cosine loss), and a slot decoder: `num_slots` slots
+  from z_ex, each attending over the exemplar pool and choosing one pool item or "empty" (a
+  discrete selection of 0..num_slots exemplars).
+- `JointPromptGP`: product kernel k_inst(z_inst) x k_ex(z_ex) (Matern 5/2, ARD each) with a
   FixedNoiseGaussianLikelihood whose noise is the Beta posterior variance of each observation,
-  trained on every fidelity.
+  trained on every fidelity. BOLT's `use_deep_kernel` puts a small MLP before each factor.
+- Acquisition: LogEI (seed 001) or BOLT's UCB (`ucb_beta`), less `distance_weight` times the
+  normalised distance to the nearest observed z_joint (keeps InvBO near what the GP has seen).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from torch import nn
 from services.common.cancellation import check_caller
 from services.surrogate.acquisition import latent_bounds, log_ei
 from services.surrogate.core import Surrogate, tensor_bytes
-from services.surrogate.types import JointGpConfig, JointVaeConfig, JointVaeResult
+from services.surrogate.types import AcquisitionConfig, JointGpConfig, JointVaeConfig, JointVaeResult
 
 INST_DIM = 16
 EX_DIM = 16
@@ -95,31 +97,41 @@ class StructureAwareVAE(nn.Module):
         num_slots: most exemplars per set (8).
     """
 
-    def __init__(self, input_dim: int, pool: torch.Tensor, num_slots: int = 8, set_dim: int = 128, heads: int = 4):
+    def __init__(
+        self,
+        input_dim: int,
+        pool: torch.Tensor,
+        num_slots: int = 8,
+        inst_dim: int = INST_DIM,
+        ex_dim: int = EX_DIM,
+        set_dim: int = 128,
+        heads: int = 4,
+    ):
         super().__init__()
-        self.input_dim, self.num_slots = input_dim, num_slots
+        self.input_dim, self.num_slots, self.inst_dim, self.ex_dim = input_dim, num_slots, inst_dim, ex_dim
+        self.joint_dim = inst_dim + ex_dim
         self.register_buffer("pool", F.normalize(pool.float(), dim=-1))
         self.inst_encoder = nn.Sequential(
             nn.Linear(input_dim, 256), nn.GELU(), nn.LayerNorm(256), nn.Linear(256, 128), nn.GELU(), nn.LayerNorm(128)
         )
-        self.inst_head = nn.Linear(128, 2 * INST_DIM)
+        self.inst_head = nn.Linear(128, 2 * inst_dim)
         self.set_token = nn.Parameter(torch.zeros(1, 1, set_dim))
         self.item_proj = nn.Linear(input_dim, set_dim)
         self.isab1 = ISAB(set_dim, heads, num_inducing=4)
         self.isab2 = ISAB(set_dim, heads, num_inducing=4)
         self.pma = PMA(set_dim, heads)
-        self.ex_head = nn.Linear(set_dim, 2 * EX_DIM)
-        self.refine = nn.Sequential(nn.Linear(JOINT_DIM, 64), nn.GELU(), nn.Linear(64, JOINT_DIM))
+        self.ex_head = nn.Linear(set_dim, 2 * ex_dim)
+        self.refine = nn.Sequential(nn.Linear(self.joint_dim, 64), nn.GELU(), nn.Linear(64, self.joint_dim))
         self.inst_decoder = nn.Sequential(
-            nn.Linear(INST_DIM, 128), nn.GELU(), nn.LayerNorm(128), nn.Linear(128, 256), nn.GELU(),
+            nn.Linear(inst_dim, 128), nn.GELU(), nn.LayerNorm(128), nn.Linear(128, 256), nn.GELU(),
             nn.LayerNorm(256), nn.Linear(256, input_dim),
         )  # fmt: skip
-        self.slots = nn.Sequential(nn.Linear(EX_DIM, 128), nn.GELU(), nn.Linear(128, num_slots * set_dim))
+        self.slots = nn.Sequential(nn.Linear(ex_dim, 128), nn.GELU(), nn.Linear(128, num_slots * set_dim))
         self.pool_keys = nn.Linear(input_dim, set_dim)
         self.empty_key = nn.Parameter(torch.zeros(set_dim))
 
     def encode(self, inst: torch.Tensor, ids: torch.Tensor, padding: torch.Tensor):
-        """-> (mu [n, 32], log_var [n, 32]) of [z_inst || z_ex]."""
+        """-> (mu [n, joint_dim], log_var [n, joint_dim]) of [z_inst || z_ex]."""
         mu_i, lv_i = self.inst_head(self.inst_encoder(inst)).chunk(2, dim=-1)
         items = self.item_proj(self.pool[ids.clamp_min(0)])
         x = torch.cat([self.set_token.expand(len(ids), -1, -1), items], dim=1)
@@ -128,16 +140,16 @@ class StructureAwareVAE(nn.Module):
         return torch.cat([mu_i, mu_e], -1), torch.cat([lv_i, lv_e], -1).clamp(-20.0, 10.0)
 
     def joint(self, z: torch.Tensor) -> torch.Tensor:
-        """Joint refinement z + MLP(z): the residual keeps z[0:16] instruction-led and z[16:32] exemplar-led."""
+        """Joint refinement z + MLP(z): the residual keeps z_inst instruction-led and z_ex exemplar-led."""
         return z + self.refine(z)
 
     def decode_instruction(self, z_joint: torch.Tensor) -> torch.Tensor:
-        """z_joint [n, 32] -> unit-norm instruction embeddings [n, d]."""
-        return F.normalize(self.inst_decoder(z_joint[..., :INST_DIM]), dim=-1)
+        """z_joint [n, joint_dim] -> unit-norm instruction embeddings [n, d]."""
+        return F.normalize(self.inst_decoder(z_joint[..., : self.inst_dim]), dim=-1)
 
     def slot_logits(self, z_joint: torch.Tensor) -> torch.Tensor:
-        """z_joint [n, 32] -> [n, num_slots, P + 1] scores over the pool items and "empty" (last)."""
-        slots = self.slots(z_joint[..., INST_DIM:]).view(len(z_joint), self.num_slots, -1)
+        """z_joint [n, joint_dim] -> [n, num_slots, P + 1] scores over the pool items and "empty" (last)."""
+        slots = self.slots(z_joint[..., self.inst_dim :]).view(len(z_joint), self.num_slots, -1)
         keys = torch.cat([self.pool_keys(self.pool), self.empty_key[None]], dim=0)
         return slots @ keys.T / math.sqrt(keys.shape[-1])
 
@@ -194,11 +206,11 @@ def train_joint_vae(
     instructions: torch.Tensor, pool: torch.Tensor, config: JointVaeConfig, progress=lambda epoch, loss: None
 ) -> tuple[StructureAwareVAE, JointVaeResult]:
     """Train on (instruction, random exemplar set) pairs drawn afresh every epoch: instruction
-    cosine reconstruction + slot cross-entropy + beta KL. Returns the best checkpoint by epoch loss
+    cosine reconstruction + mse_weight * MSE + slot cross-entropy + beta KL. Returns the best checkpoint by epoch loss
     and its quality on `samples` held-out pairs (new random sets, drawn after training)."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = StructureAwareVAE(instructions.shape[1], pool, config.num_slots)
+    model = StructureAwareVAE(instructions.shape[1], pool, config.num_slots, config.inst_dim, config.ex_dim)
     instructions = F.normalize(instructions.float(), dim=-1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     best, best_loss, stale, epoch = copy.deepcopy(model.state_dict()), math.inf, 0, 0
@@ -212,7 +224,9 @@ def train_joint_vae(
             batch = order[start : start + config.batch_size]
             mu, log_var = model.encode(x[batch], ids[batch], padding[batch])
             z = model.joint(mu + torch.randn_like(mu) * torch.exp(0.5 * log_var))
-            recon = (1 - F.cosine_similarity(model.decode_instruction(z), x[batch], dim=-1)).mean()
+            decoded = model.decode_instruction(z)
+            recon = (1 - F.cosine_similarity(decoded, x[batch], dim=-1)).mean()
+            recon = recon + config.mse_weight * (decoded - x[batch]).pow(2).sum(-1).mean()
             logits = model.slot_logits(z)
             slots = F.cross_entropy(logits.flatten(0, 1), slot_targets(logits, ids[batch]).flatten())
             kl = -0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=-1))
@@ -232,12 +246,14 @@ def train_joint_vae(
                 break
     model.load_state_dict(best)
     model.eval()
-    x, sets, _, _ = _draw(rng, instructions, len(pool), config)
+    x, sets, ids, padding = _draw(rng, instructions, len(pool), config)
     with torch.no_grad():
         z = model.embed(x, sets)
         cosine = float(F.cosine_similarity(model.decode_instruction(z), x, dim=-1).mean())
         f1 = set_f1(model.decode_exemplars(z), sets)
-    return model, JointVaeResult(epoch, best_loss, cosine, f1)
+        mu, log_var = model.encode(x, ids, padding)
+        kl = float(-0.5 * torch.mean(torch.sum(1 + log_var - mu.pow(2) - log_var.exp(), dim=-1)))
+    return model, JointVaeResult(epoch, best_loss, cosine, f1, kl_divergence=kl)
 
 
 # ---------------------------------------------------------------- Beta smoothing and the GP
@@ -264,23 +280,43 @@ def beta_smooth(errors: np.ndarray, fidelities: np.ndarray, alpha: float, beta: 
 
 
 class _ProductKernelGP(gpytorch.models.ExactGP, GPyTorchModel):
+    """Matern 5/2 over [z_inst || z_ex]: a product of one ARD kernel per block (or one kernel over
+    all); with `deep`, each block first passes its own MLP (dim -> dim, tanh), trained with the GP."""
+
     _num_outputs = 1
 
-    def __init__(self, x, y, likelihood, product: bool):
+    def __init__(self, x, y, likelihood, product: bool, inst_dim: int, deep: bool):
         super().__init__(x, y, likelihood)
+        width = x.shape[-1]
+        self.blocks = [(0, inst_dim), (inst_dim, width)] if product or deep else [(0, width)]
+        self.features = (
+            nn.ModuleList(
+                nn.Sequential(nn.Linear(b - a, b - a), nn.Tanh(), nn.Linear(b - a, b - a)) for a, b in self.blocks
+            )
+            if deep
+            else None
+        )
         self.mean_module = gpytorch.means.ConstantMean()
         if product:
-            inst = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=INST_DIM, active_dims=tuple(range(INST_DIM)))
+            inst = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=inst_dim, active_dims=tuple(range(inst_dim)))
             ex = gpytorch.kernels.MaternKernel(
-                nu=2.5, ard_num_dims=EX_DIM, active_dims=tuple(range(INST_DIM, JOINT_DIM))
+                nu=2.5, ard_num_dims=width - inst_dim, active_dims=tuple(range(inst_dim, width))
             )
             base = inst * ex
         else:
-            base = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=x.shape[-1])
+            base = gpytorch.kernels.MaternKernel(nu=2.5, ard_num_dims=width)
         self.covar_module = gpytorch.kernels.ScaleKernel(base)
 
     def forward(self, x):
+        if self.features is not None:
+            x = torch.cat([f(x[..., a:b]) for f, (a, b) in zip(self.features, self.blocks, strict=True)], -1)
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    def lengthscales(self) -> list[np.ndarray]:
+        """The ARD lengthscales of each kernel factor (one array per factor)."""
+        base = self.covar_module.base_kernel
+        kernels = base.kernels if hasattr(base, "kernels") else [base]
+        return [k.lengthscale.detach().reshape(-1).numpy() for k in kernels]
 
 
 class JointPromptGP(Surrogate):
@@ -292,13 +328,15 @@ class JointPromptGP(Surrogate):
 
     def __init__(self, z, errors, fidelities, config: JointGpConfig | None = None):
         z, errors, fidelities = np.asarray(z, float), np.asarray(errors, float), np.asarray(fidelities, float)
-        if z.ndim != 2 or z.shape[1] != JOINT_DIM:
-            raise ValueError(f"z must have shape [n, {JOINT_DIM}], got {list(z.shape)}")
+        self.config = config = config or JointGpConfig()
+        if z.ndim != 2 or z.shape[1] <= config.inst_dim:
+            raise ValueError(
+                f"z must have shape [n, inst_dim + ex_dim], inst_dim {config.inst_dim}, got {list(z.shape)}"
+            )
         if len(errors) != len(z) or len(fidelities) != len(z) or len(z) < 2:
             raise ValueError("errors and fidelities need one value per row of z, and at least 2 rows")
         if np.any((errors < 0) | (errors > 1)) or np.any(fidelities <= 0):
             raise ValueError("errors must lie in [0, 1] and fidelities be positive")
-        self.config = config = config or JointGpConfig()
         if config.beta_smoothing:
             self.prior = fit_beta_prior(errors)
             target, noise = beta_smooth(errors, fidelities, *self.prior)
@@ -312,7 +350,9 @@ class JointPromptGP(Surrogate):
         noise = torch.as_tensor(noise / self.y_std**2, dtype=torch.float64).clamp_min(1e-6)
         self.likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise)
         torch.manual_seed(config.seed)
-        self.model = _ProductKernelGP(self.x, self.y, self.likelihood, config.product).double()
+        self.model = _ProductKernelGP(
+            self.x, self.y, self.likelihood, config.product, config.inst_dim, config.deep_kernel
+        ).double()
         self.epochs_trained, self.mll = self._train()
         self.best_observed = float(target.min())
 
@@ -340,15 +380,15 @@ class JointPromptGP(Surrogate):
         return epoch, -best
 
     def posterior(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent-function mean and std of the smoothed error at z [m, 32] (differentiable)."""
+        """Latent-function mean and std of the smoothed error at z [m, width] (differentiable)."""
         with gpytorch.settings.fast_pred_var():
             f = self.model(z.double())
         return f.mean * self.y_std + self.y_mean, f.variance.clamp_min(1e-12).sqrt() * self.y_std
 
     def _z(self, x) -> torch.Tensor:
         x = np.asarray(x, dtype=float)
-        if x.ndim != 2 or x.shape[1] != JOINT_DIM:
-            raise ValueError(f"x must have shape [m, {JOINT_DIM}], got {list(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.x.shape[1]:
+            raise ValueError(f"x must have shape [m, {self.x.shape[1]}], got {list(x.shape)}")
         return torch.as_tensor(x, dtype=torch.float64)
 
     def predict(self, x):
@@ -366,6 +406,26 @@ class JointPromptGP(Surrogate):
         mean, var = self.predict(x)
         return -mean + np.sqrt(beta * var)
 
+    def acquisition(self, z: torch.Tensor, config: AcquisitionConfig) -> torch.Tensor:
+        """The config's acquisition at z [m, width], differentiable: LogEI or UCB (beta `ucb_beta`,
+        in standardised units), less distance_weight x the distance to the nearest observed z_joint
+        (each dimension scaled by the observed range, divided by sqrt(width))."""
+        mean, std = self.posterior(z)
+        if config.acquisition == "ucb":
+            value = (-mean + math.sqrt(config.ucb_beta) * std) / self.y_std
+        else:
+            value = log_ei(mean, std, self.best_observed)
+        if config.distance_weight:
+            span = (self.x.max(0).values - self.x.min(0).values).clamp_min(1e-6)
+            gap = torch.cdist(z.double() / span, self.x / span).min(-1).values / math.sqrt(self.x.shape[1])
+            value = value - config.distance_weight * gap
+        return value
+
+    def lengthscale_ratio(self) -> float:
+        """Mean instruction lengthscale over mean exemplar lengthscale (product kernel; 1 otherwise)."""
+        scales = self.model.lengthscales()
+        return float(scales[0].mean() / scales[1].mean()) if len(scales) == 2 else 1.0
+
     def nbytes(self) -> int:
         return tensor_bytes(self.model, self.x, self.y)
 
@@ -373,14 +433,15 @@ class JointPromptGP(Surrogate):
 # ---------------------------------------------------------------- proposals
 
 
-def ascend_log_ei(gp: JointPromptGP, param: torch.Tensor, to_joint, low, high, steps: int, lr: float) -> None:
-    """Adam on `param` (in place) maximising the GP's LogEI at `to_joint(param)`, projected back
-    into the box [low, high] after every step."""
+def ascend(
+    gp: JointPromptGP, param: torch.Tensor, to_joint, low, high, steps: int, lr: float, config: AcquisitionConfig
+) -> None:
+    """Adam on `param` (in place) maximising the GP's acquisition at `to_joint(param)`, projected
+    back into the box [low, high] after every step."""
     optimizer = torch.optim.Adam([param], lr=lr)
     for _ in range(steps):
         check_caller()
-        mean, std = gp.posterior(to_joint(param))
-        loss = -log_ei(mean, std, gp.best_observed).sum()
+        loss = -gp.acquisition(to_joint(param), config).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -405,16 +466,24 @@ def propose_exemplars(
     LogEI) per instruction."""
     generator = torch.Generator().manual_seed(seed)
     out = []
-    low, high = latent_bounds(gp.x[:, INST_DIM:].float(), margin)
+    logei = AcquisitionConfig()
+    low, high = latent_bounds(gp.x[:, vae.inst_dim :].float(), margin)
     for row in instructions.float():
         with torch.no_grad():
             ids, padding = pad_sets([[]], vae.num_slots)
             mu, _ = vae.encode(row[None], ids, padding)
-        z_ex = (low + (high - low) * torch.rand(restarts, EX_DIM, generator=generator)).requires_grad_(True)
-        z_inst = mu[:, :INST_DIM].expand(restarts, -1)
+        z_ex = (low + (high - low) * torch.rand(restarts, vae.ex_dim, generator=generator)).requires_grad_(True)
+        z_inst = mu[:, : vae.inst_dim].expand(restarts, -1)
         # stay where the GP has seen exemplar sets (as InvBO's box)
-        ascend_log_ei(
-            gp, z_ex, lambda z_ex, z_inst=z_inst: vae.joint(torch.cat([z_inst, z_ex], -1)), low, high, steps, 0.1
+        ascend(
+            gp,
+            z_ex,
+            lambda z_ex, z_inst=z_inst: vae.joint(torch.cat([z_inst, z_ex], -1)),
+            low,
+            high,
+            steps,
+            0.1,
+            logei,
         )
         with torch.no_grad():
             sets = vae.decode_exemplars(vae.joint(torch.cat([z_inst, z_ex], -1)))
@@ -427,21 +496,19 @@ def propose_exemplars(
 
 
 def optimize_joint(
-    gp: JointPromptGP,
-    bounds: torch.Tensor,
-    restarts: int = 5,
-    raw_samples: int = 512,
-    steps: int = 100,
-    seed: int = 0,
+    gp: JointPromptGP, bounds: torch.Tensor, config: AcquisitionConfig, seed: int = 0
 ) -> tuple[np.ndarray, float]:
-    """InvBO's step: the z_joint in `bounds` ([2, 32]) maximising LogEI: Adam from the best
-    `restarts` of `raw_samples` uniform points, projected into the box. Returns (z, LogEI)."""
+    """InvBO's step: the z_joint in `bounds` ([2, width]) maximising the config's acquisition: Adam
+    (`maxiter` steps) from the best `num_restarts` of `raw_samples` uniform points, projected into
+    the box. Returns (z, acquisition value)."""
     generator = torch.Generator().manual_seed(seed)
     low, high = bounds[0].double(), bounds[1].double()
-    raw = low + (high - low) * torch.rand(raw_samples, JOINT_DIM, generator=generator, dtype=torch.float64)
-    scores = torch.as_tensor(gp.log_ei(raw.numpy()))
-    z = raw[scores.topk(min(restarts, raw_samples)).indices].clone().requires_grad_(True)
-    ascend_log_ei(gp, z, lambda z: z, low, high, steps, 0.05 * float((high - low).mean()))
-    final = gp.log_ei(z.detach().numpy())
-    best = int(np.argmax(final))
+    raw = low + (high - low) * torch.rand(config.raw_samples, len(low), generator=generator, dtype=torch.float64)
+    with torch.no_grad():
+        scores = gp.acquisition(raw, config)
+    z = raw[scores.topk(min(config.num_restarts, config.raw_samples)).indices].clone().requires_grad_(True)
+    ascend(gp, z, lambda z: z, low, high, config.maxiter, 0.05 * float((high - low).mean()), config)
+    with torch.no_grad():
+        final = gp.acquisition(z.detach(), config)
+    best = int(torch.argmax(final))
     return z.detach()[best].numpy(), float(final[best])

@@ -17,11 +17,19 @@ from services.surrogate.types import (
     InversionConfig,
     JointGpConfig,
     JointVaeConfig,
+    ScorerConfig,
     VaeConfig,
 )
 
 # Exported at 0 when none is held.
-MODEL_KINDS = ("InstructionVAE", "DeepKernelSurrogate", "ExactGP", "StructureAwareVAE", "JointPromptGP")
+MODEL_KINDS = (
+    "InstructionVAE",
+    "DeepKernelSurrogate",
+    "ExactGP",
+    "StructureAwareVAE",
+    "JointPromptGP",
+    "ExemplarScorer",
+)
 
 
 class RegistryCollector:
@@ -159,9 +167,7 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
         )
         settings = settings_from_proto(request.settings, JointGpConfig())
         result = self.engine.fit_joint(z, list(request.errors), list(request.fidelities), settings, request.owner)
-        return surrogate_pb2.FitModelResponse(
-            model_id=result.model_id, mll=result.mll, epochs_trained=result.epochs_trained
-        )
+        return surrogate_pb2.FitModelResponse(**dataclasses.asdict(result))
 
     def ProposeExemplars(self, request, context):
         require(bool(request.vae_id) and bool(request.model_id), "vae_id and model_id must be set")
@@ -183,6 +189,28 @@ class SurrogateServicer(surrogate_pb2_grpc.SurrogateServiceServicer):
         fields = {f.name: v for f, v in request.ListFields() if f.name not in ("model_id", "seed")}  # 0 = default
         z, value = self.engine.optimize_joint(request.model_id, AcquisitionConfig(**fields), request.seed)
         return surrogate_pb2.OptimizeJointResponse(z=encode_tensor(z), log_ei=value)
+
+    def TrainScorer(self, request, context):
+        result = self.engine.train_scorer(
+            decode_tensor(request.instructions, "instructions", ndim=2),
+            decode_tensor(request.pool, "pool", ndim=2),
+            decode_tensor(request.relevance, "relevance", ndim=2),
+            settings_from_proto(request.settings, ScorerConfig()),
+            request.owner,
+        )
+        return surrogate_pb2.TrainScorerResponse(**dataclasses.asdict(result))
+
+    def ScoreExemplars(self, request, context):
+        require(bool(request.scorer_id), "scorer_id must be set")
+        scores, selected = self.engine.score_exemplars(
+            request.scorer_id,
+            decode_tensor(request.instructions, "instructions", ndim=2),
+            request.k,
+            request.mmr_lambda if request.HasField("mmr_lambda") else None,
+        )
+        return surrogate_pb2.ScoreExemplarsResponse(
+            scores=encode_tensor(scores), selected=[surrogate_pb2.ExemplarSet(ids=s) for s in selected]
+        )
 
     def DeleteModel(self, request, context):
         require(bool(request.model_id) != bool(request.owner), "exactly one of model_id and owner must be set")

@@ -12,6 +12,7 @@ from services.surrogate.types import (
     InversionConfig,
     JointGpConfig,
     JointVaeConfig,
+    ScorerConfig,
     VaeConfig,
 )
 from tests.contract.conftest import invalid_argument
@@ -109,3 +110,33 @@ def test_joint_vae_gp_proposals_and_inversion_round_trip(surrogate_service, ape)
     with invalid_argument("errors must lie in"):
         surrogate_service.fit_joint(z, [1.5] * 6, fidelities)
     assert surrogate_service.delete_owned("run-e") == 2
+
+
+def test_bolt_settings_and_the_exemplar_scorer(surrogate_service, ape):
+    """BOLT's fields reach the models: latent widths, the deep kernel, UCB with a distance
+    penalty; the scorer learns which pool rows are relevant and MMR selects from its scores."""
+    pool = ape[60:72]
+    vae = surrogate_service.train_joint_vae(
+        ape[:20], pool, JointVaeConfig(epochs=2, samples=32, num_slots=3, inst_dim=12, ex_dim=8), owner="bolt"
+    )
+    z = surrogate_service.encode_joint(vae.vae_id, ape[:4], [[0], [1, 2], [], [3]])
+    assert z.shape == (4, 20)
+    config = JointGpConfig(epochs=10, inst_dim=12, deep_kernel=True)
+    fit = surrogate_service.fit_joint(z, [0.2, 0.5, 0.3, 0.7], [50] * 4, config, owner="bolt")
+    acquisition = AcquisitionConfig(num_restarts=2, raw_samples=16, maxiter=5, acquisition="ucb", distance_weight=1.0)
+    best, value = surrogate_service.optimize_joint(fit.model_id, acquisition)
+    assert best.shape == (20,) and np.isfinite(value)
+    relevance = np.tile(np.linspace(1.0, 0.0, 12), (6, 1))  # pool row 0 is the most relevant for all
+    trained = surrogate_service.train_scorer(ape[:6], pool, relevance, ScorerConfig(epochs=150), owner="bolt")
+    assert trained.scorer_id and trained.epochs_trained == 150 and trained.final_loss < trained.first_loss
+    scores, selected = surrogate_service.score_exemplars(trained.scorer_id, ape[6:9], k=4, mmr_lambda=1.0)
+    assert scores.shape == (3, 12) and all(s[0] == 0 and len(set(s)) == 4 for s in selected)
+    with invalid_argument(r"relevance must have shape \[n, 12\]"):
+        surrogate_service.train_scorer(ape[:6], pool, relevance[:, :5])
+    with invalid_argument(r"k must be in \[0, 12\]"):
+        surrogate_service.score_exemplars(trained.scorer_id, ape[6:9], k=13)
+    with invalid_argument("mmr_lambda must be in"):
+        surrogate_service.score_exemplars(trained.scorer_id, ape[6:9], k=2, mmr_lambda=1.5)
+    with invalid_argument("hidden .* must be a positive multiple of heads"):
+        surrogate_service.train_scorer(ape[:6], pool, relevance, ScorerConfig(hidden=100, heads=8))
+    assert surrogate_service.delete_owned("bolt") == 3

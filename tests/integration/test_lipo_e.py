@@ -4,6 +4,7 @@ MiniLM embedder, the surrogate engine (StructureAwareVAE, JointPromptGP) and nea
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -17,7 +18,7 @@ from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from tests.integration.harness import nearest_text_models
 
-FAST = {"vae_epochs": 20, "vae_samples": 300, "gp_epochs": 150}
+FAST = {"vae_epochs": 20, "vae_samples": 300, "gp_epochs": 150, "iterations": 0}
 EVALUATION = EvaluationSettings(split="test[:50%]", fidelity=80, seed=3, test_split="test[50%:]", test_fidelity=100)
 
 
@@ -86,6 +87,42 @@ def test_grid_mode_selects_a_pair_at_full_fidelity_and_reports_it_held_out(parts
     assert parts["recorded"][pair] < recorded[len(recorded) // 2]
     assert hb["gp_fits"] >= 1 and report["vae_quality_metrics"]["epochs_trained"] > 0
     assert any(kind == "candidate" and p["exemplar_ids"] for kind, p in events)
+
+
+def test_grid_invbo_with_bolt_settings_realises_new_pairs_and_rejects_strays(parts):
+    bolt = {
+        "iterations": 3,
+        "acquisition": "ucb",
+        "ucb_beta": 8.0,
+        "distance_weight": 1.0,
+        "instruction_latent_dim": 12,
+        "exemplar_latent_dim": 8,
+        "vae_mse_weight": 0.3,
+        "use_deep_kernel": True,
+        "num_restarts": 4,
+        "raw_samples": 64,
+    }
+    evaluation = dataclasses.replace(EVALUATION, seed=5)
+    optimizer, state, usage, _ = run(parts, bolt, evaluation=evaluation)
+    assert optimizer.total_steps() == 7 and optimizer._space.z.shape[1] == 20  # 12 + 8
+    full = [e for e in state["evaluations"] if e[1] == 80]
+    entries = state["inference"]
+    assert [e["evaluated"] for e in entries] == [True] * 3 and all(e["rejected"] == 0 for e in entries)
+    realised = [row[0] for row in full[-3:]]
+    assert len(set(realised)) == 3 and not set(realised) & {row[0] for row in full[:-3]}  # new at full fidelity
+    assert all(0 <= e["latent_gap"] and math.isfinite(e["acquisition"]) for e in entries)
+    report = optimizer.report(state)
+    assert report["inference"]["evaluated"] == 3 and report["inference"]["rejected"] == 0
+    # a threshold no realisation can meet: every sample is rejected and resampled, nothing is paid for
+    strict = {**bolt, "cosine_sim_threshold": 1.0}
+    _, checkpoint, _, _ = run(parts, strict, stop_after=3, evaluation=evaluation)
+    calls = usage.llm_calls
+    again, state2, usage2, _ = run(parts, strict, checkpoint, evaluation=evaluation)
+    inference = state2["inference"]
+    assert [e["rejected"] for e in inference] == [4, 4, 4] and not any(e["evaluated"] for e in inference)
+    assert "under cosine_sim_threshold 1.0" in inference[0]["reason"]
+    assert usage2.llm_calls <= calls  # only the held-out check of the Hyperband winner may be new
+    assert again.report(state2)["inference"]["best_error"] is None
 
 
 def test_a_resumed_run_repays_no_llm_call_and_frees_its_models(parts):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from services.surrogate.acquisition import latent_bounds
 from services.surrogate.joint import (
     EX_DIM,
     INST_DIM,
@@ -20,7 +21,7 @@ from services.surrogate.joint import (
     slot_targets,
     train_joint_vae,
 )
-from services.surrogate.types import JointGpConfig, JointVaeConfig
+from services.surrogate.types import AcquisitionConfig, JointGpConfig, JointVaeConfig
 
 
 def test_beta_prior_is_the_method_of_moments_fit():
@@ -80,14 +81,54 @@ def test_joint_gp_learns_the_interaction_and_log_ei_points_down():
         JointPromptGP(z, errors + 1, np.full(80, 10))
 
 
-def test_optimize_joint_finds_a_low_predicted_error():
+@pytest.mark.parametrize("acquisition", ["logei", "ucb"])
+def test_optimize_joint_finds_a_low_predicted_error(acquisition):
     z, errors = synthetic(60, seed=1)
     gp = JointPromptGP(z, errors, np.full(60, 1319), JointGpConfig(epochs=200))
     bounds = torch.stack([torch.as_tensor(z.min(0)), torch.as_tensor(z.max(0))])
-    best, value = optimize_joint(gp, bounds, restarts=4, raw_samples=128, steps=30)
+    config = AcquisitionConfig(num_restarts=4, raw_samples=128, maxiter=30, acquisition=acquisition, ucb_beta=4.0)
+    best, value = optimize_joint(gp, bounds, config)
     mean, _ = gp.predict(best[None])
     assert np.isfinite(value) and (best >= z.min(0) - 1e-9).all() and (best <= z.max(0) + 1e-9).all()
     assert mean[0] < np.quantile(errors, 0.25)
+
+
+def test_ucb_rewards_low_error_and_uncertainty_and_distance_weight_keeps_near_the_data():
+    z, errors = synthetic(40, seed=2)
+    gp = JointPromptGP(z, errors, np.full(40, 1319), JointGpConfig(epochs=150))
+    points = torch.as_tensor(z[:10])
+    mean, std = gp.posterior(points)
+    ucb = gp.acquisition(points, AcquisitionConfig(acquisition="ucb", ucb_beta=9.0)).detach()
+    expected = (-mean + 3.0 * std) / gp.y_std
+    assert torch.allclose(ucb, expected.detach())  # lower error and more uncertainty both raise UCB
+    far = torch.as_tensor(z.max(0) + 3 * (z.max(0) - z.min(0)))[None]
+    plain = gp.acquisition(far, AcquisitionConfig(acquisition="ucb"))
+    penalised = gp.acquisition(far, AcquisitionConfig(acquisition="ucb", distance_weight=2.0))
+    assert float(plain - penalised) > 2.0 * 2.9  # 3 ranges out in every dimension: distance > 2.9
+    bounds = latent_bounds(torch.as_tensor(z), 3.0)
+    gaps = []
+    for weight in (0.0, 20.0):
+        config = AcquisitionConfig(
+            num_restarts=4, raw_samples=256, maxiter=30, acquisition="ucb", distance_weight=weight
+        )
+        best, _ = optimize_joint(gp, bounds, config)
+        gaps.append(np.linalg.norm(z - best, axis=1).min())
+    assert gaps[1] < gaps[0]
+
+
+def test_latent_widths_and_the_deep_kernel_are_configurable():
+    rng = np.random.default_rng(0)
+    instructions, pool = torch.as_tensor(rng.normal(size=(6, 24))), torch.as_tensor(rng.normal(size=(10, 24)))
+    config = JointVaeConfig(epochs=3, samples=64, num_slots=3, inst_dim=12, ex_dim=8, mse_weight=0.3)
+    vae, _ = train_joint_vae(instructions, pool, config)
+    z = vae.embed(instructions.float(), [[0, 1], [2], [], [3, 4, 5], [6], [7, 8]]).detach().numpy()
+    assert z.shape == (6, 20)
+    errors = rng.uniform(0.2, 0.8, size=6)
+    for deep in (False, True):
+        gp = JointPromptGP(z, errors, np.full(6, 100), JointGpConfig(epochs=30, inst_dim=12, deep_kernel=deep))
+        assert [len(s) for s in gp.model.lengthscales()] == [12, 8]
+        assert gp.lengthscale_ratio() > 0 and np.isfinite(gp.predict(z)[0]).all()
+        assert (gp.model.features is not None) == deep
 
 
 def test_sets_are_padded_behind_a_set_token():
@@ -142,7 +183,7 @@ class LineVae:
     """A stand-in VAE for the logic of stage 2: z_ex[0] alone decodes to one of three sets
     ([0] below -0.5, [1] in between, [2] above 0.5), and each set encodes back to -1, 0 or 1."""
 
-    num_slots = 3
+    num_slots, inst_dim, ex_dim = 3, INST_DIM, EX_DIM
 
     def encode(self, inst, ids, padding):
         return torch.zeros(len(inst), JOINT_DIM), torch.zeros(len(inst), JOINT_DIM)

@@ -7,10 +7,11 @@ import random
 import numpy as np
 import pytest
 
+from services.common.errors import NotFoundError
 from services.optimizer.algorithms.hyperband import MIN_GP_POINTS, Evaluation
-from services.optimizer.algorithms.lipo_e import JointGp, JointProposer, PairSpace
+from services.optimizer.algorithms.lipo_e import JointGp, JointProposer, PairSpace, Scorer
 from services.surrogate.engine import SurrogateEngine
-from services.surrogate.types import JointGpConfig
+from services.surrogate.types import JointGpConfig, JointVaeConfig, ScorerConfig
 
 INSTRUCTIONS, SETS = 12, 12
 
@@ -137,3 +138,32 @@ def test_random_standard_pairs_respect_the_slot_bounds():
     sizes = {len(space.pairs[p][1]) for p in picks}
     assert sizes <= {1, 2, 3} and len(sizes) > 1
     assert all(0 <= space.pairs[p][0] < 7 and len(set(space.pairs[p][1])) == len(space.pairs[p][1]) for p in picks)
+
+
+def test_the_scorer_picks_the_proposals_exemplars_from_what_measured_well():
+    """BOLT: exemplars 0 and 1 are in every good pair; the scorer's MMR picks lead with them, the
+    GP picks how many of them, and a scorer is retrained only on new data."""
+    rng = np.random.default_rng(0)
+    engine = SurrogateEngine()
+    instructions, pool = rng.normal(size=(6, 16)), rng.normal(size=(10, 16))
+    vae = engine.train_joint_vae(instructions, pool, JointVaeConfig(epochs=3, samples=64, num_slots=3))
+    space = PairSpace(engine, vae.vae_id, lambda idx: instructions[list(idx)])
+    sets = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [1, 0, 5]]
+    indices = space.add([(i, s) for i in range(6) for s in sets])
+    history = [Evaluation(k, 100, 0.1 if 0 in space.pairs[k][1] else 0.7) for k in indices]
+    gp = JointGp(engine, space, JointGpConfig(epochs=60), owner="run")
+    scorer = Scorer(gp, pool, ScorerConfig(epochs=200), 6, owner="run")
+    proposer = JointProposer(gp, 0.0, False, 6, 10, 3, 1, candidates=6, steps=3, restarts=2, scorer=scorer)
+    picks = proposer.propose(None, 6, history, random.Random(0))
+    chosen = [space.pairs[k][1] for k in picks]
+    assert all(1 <= len(s) <= 3 for s in chosen)
+    assert all(set(s[:2]) <= {0, 1} for s in chosen), chosen  # the relevant exemplars come first
+    assert len(scorer.trainings) == 1 and scorer.trainings[0]["pairs"] == 36
+    first = scorer._trained[1]
+    proposer.propose(None, 2, history, random.Random(1))
+    assert len(scorer.trainings) == 1  # same data: no retraining
+    history.append(Evaluation(picks[0], 100, 0.05))
+    proposer.propose(None, 2, history, random.Random(2))
+    assert len(scorer.trainings) == 2 and scorer._trained[1] != first
+    with pytest.raises(NotFoundError):
+        engine.registry.get(first)

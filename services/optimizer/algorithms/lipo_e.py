@@ -6,7 +6,15 @@ file) and the exemplar pool, 1 the StructureAwareVAE (surrogate), 2 Hyperband ov
 two-stage BO proposals from the JointPromptGP (trained on every fidelity, Beta-smoothed), then
 one InvBO step per iteration (z_joint by LogEI, z_inst decoded to text by the decoder service,
 z_ex to exemplars by the VAE's slot decoder). The grid mode selects among given instructions x
-given exemplar sets, with no generation and no inversion.
+given exemplar sets, with no generation: its InvBO iterations realise each optimised z_joint as
+the nearest grid pair not yet measured at full fidelity.
+
+BOLT (seed 004) is LIPO-E with its tuned fields: latent widths and an MSE term in the VAE, a
+Set Transformer exemplar scorer (ListMLE, `selection_weight`) whose MMR selection
+(`mmr_lambda`) picks the proposals' exemplars when `use_scorer` is on, a deep-kernel option for
+the GP, UCB (`ucb_beta`) with a distance penalty (`distance_weight`) for InvBO, and rejection of
+realised prompts whose embedding strays from the optimised latent's decoding (cosine below
+`cosine_sim_threshold`), resampled at `latent_noise_scale` around it.
 
 The optimizer only orchestrates; llm_eval renders and caches few-shot prompts (fidelity
 extension per pair), the surrogate holds the VAE and GPs by id. After a restart the models are
@@ -28,6 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from services.common.errors import NotFoundError
+from services.common.relevance import relevance_from_evaluations
 from services.common.splits import SplitSpec
 from services.llm_eval.types import MAX_EXEMPLARS, Exemplar
 from services.optimizer.algorithms.ape import generate_pool
@@ -41,11 +50,20 @@ from services.optimizer.algorithms.hyperband import (
     run_bracket,
 )
 from services.optimizer.algorithms.surrogate_backed import DEBUG_FIDELITY, SurrogateBackedOptimizer
-from services.surrogate.types import AcquisitionConfig, FitResult, JointGpConfig, JointVaeConfig, JointVaeResult
+from services.surrogate.types import (
+    AcquisitionConfig,
+    FitResult,
+    JointGpConfig,
+    JointVaeConfig,
+    JointVaeResult,
+    ScorerConfig,
+    ScorerTraining,
+)
 
 log = logging.getLogger(__name__)
 
 MODES = ("standard", "grid")
+MAX_RESAMPLES = 3  # realisations tried per InvBO iteration after the first is rejected
 DEBUG_DEFAULTS = {
     "iterations": 1,
     "ape_num_instructions": 10,
@@ -102,11 +120,30 @@ class LipoEConfig:
     decoder_steps: int = 0
     product_kernel: bool = True
     beta_smoothing: bool = True
+    # BOLT (seed 004); the defaults keep seed 001's LIPO-E.
+    vae_mse_weight: float = 0.0
+    instruction_latent_dim: int = 16
+    exemplar_latent_dim: int = 16
+    use_scorer: bool = False
+    selection_weight: float = 0.1
+    mmr_lambda: float = 0.6
+    set_transformer_heads: int = 4
+    set_transformer_hidden: int = 128
+    num_inducing_points: int = 4
+    scorer_epochs: int = 300
+    use_deep_kernel: bool = False
+    acquisition: str = "logei"
+    ucb_beta: float = 8.0
+    distance_weight: float = 0.0
+    cosine_sim_threshold: float = 0.0
+    latent_noise_scale: float = 0.05
 
     @classmethod
     def from_fields(cls, fields: dict) -> LipoEConfig:
         """Fields set by the user over the debug defaults (when debug) over the seed defaults. Grid
         runs keep the given exemplar sets, so the pool and slot debug defaults do not apply."""
+        if fields.get("mode") == "grid" and "iterations" not in fields:
+            fields = {**fields, "iterations": 0}  # a grid run selects; InvBO on the grid only when asked
         if not fields.get("debug"):
             return cls(**fields)
         debug = dict(DEBUG_DEFAULTS)
@@ -149,9 +186,14 @@ class LipoEConfig:
             load_instructions(self.instructions_path)
         if self.mode == "grid":
             load_exemplar_sets(self.exemplar_sets_path, self.num_slots)
+        if self.use_scorer and self.mode == "grid":
+            raise ValueError("lipo_e.use_scorer picks exemplars from the pool: it needs mode standard, not grid")
+        if not 0 <= self.cosine_sim_threshold <= 1 or self.latent_noise_scale < 0:
+            raise ValueError("lipo_e.cosine_sim_threshold must be in [0, 1] and lipo_e.latent_noise_scale >= 0")
         self.vae_config()
         self.gp_config()
-        self.acquisition()
+        self.acquisition_config()
+        self.scorer_config()
 
     def seen_splits(self) -> list[tuple[str, str]]:
         """The exemplar pool's questions appear in prompts: the held-out split must not share them."""
@@ -197,17 +239,43 @@ class LipoEConfig:
             num_slots=self.num_slots,
             min_exemplars=self.min_exemplars,
             samples=self.vae_samples,
+            inst_dim=self.instruction_latent_dim,
+            ex_dim=self.exemplar_latent_dim,
+            mse_weight=self.vae_mse_weight,
             seed=seed,
         )
 
     def gp_config(self, seed: int = 0) -> JointGpConfig:
         return JointGpConfig(
-            self.gp_epochs, self.gp_lr, self.gp_patience, self.product_kernel, self.beta_smoothing, seed
+            self.gp_epochs,
+            self.gp_lr,
+            self.gp_patience,
+            self.product_kernel,
+            self.beta_smoothing,
+            seed,
+            self.instruction_latent_dim,
+            self.use_deep_kernel,
         )
 
-    def acquisition(self) -> AcquisitionConfig:
+    def acquisition_config(self) -> AcquisitionConfig:
         return AcquisitionConfig(
-            num_restarts=self.num_restarts, raw_samples=self.raw_samples, latent_margin=self.latent_margin
+            num_restarts=self.num_restarts,
+            raw_samples=self.raw_samples,
+            latent_margin=self.latent_margin,
+            acquisition=self.acquisition,
+            ucb_beta=self.ucb_beta,
+            distance_weight=self.distance_weight,
+        )
+
+    def scorer_config(self, seed: int = 0) -> ScorerConfig:
+        return ScorerConfig(
+            hidden=self.set_transformer_hidden,
+            heads=self.set_transformer_heads,
+            num_inducing=self.num_inducing_points,
+            selection_weight=self.selection_weight,
+            mmr_lambda=self.mmr_lambda,
+            epochs=self.scorer_epochs,
+            seed=seed,
         )
 
 
@@ -259,6 +327,8 @@ class JointSurrogate(Protocol):
     def predict(self, model_id: str, x) -> tuple[np.ndarray, np.ndarray]: ...
     def propose_exemplars(self, vae_id, model_id, instructions, steps=20, restarts=5, seed=0): ...
     def optimize_joint(self, model_id: str, config: AcquisitionConfig | None = None, seed: int = 0): ...
+    def train_scorer(self, instructions, pool, relevance, config: ScorerConfig, owner: str = "") -> ScorerTraining: ...
+    def score_exemplars(self, scorer_id: str, instructions, k: int = 0, mmr_lambda: float | None = None): ...
     def delete(self, model_id: str) -> None: ...
     def delete_owned(self, owner: str) -> int: ...
 
@@ -270,7 +340,7 @@ class PairSpace:
     def __init__(self, surrogate: JointSurrogate, vae_id: str, instruction_embeddings):
         self.surrogate, self.vae_id, self.embed = surrogate, vae_id, instruction_embeddings
         self.pairs: list[tuple[int, tuple[int, ...]]] = []
-        self.z = np.zeros((0, 32))
+        self.z = np.zeros((0, 0))
         self._index: dict[tuple[int, tuple[int, ...]], int] = {}
 
     def add(self, pairs: Sequence[tuple[int, Sequence[int]]]) -> list[int]:
@@ -282,7 +352,8 @@ class PairSpace:
             for key in new:
                 self._index[key] = len(self.pairs)
                 self.pairs.append(key)
-            self.z = np.concatenate([self.z, np.asarray(z, dtype=float)])
+            z = np.asarray(z, dtype=float)
+            self.z = np.concatenate([self.z.reshape(-1, z.shape[1]), z])
         return [self._index[k] for k in keys]
 
 
@@ -323,6 +394,41 @@ class JointGp:
         return self._fitted[1]
 
 
+class Scorer:
+    """BOLT's exemplar scorer over the run's evaluations, retrained (surrogate's TrainScorer) only
+    when they changed; relevance of a pool exemplar for an instruction is the mean accuracy of its
+    evaluated pairs that show it (`relevance_from_evaluations`). Superseded scorers are deleted."""
+
+    def __init__(self, gp: JointGp, pool_embeddings, config: ScorerConfig, num_instructions: int, owner: str = ""):
+        self.gp, self.pool, self.config = gp, pool_embeddings, config
+        self.num_instructions, self.owner = num_instructions, owner
+        self.trainings: list[dict] = []
+        self._trained: tuple[frozenset, str] | None = None
+
+    def scorer_for(self, history: Sequence[Evaluation]) -> str | None:
+        """The scorer of the evaluations so far; None while no exemplar has a label."""
+        data = JointGp.data(history)
+        key = frozenset((i, e.fidelity, e.error) for i, e in data.items())
+        if self._trained is None or self._trained[0] != key:
+            space = self.gp.space
+            pairs = [space.pairs[i] for i in data]
+            relevance = relevance_from_evaluations(
+                self.num_instructions, len(self.pool), pairs, [1.0 - e.error for e in data.values()]
+            )
+            rows = [i for i in sorted({i for i, _ in pairs}) if not np.isnan(relevance[i]).all()]
+            if not rows:
+                return None
+            result = self.gp.surrogate.train_scorer(
+                space.embed(rows), self.pool, relevance[rows], self.config, self.owner
+            )
+            if self._trained is not None:
+                with contextlib.suppress(NotFoundError):
+                    self.gp.surrogate.delete(self._trained[1])
+            self._trained = (key, result.scorer_id)
+            self.trainings.append({"instructions": len(rows), "pairs": len(pairs), "final_loss": result.final_loss})
+        return self._trained[1]
+
+
 class JointProposer(Proposer):
     """Hyperband's BO proposals over pairs (seed 001): random until the GP has MIN_GP_POINTS pairs,
     then the pairs with the highest LogEI, each pick random with probability `random_prob`.
@@ -330,7 +436,9 @@ class JointProposer(Proposer):
     Grid (`grid` True): candidates are every pair of the space. Standard: a two-stage pass samples
     max(`candidates`, n) instructions, optimises each one's exemplar set on LogEI (surrogate's
     ProposeExemplars: `steps` x `restarts`), and ranks the resulting pairs; a random pick is a
-    random instruction with a random set of min_exemplars..num_slots pool exemplars.
+    random instruction with a random set of min_exemplars..num_slots pool exemplars. With a
+    `scorer` (BOLT), each instruction's exemplars are instead a prefix of the scorer's MMR order,
+    as long as LogEI prefers.
     """
 
     def __init__(
@@ -346,8 +454,9 @@ class JointProposer(Proposer):
         steps: int = 20,
         restarts: int = 5,
         seed: int = 0,
+        scorer: Scorer | None = None,
     ):
-        self.gp, self.random_prob, self.grid = gp, random_prob, grid
+        self.gp, self.random_prob, self.grid, self.scorer = gp, random_prob, grid, scorer
         self.num_instructions, self.pool_size = num_instructions, pool_size
         self.num_slots, self.min_exemplars = num_slots, min_exemplars
         self.candidates, self.steps, self.restarts, self.seed = candidates, steps, restarts, seed
@@ -371,18 +480,36 @@ class JointProposer(Proposer):
         if model_id is None:
             return space.add([self._random_pair(rng) for _ in range(count)])
         sampled = rng.sample(range(self.num_instructions), min(self.num_instructions, max(self.candidates, count)))
-        proposals = self.gp.surrogate.propose_exemplars(
-            space.vae_id,
-            model_id,
-            space.embed(sampled),
-            self.steps,
-            self.restarts,
-            self.seed * 1_000_003 + self.calls,
-        )
-        order = np.argsort(-np.asarray([v for _, v in proposals]), kind="stable")
+        scorer_id = None if self.scorer is None else self.scorer.scorer_for(history)
+        if scorer_id is None:
+            proposals = self.gp.surrogate.propose_exemplars(
+                space.vae_id,
+                model_id,
+                space.embed(sampled),
+                self.steps,
+                self.restarts,
+                self.seed * 1_000_003 + self.calls,
+            )
+        else:
+            proposals = self._scored(sampled, model_id, scorer_id)
+        values = [v for _, v in proposals]
+        order = np.argsort(-np.asarray(values), kind="stable")
         ranked = space.add([(sampled[i], proposals[i][0]) for i in order])
         ranked = list(dict.fromkeys(ranked))
         return self._interleave(ranked, count, lambda remaining: space.add([self._random_pair(rng)])[0], rng)
+
+    def _scored(self, sampled: list[int], model_id: str, scorer_id: str) -> list[tuple[list[int], float]]:
+        """Per instruction, the scorer's MMR order over the pool; of its prefixes of min_exemplars..
+        num_slots exemplars, the one with the highest LogEI (the GP decides how many)."""
+        space, surrogate = self.gp.space, self.gp.surrogate
+        most = min(self.num_slots, self.pool_size)
+        _, orders = surrogate.score_exemplars(scorer_id, space.embed(sampled), most)
+        sizes = range(self.min_exemplars, most + 1)
+        prefixes = [(i, order[:k]) for i, order in zip(sampled, orders, strict=True) for k in sizes]
+        z = surrogate.encode_joint(space.vae_id, space.embed([i for i, _ in prefixes]), [s for _, s in prefixes])
+        values = np.asarray(surrogate.log_ei(model_id, np.asarray(z))).reshape(len(sampled), len(sizes))
+        best = values.argmax(1)
+        return [(list(orders[j][: sizes[b]]), float(values[j, b])) for j, b in enumerate(best)]
 
     def _interleave(self, ranked: list[int], count: int, random_pick, rng: random.Random) -> list[int]:
         picks: list[int] = []
@@ -406,10 +533,11 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         self._space: PairSpace | None = None
         self._gp: JointGp | None = None
         self._pool_cache: list[dict] | None = None
+        self._pool_embeddings: np.ndarray | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
     def search_steps(self) -> int:
-        return 3 + (0 if self.config.mode == "grid" else self.config.iterations)
+        return 3 + self.config.iterations
 
     def initial_state(self) -> dict:
         return {
@@ -424,6 +552,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             "vae": None,
             "hyperband": None,
             "inference": [],
+            "scorer": [],
             "calls": {},
         }
 
@@ -458,13 +587,18 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
     def _pool_texts(self, state: dict) -> list[str]:
         return [f"Q: {e['question']}\nA: {e['answer']}" for e in self._pool(state)]
 
+    def _pool_vectors(self, state: dict) -> np.ndarray:
+        if self._pool_embeddings is None:
+            self._pool_embeddings = np.asarray(self._encode(self._pool_texts(state)))
+        return self._pool_embeddings
+
     def _models(self, state: dict) -> tuple[PairSpace, JointGp]:
         if self._space is None:
             surrogate = self.models.surrogate
             if self._vae_id is None:
                 result = surrogate.train_joint_vae(
                     self._encode(state["instructions"]),
-                    self._encode(self._pool_texts(state)),
+                    self._pool_vectors(state),
                     self.config.vae_config(self.evaluation.seed),
                     self.owner,
                 )
@@ -560,6 +694,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             config.exemplar_steps,
             config.exemplar_restarts,
             self.evaluation.seed,
+            self._scorer(state, gp) if config.use_scorer else None,
         )
         state["evaluations"] = []
         history: list[Evaluation] = []
@@ -577,6 +712,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
                 lambda stage, n, b, s=s: self._progress(f"bracket s={s} stage {stage}: {n} prompts x {b} questions"),
             )
         state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]  # the proposals' new pairs
+        state["scorer"] = [] if proposer.scorer is None else proposer.scorer.trainings
         best = incumbent(history, schedule.nvalid)
         instruction, ids = space.pairs[best.index]
         state["hyperband"] = {
@@ -594,15 +730,24 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             },
         }
 
-    def _invbo_iteration(self, state: dict) -> None:
-        space, gp = self._models(state)
-        surrogate, iteration = self.models.surrogate, len(state["inference"]) + 1
-        before = self.winner(state)
-        model_id = gp.model_for([Evaluation(*row) for row in state["evaluations"]], min_points=2)
-        if model_id is None:
-            raise ValueError("InvBO needs at least 2 evaluated prompts for the GP")
-        z, value = surrogate.optimize_joint(model_id, self.config.acquisition(), self.evaluation.seed + iteration)
+    def _realize(self, state: dict, z: np.ndarray) -> tuple[str, list[int], float] | None:
+        """The prompt z_joint decodes to and the cosine of its instruction's embedding to z's decoded
+        one. Standard: the decoder service inverts the embedding (its cosine), the slot decoder
+        gives the exemplars. Grid: the nearest grid pair (in z_joint) not yet measured at full
+        fidelity; None when every pair is."""
+        space, surrogate = self._space, self.models.surrogate
         embeddings, sets = surrogate.decode_joint(space.vae_id, np.asarray([z]))
+        if self.config.mode == "grid":
+            measured = {row[0] for row in state["evaluations"] if row[1] == self.nvalid()}
+            open_pairs = [i for i in range(len(space.pairs)) if i not in measured]
+            if not open_pairs:
+                return None
+            nearest = open_pairs[int(np.argmin(np.linalg.norm(space.z[open_pairs] - z, axis=1)))]
+            instruction, ids = space.pairs[nearest]
+            text = state["instructions"][instruction]
+            target = np.asarray(self._encode([text]))[0]
+            cosine = float(embeddings[0] @ target / max(np.linalg.norm(embeddings[0]) * np.linalg.norm(target), 1e-12))
+            return text, list(ids), cosine
         texts, usage = self.models.decoder.invert(
             np.asarray(embeddings, dtype=np.float32),
             state["instructions"],
@@ -610,29 +755,67 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             self.config.vec2text_beam,
         )
         self.llm.usage.add(usage)
-        text, cosine = texts[0]
+        return texts[0][0], list(sets[0]), float(texts[0][1])
+
+    def _invbo_iteration(self, state: dict) -> None:
+        """One InvBO step: optimise the acquisition over z_joint, realise it as a prompt (resampled
+        at latent_noise_scale around z while the realisation's cosine is under
+        cosine_sim_threshold, at most MAX_RESAMPLES times), evaluate it at full fidelity."""
+        config = self.config
+        space, gp = self._models(state)
+        surrogate, iteration = self.models.surrogate, len(state["inference"]) + 1
+        before = self.winner(state)
+        model_id = gp.model_for([Evaluation(*row) for row in state["evaluations"]], min_points=2)
+        if model_id is None:
+            raise ValueError("InvBO needs at least 2 evaluated prompts for the GP")
+        z, value = surrogate.optimize_joint(model_id, config.acquisition_config(), self.evaluation.seed + iteration)
+        span = np.maximum(np.ptp(space.z, axis=0), 1e-6)
+        rng = np.random.default_rng(self.evaluation.seed * 1_000_003 + iteration)
+        entry = {"iteration": iteration, "acquisition": value, "rejected": 0, "evaluated": False}
+        entry["incumbent_error_before"] = None if before is None else 1.0 - before["score"]
+        for attempt in range(MAX_RESAMPLES + 1):
+            realized = self._realize(state, z)
+            if realized is None:
+                entry["reason"] = "every grid pair is measured at full fidelity"
+                break
+            text, ids, cosine = realized
+            entry.update(instruction=text, exemplar_ids=ids, decoder_cosine=cosine)
+            if cosine >= config.cosine_sim_threshold:
+                break
+            entry["rejected"] += 1
+            if attempt < MAX_RESAMPLES:
+                z = z + config.latent_noise_scale * span * rng.standard_normal(len(z))
+        else:
+            entry["reason"] = (
+                f"{entry['rejected']} realisations under cosine_sim_threshold {config.cosine_sim_threshold}"
+            )
+        if "reason" in entry:
+            state["inference"].append(entry)
+            self._progress(f"InvBO iteration {iteration}: nothing evaluated ({entry['reason']})")
+            return
         if text not in state["instructions"]:
             state["instructions"].append(text)
-        pair = space.add([(state["instructions"].index(text), sets[0])])[0]
+        pair = space.add([(state["instructions"].index(text), ids)])[0]
         state["pairs"] = [[i, list(ids)] for i, ids in space.pairs]
         mean, variance = surrogate.predict(model_id, space.z[[pair]])
         error = self._evaluate(state, pair, self.nvalid())
-        entry = {
-            "iteration": iteration,
-            "instruction": text,
-            "exemplar_ids": sets[0],
-            "log_ei": value,
-            "decoder_cosine": cosine,
-            "predicted_error": float(mean[0]),
-            "predicted_std": float(np.sqrt(max(variance[0], 0.0))),
-            "actual_error": error,
-            "incumbent_error_before": None if before is None else 1.0 - before["score"],
-        }
+        entry.update(
+            evaluated=True,
+            latent_gap=float(np.linalg.norm((space.z[pair] - z) / span) / np.sqrt(len(z))),
+            predicted_error=float(mean[0]),
+            predicted_std=float(np.sqrt(max(variance[0], 0.0))),
+            actual_error=error,
+        )
         state["inference"].append(entry)
         self._progress(
-            f"InvBO iteration {iteration}: LogEI {value:.3f}, decoder cosine {cosine:.3f}, "
-            f"{len(sets[0])} exemplars, predicted error {entry['predicted_error']:.3f}, actual {error:.3f}:\n{text}"
+            f"InvBO iteration {iteration}: {config.acquisition} {value:.3f}, realised at cosine {cosine:.3f} "
+            f"({entry['rejected']} rejected), latent gap {entry['latent_gap']:.3f}, {len(ids)} exemplars, "
+            f"predicted error {entry['predicted_error']:.3f}, actual {error:.3f}:\n{text}"
         )
+
+    def _scorer(self, state: dict, gp: JointGp) -> Scorer:
+        config = self.config.scorer_config(self.evaluation.seed)
+        return Scorer(gp, self._pool_vectors(state), config, len(state["instructions"]), self.owner)
 
     # -- results -------------------------------------------------------------------------------
     def report(self, state: dict) -> dict:
@@ -641,13 +824,16 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         if hyperband is not None:
             hyperband = {**hyperband, "llm_calls": state["calls"].get("hyperband", 0)}
         inference = None
+        evaluated = [e for e in state["inference"] if e.get("evaluated", True)]  # older checkpoints: all were
         if state["inference"]:
-            best = min(state["inference"], key=lambda e: e["actual_error"])
+            best = min(evaluated, key=lambda e: e["actual_error"]) if evaluated else {}
             inference = {
-                "best_instruction": best["instruction"],
-                "best_exemplar_ids": best["exemplar_ids"],
-                "best_error": best["actual_error"],
+                "best_instruction": best.get("instruction"),
+                "best_exemplar_ids": best.get("exemplar_ids"),
+                "best_error": best.get("actual_error"),
                 "iterations": len(state["inference"]),
+                "evaluated": len(evaluated),
+                "rejected": sum(e.get("rejected", 0) for e in state["inference"]),
                 "llm_calls": state["calls"].get("inference", 0),
                 "history": state["inference"],
             }
@@ -656,6 +842,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             "timestamp": state["timestamp"],
             "config": dataclasses.asdict(self.config),
             "vae_quality_metrics": state.get("vae"),
+            "scorer": state.get("scorer") or None,
             "hyperband": hyperband,
             "inference": inference,
             "winner": None
