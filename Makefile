@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: constraints install protos demo test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
+.PHONY: constraints install protos demo tune test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0 grpcio-tools==1.85.1
 	$(MAKE) protos
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,cpu-llm,test]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,cpu-llm,test,tuner]"
 	$(PY) -m services.llm_eval.models
 	touch $(STAMP)
 
@@ -39,6 +39,10 @@ model: install
 
 demo: install protos
 	$(PY) -m services.optimizer.demo $(ARGS)
+
+# BOLT tuning (seed 004) on the replay of the recorded grid: `make tune` (ARGS="--phases vae,gp" ...).
+tune: install protos
+	$(PY) -m services.optimizer.demo tune $(or $(ARGS),--quick)
 
 test: install protos
 	$(PY) -m pytest
@@ -64,6 +68,7 @@ bench: install protos
 	$(PY) -m tests.bench.run_bench
 	$(PY) -m tests.bench.lipo_bench
 	$(PY) -m tests.bench.lipo_e_bench
+	$(PY) -m tests.bench.tuner_bench
 
 # Mutation testing of the search-direction code ([tool.mutmut] in pyproject.toml; tens of minutes on 2 cores).
 mutation: install protos

@@ -4,6 +4,8 @@ promptopt run opro --iterations 3 --fidelity 20     start a run and watch it
 promptopt watch RUN_ID | list | get RUN_ID | cancel RUN_ID
 promptopt results RUN_ID                              write results/<run>.json and .png
 promptopt evaluate "Let's think step by step." --fidelity 20
+promptopt run lipo-e --config best_config.yaml        algorithm fields from a YAML/JSON file
+promptopt tune --quick | --phases vae,gp | --resume --output-dir DIR | --workers N
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 
 import grpc
+import yaml
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from promptopt.operations.v1 import operations_pb2
@@ -29,6 +32,7 @@ from services.llm_eval.types import DecodingParams, EvaluationRequest
 from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
 from services.optimizer.results import write_results
+from services.tuner.client import TunerClient
 
 console = Console()
 
@@ -81,6 +85,8 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     algorithm = args.algorithm.replace("-", "_")
     config = getattr(request, algorithm)
     config.SetInParent()
+    if args.config:
+        apply_config_file(config, algorithm, args.config)
     for flag, _ in ALGORITHM_FLAGS[algorithm]:
         value = getattr(args, flag)
         if value is not None:
@@ -106,7 +112,30 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     return request
 
 
-def watch(client: OptimizerClient, run_id: str, after: int = 0):
+def apply_config_file(config, algorithm: str, path: str) -> None:
+    """Set the algorithm's fields from a YAML or JSON file: {algorithm: {field: value}} (as the
+    tuner's best_config.yaml) or {field: value}; flags given beside it win."""
+    try:
+        document = yaml.safe_load(open(path).read())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"--config {path}: {exc}") from exc
+    if isinstance(document, dict) and isinstance(document.get(algorithm), dict):
+        document = document[algorithm]
+    if not isinstance(document, dict):
+        raise ValueError(f"--config {path}: expected a mapping of {algorithm} fields")
+    fields = dict(ALGORITHM_FLAGS[algorithm])
+    for name, value in document.items():
+        if name not in fields:
+            raise ValueError(f"--config {path}: {algorithm} has no field {name!r}")
+        if fields[name] is bool and not isinstance(value, bool):
+            raise ValueError(f"--config {path}: {algorithm}.{name} must be true or false, got {value!r}")
+        try:
+            setattr(config, name, value if fields[name] is bool else fields[name](value))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"--config {path}: {algorithm}.{name}: {exc}") from exc
+
+
+def watch(client: OptimizerClient | TunerClient, run_id: str, after: int = 0):
     """Stream events with a progress bar; returns every event seen."""
     events = []
     run = client.get(run_id)
@@ -184,6 +213,41 @@ def _finish(client, run_id, events, results_dir) -> int:
     json_path, png_path = write_results(run, events, results_dir)
     console.print(f"results: {json_path}  plot: {png_path}")
     return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
+
+
+def tune_settings(args) -> dict:
+    """`promptopt tune` flags as the tuner's StartRun settings (only those given)."""
+    settings = {"quick": args.quick, "resume": args.resume}
+    for name in ("phases", "workers", "trials_per_phase", "output_dir", "storage", "study_prefix", "seed"):
+        value = getattr(args, name)
+        if value not in (None, ""):
+            settings[name] = value
+    return settings
+
+
+def cmd_tune(args) -> int:
+    with TunerClient(_client_config(args.tuner, args)) as client:
+        request = client.pb2.StartRunRequest(config_json=json.dumps(tune_settings(args)), display_name=args.name)
+        run = client.start(request)
+        console.print(f"started tuning run [bold]{run.run_id}[/] ({run.total_steps - 1} phases, then the report)")
+        if args.no_watch:
+            print(run.run_id)
+            return 0
+        events = watch(client, run.run_id)
+        run = client.get(run.run_id)
+        console.print(f"\n[bold]{run.run_id}[/] {operations_pb2.RunState.Name(run.state)}")
+        results = [e.result for e in events if e.WhichOneof("event") == "result"]
+        if results:
+            report = json.loads(results[-1].report_json)
+            table = Table("phase", "objective", "best", "gate")
+            for phase, r in report["phase_results"].items():
+                gate = "passed" if r["gate_passed"] else "MISSED: " + "; ".join(r["gate_failures"])
+                table.add_row(phase, r["objective"], f"{r['best_value']:.4f}", gate)
+            console.print(table)
+            console.print(f"report: {report['output_dir']}/tuning_report.md  best config: {report['best_config']}")
+        if run.state == operations_pb2.RUN_STATE_FAILED:
+            console.print(f"[red]failed[/]: {run.error}")
+        return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
 
 
 def cmd_watch(args) -> int:
@@ -267,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptopt", description="Prompt optimisation over gRPC services.")
     parser.add_argument("--optimizer", default=os.environ.get("PROMPTOPT_OPTIMIZER_ADDRESS", "127.0.0.1:50055"))
     parser.add_argument("--llm-eval", default=os.environ.get("PROMPTOPT_LLM_EVAL_ADDRESS", "127.0.0.1:50053"))
+    parser.add_argument("--tuner", default=os.environ.get("PROMPTOPT_TUNER_ADDRESS", "127.0.0.1:50056"))
     parser.add_argument(
         "--tls-ca",
         default=os.environ.get("PROMPTOPT_TLS_CA", ""),
@@ -314,9 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
+        p.add_argument(
+            "--config", metavar="YAML", help="algorithm fields from a file (e.g. the tuner's best_config.yaml)"
+        )
         p.add_argument("--name", default="", help="display name")
         p.add_argument("--no-watch", action="store_true", help="print the run id and return")
         p.set_defaults(func=cmd_run)
+    p = sub.add_parser("tune", help="BOLT coordinate-descent tuning of LIPO-E (seed 004) on the tuner")
+    p.add_argument("--quick", action="store_true", help="5 trials per phase, CPU-sized trials")
+    p.add_argument("--phases", help="comma-separated subset of vae,scorer,gp,inference")
+    p.add_argument("--workers", type=int, help="trial worker processes (default: one per GPU, else 1)")
+    p.add_argument("--trials-per-phase", type=int, help="trials per phase (default 5 quick, 50 full)")
+    p.add_argument("--output-dir", help="the tuning's output tree, on the tuner (default state/tuner/RUN)")
+    p.add_argument("--storage", help="Optuna storage URL (default SQLite in the output directory)")
+    p.add_argument("--study-prefix", help="the Optuna studies' prefix, PREFIX-<phase> (default: the run id)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the tuning saved in --output-dir")
+    p.add_argument("--name", default="", help="display name")
+    p.add_argument("--no-watch", action="store_true", help="print the run id and return")
+    p.set_defaults(func=cmd_tune)
     for name, func, help_text in (
         ("watch", cmd_watch, "stream a run's progress"),
         ("get", cmd_get, "print a run as JSON"),

@@ -4,10 +4,14 @@ on 8 train questions, the winner reported on 20 held-out test questions), stop.
 `python -m services.optimizer.demo lipo --debug` (or `make demo ARGS="lipo --debug"`) runs
 those `promptopt run` arguments instead. State (answer cache, runs, the APE pool) stays in
 `state/demo`, so a second demo reuses cached answers.
+
+`python -m services.optimizer.demo tune --quick` (`make tune`) runs `promptopt tune` instead, on
+llm_eval's replay backend over the recorded hbbops_dev grid (state in `state/tune`).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 
@@ -30,8 +34,34 @@ DEFAULT_RUN = [
 ]
 
 
+def tune(args: list[str]) -> int:
+    """BOLT tuning through the services: llm_eval replays the recorded grid (no LLM needed)."""
+    datasets, state = datasets_dir(), "state/tune"
+    table = f"{state}/replay/hbbops_dev.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "services.llm_eval.replay", "grid", str(datasets / "hbbops_dev"), table], check=True
+    )
+    env = {
+        "PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets),
+        "PROMPTOPT_LLM_EVAL_BACKEND": "replay",
+        "PROMPTOPT_LLM_EVAL_TASK_MODEL": table,
+        "PROMPTOPT_DATASETS_DIR": str(datasets),
+    }
+    names = ("encoder", "decoder", "llm_eval", "surrogate", "optimizer", "tuner")
+    started = time.monotonic()
+    with LocalStack(state, names=names, env=env) as stack:
+        cli.console.print(
+            f"six services SERVING after {time.monotonic() - started:.0f}s (llm_eval: replay of hbbops_dev)"
+        )
+        code = cli.main(["--tuner", stack.address("tuner"), "tune", *args])
+    cli.console.print(f"tuning finished in {time.monotonic() - started:.0f}s; services stopped")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     run_args = (sys.argv[1:] if argv is None else argv) or DEFAULT_RUN
+    if run_args[0] == "tune":
+        return tune(run_args[1:])
     datasets = datasets_dir()
     if not (datasets / "gsm8k" / "train.jsonl").is_file():
         print(f"GSM8K not found under {datasets} (PROMPTOPT_DATASETS_DIR)", file=sys.stderr)

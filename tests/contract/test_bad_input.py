@@ -25,7 +25,7 @@ from services.optimizer.server import optimizer_service, parse_start
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.server import SurrogateServicer
-from services.tuner.__main__ import tuner_service
+from services.tuner.server import tuner_service
 from tests.conftest import DATASETS, start_server
 from tests.contract.conftest import encoder_binding, llm_eval_binding
 
@@ -246,7 +246,11 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         "tuner": (tuner_pb2, tuner_pb2_grpc, "TunerService"),
     }[service]
     store = RunStore(tmp_path / "runs.sqlite")
-    binding = optimizer_service(store, evaluator)[0] if service == "optimizer" else tuner_service(store)
+    binding = (
+        optimizer_service(store, evaluator)[0]
+        if service == "optimizer"
+        else tuner_service(store, state_dir=tmp_path)[0]
+    )
     stub = getattr(grpc_mod, f"{name}Stub")(channel_to(binding))
     expect(INVALID, "run_id must be set", stub.GetRun, pb2.GetRunRequest())
     expect(NOT_FOUND, "run_id 'r1' not found", stub.GetRun, pb2.GetRunRequest(run_id="r1"))
@@ -256,7 +260,49 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     expect(INVALID, "page_token", stub.ListRuns, pb2.ListRunsRequest(page_token="abc"))
     expect(INVALID, "page_size", stub.ListRuns, pb2.ListRunsRequest(page_size=-1))
     if service == "tuner":
-        expect(grpc.StatusCode.UNIMPLEMENTED, "BOLT", stub.StartRun, pb2.StartRunRequest())
+        tune = [
+            ("", INVALID, "config_json must be set"),
+            ("{not json", INVALID, "config_json is not JSON"),
+            (
+                '{"phases": ["vae", "decoder"]}',
+                INVALID,
+                "phases must be a non-empty subset of ['vae', 'scorer', 'gp', 'inference'], got unknown ['decoder']",
+            ),
+            ('{"phases": ["gp", "vae"]}', INVALID, "phases must be in coordinate-descent order"),
+            (
+                '{"space": {"vae_beta": [0.001, 0.05]}}',
+                INVALID,
+                "space.vae_beta [0.001, 0.05] is outside the seed's range [0.005, 0.1]",
+            ),
+            (
+                '{"space": {"vae_epochs": [1000]}}',
+                INVALID,
+                "space.vae_epochs must be a non-empty subset of the seed's choices",
+            ),
+            ('{"space": {"beta": [0.01, 0.02]}}', INVALID, "space: unknown parameters ['beta']"),
+            ('{"workers": -1}', INVALID, "workers must be in [0, 64]"),
+            ('{"trials_per_phase": 0}', INVALID, "trials_per_phase must be a positive integer"),
+            ('{"colour": 1}', INVALID, "config_json: unknown fields ['colour']"),
+            ('{"storage": "postgresql://tuner:secret@db/optuna"}', INVALID, "a password in the URL would be stored"),
+            (
+                '{"storage": "sqlite:////proc/no/such/dir/optuna.db"}',
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "storage 'sqlite:////proc/no/such/dir/optuna.db' cannot be reached",
+            ),
+            (
+                '{"storage": "postgresql+psycopg://tuner@127.0.0.1:1/optuna"}',
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "cannot be reached: (psycopg.OperationalError) connection failed",
+            ),
+            (
+                f'{{"resume": true, "output_dir": "{tmp_path / "none"}"}}',
+                INVALID,
+                "has no coordinator_state.json to resume",
+            ),
+        ]
+        for config_json, code, message in tune:
+            expect(code, message, stub.StartRun, pb2.StartRunRequest(config_json=config_json))
+        assert stub.ListRuns(pb2.ListRunsRequest()).runs == []  # nothing refused was stored
         return
     expect(INVALID, "algorithm must be set", stub.StartRun, pb2.StartRunRequest())
     expect(

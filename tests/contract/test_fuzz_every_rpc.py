@@ -42,8 +42,8 @@ from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
-from services.surrogate.types import GpTraining, VaeConfig
-from services.tuner.__main__ import tuner_service
+from services.surrogate.types import GpTraining, ScorerConfig, VaeConfig
+from services.tuner.server import tuner_service
 from tests.conftest import replay_evaluator, start_server
 from tests.contract.conftest import encoder_binding, llm_eval_binding, surrogate_binding
 from tests.contract.fuzz import messages
@@ -77,6 +77,7 @@ REACHED = [
     ("surrogate", "TrainVae"),
     ("surrogate", "Predict"),
     ("surrogate", "DecodeLatent"),
+    ("surrogate", "ScoreExemplars"),
     ("optimizer", "StartRun"),
 ]
 CALL_TIMEOUT = 10.0  # valid requests may ask for long work (50000 epochs): it must stop at the deadline
@@ -111,6 +112,8 @@ class Stack:
             "model": ("replay",),
             "owner": ("fuzz",),
             "run_id": tuple(finished.values()),
+            "k": (0, 3),  # exemplars to select from the 10-row scorer pool
+            "mmr_lambda": (0.5,),
             "width": (2, 64, embedder.dimension),  # tensors: an exact GP's inputs, latents, embeddings
             **{
                 f"width:{f}": (embedder.dimension,)
@@ -131,7 +134,7 @@ class Stack:
             ),
             "llm_eval": start_server(llm_eval_binding(evaluator)),
             "surrogate": start_server(surrogate_binding(self.engine)),
-            "tuner": start_server(tuner_service(runs["tuner"])),
+            "tuner": start_server(tuner_service(runs["tuner"], state_dir=root / "tuner")[0]),
         }
 
         def client(cls, name):
@@ -146,9 +149,9 @@ class Stack:
         self.channels = {name: grpc.insecure_channel(f"127.0.0.1:{s.port}") for name, s in self.servers.items()}
 
     def ensure_models(self) -> None:
-        """A small exact GP, a VAE and a deep-kernel GP over it, (re)made when a fuzzed DeleteModel
-        removed them; their ids are known values, so requests reach the models' work."""
-        ids = [i for i in (*self.known.get("model_id", ()), *self.known.get("vae_id", ())) if i != "gone"]
+        """A small exact GP, a VAE, a deep-kernel GP over it and an exemplar scorer, (re)made when a
+        fuzzed DeleteModel removed them; their ids are known values, so requests reach the models' work."""
+        ids = [i for f in ("model_id", "vae_id", "scorer_id") for i in self.known.get(f, ()) if i != "gone"]
         try:
             for model_id in ids:
                 self.engine.registry.get(model_id)
@@ -162,7 +165,10 @@ class Stack:
         embeddings = rng.normal(size=(24, self.dimension)).astype(np.float32)
         vae = self.engine.train_vae(embeddings, VaeConfig(epochs=20, patience=20, annealing_epochs=5)).vae_id
         deep = self.engine.fit(embeddings[:12], rng.uniform(size=12), vae, training=GpTraining(epochs=20)).model_id
-        self.known.update(model_id=(gp, deep, "gone"), vae_id=(vae,))
+        scorer = self.engine.train_scorer(
+            embeddings[:4], embeddings[4:14], rng.uniform(size=(4, 10)), ScorerConfig(epochs=5)
+        ).scorer_id
+        self.known.update(model_id=(gp, deep, "gone"), vae_id=(vae,), scorer_id=(scorer,))
 
     def rows(self, name: str) -> dict[tuple, tuple]:
         """(table, rowid) -> row, for every table of `name`'s store (empty for stateless services)."""

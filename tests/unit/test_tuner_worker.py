@@ -1,0 +1,96 @@
+"""The trial worker loop on a real SQLite Optuna storage with a scripted trial function: budget,
+errors, out-of-memory retries with backoff, preemption re-enqueued through Optuna's retry
+callback, and a result for a trial already failed as stale."""
+
+import json
+
+import optuna
+import pytest
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from services.tuner import study as study_module
+from services.tuner.hyperspace import BASELINE
+from services.tuner.settings import TuningSettings
+from services.tuner.study import Preempted, Worker, counts, finished, open_study
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture
+def phase(tmp_path):
+    fields = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "output_dir": str(tmp_path), "trials_per_phase": 3}
+    settings = TuningSettings.from_json(json.dumps({**fields, "phases": ["scorer"]}), "t")
+    return open_study(settings, "scorer", dict(BASELINE)), tmp_path
+
+
+def worker(phase, run_trial) -> Worker:
+    study, out = phase
+    return Worker(optuna.load_study(study_name=study.study_name, storage=study._storage), run_trial, out, "w1")
+
+
+def test_the_loop_spends_the_budget_and_records_each_trial(phase):
+    values = iter([0.2, 0.9, 0.5])
+    outcomes = worker(phase, lambda p, config, seed: {"ndcg_at_8": next(values), "mrr": 0.5}).run()
+    assert [o.state for o in outcomes] == ["COMPLETE"] * 3
+    study, out = phase
+    assert study.best_value == 0.9 and study.trials[0].user_attrs["baseline"] is True
+    metrics = json.loads((out / "trials" / "scorer_IMPORTANT_1" / "metrics.json").read_text())  # tier 2 from trial 1
+    assert metrics["metrics"]["ndcg_at_8"] == 0.9 and finished(study, 3)
+
+
+def test_errors_count_towards_the_budget_and_are_not_retried(phase):
+    def broken(p, config, seed):
+        raise RuntimeError("surrogate said no")
+
+    outcomes = worker(phase, broken).run()
+    study, _ = phase
+    c = counts(study)
+    assert [o.state for o in outcomes] == ["FAIL"] * 3 and c["error"] == 3 and c["stale"] == c["waiting"] == 0
+    assert study.trials[0].user_attrs["error"] == "RuntimeError: surrogate said no"
+
+
+def test_out_of_memory_is_retried_in_place_with_exponential_backoff(phase, monkeypatch):
+    delays, calls = [], []
+    monkeypatch.setattr(study_module.time, "sleep", delays.append)
+
+    def flaky(p, config, seed):
+        calls.append(seed)
+        if len(calls) <= 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {"ndcg_at_8": 0.7}
+
+    outcomes = worker(phase, flaky).run(max_trials=1)
+    assert [o.state for o in outcomes] == ["COMPLETE"] and delays == [2.0, 4.0] and len(set(calls)) == 1
+
+
+def test_a_preempted_trial_is_re_enqueued_with_its_params_and_the_worker_stops(phase):
+    def stopped(p, config, seed):
+        raise Preempted("signal SIGTERM")
+
+    w = worker(phase, stopped)
+    outcomes = w.run()
+    study, _ = phase
+    assert [o.state for o in outcomes] == ["FAIL"]
+    first, retry = study.trials
+    assert first.user_attrs["preempted"] is True and retry.state == TrialState.WAITING
+    assert RetryFailedTrialCallback.retried_trial_number(retry) == first.number
+    assert retry.system_attrs["fixed_params"] == first.params
+    c = counts(study)
+    assert (c["preempted"], c["stale"], c["error"], c["waiting"]) == (1, 0, 0, 1) and not finished(study, 3)
+    # the retry runs next, with its inherited "preempted" cleared
+    outcomes = worker(phase, lambda p, config, seed: {"ndcg_at_8": 0.4}).run(max_trials=1)
+    assert outcomes[0].number == retry.number and outcomes[0].state == "COMPLETE"
+    assert study.trials[retry.number].user_attrs["preempted"] is False
+
+
+def test_a_result_for_a_trial_already_failed_as_stale_does_not_crash_the_worker(phase):
+    study, _ = phase
+
+    def outlived(p, config, seed):
+        running = study.get_trials(states=(TrialState.RUNNING,))[0]
+        study._storage.set_trial_state_values(running._trial_id, TrialState.FAIL)  # as fail_stale_trials does
+        return {"ndcg_at_8": 0.8}
+
+    outcomes = worker(phase, outlived).run(max_trials=2)
+    assert len(outcomes) == 2 and all(o.state == "FAIL" for o in outcomes)
