@@ -147,13 +147,13 @@ def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_
         assert len(trial_dirs) >= 2 and all(
             (d / "metrics.json").is_file() and (d / "config.yaml").is_file() for d in trial_dirs
         )
-    inference = {m["name"]: m["value"] for m in state["phase_results"]["inference"]["metrics"]}
-    # the recorded grid's best pair errs 13%: the 91.5% gate cannot pass on it, and the report says so
-    assert inference["final_accuracy"] < 0.915 and not state["phase_results"]["inference"]["gate_passed"]
     report = (out / "tuning_report.md").read_text()
-    assert "| inference | final_accuracy |" in report and "NO: final_accuracy" in report
+    for phase, result in state["phase_results"].items():  # the report and the CLI say which gates passed
+        row = next(line for line in report.splitlines() if line.startswith(f"| {phase} | {result['objective']} |"))
+        assert row.endswith("| yes |") == result["gate_passed"] != ("| NO: " in row), row
+    missed = [p for p, r in state["phase_results"].items() if not r["gate_passed"]]
+    assert printed.count("MISSED:") == len(missed)
     assert (out / "tuning_report.png").stat().st_size > 1000 and (out / "trials" / "heartbeat.json").is_file()
-    assert "MISSED: final_accuracy" in " ".join(printed.split())
     best = yaml.safe_load((out / "best_config.yaml").read_text())["lipo_e"]
     for phase, result in state["phase_results"].items():  # each phase's best trial set its parameters
         assert {k: best[k] for k in result["best_params"]} == result["best_params"], phase
