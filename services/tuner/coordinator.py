@@ -30,7 +30,7 @@ from services.common.errors import FailedPreconditionError
 from services.common.operations import Cancelled
 from services.tuner import metrics
 from services.tuner.config import TunerConfig
-from services.tuner.hyperspace import BASELINE, PHASES
+from services.tuner.hyperspace import BASELINE, ORDER, PHASES
 from services.tuner.settings import TuningSettings
 from services.tuner.study import counts, finished, open_study, write_atomic
 from services.tuner.worker import spawned
@@ -46,8 +46,14 @@ TRIALS = Gauge(
 BEST = Gauge("promptopt_tuner_best_objective", "Best objective so far of each phase (maximised).", ["phase"])
 WORKERS = Gauge("promptopt_tuner_workers_alive", "Trial worker processes alive, by phase.", ["phase"])
 HEARTBEAT = Gauge(
-    "promptopt_tuner_heartbeat_timestamp_seconds", "When the coordinator last checked its workers (Unix time)."
+    "promptopt_tuner_heartbeat_timestamp_seconds",
+    "When the coordinator last checked its workers (Unix time; 0: never).",
 )
+for _phase in ORDER:  # every series exists from start-up: no trials, no workers, no best yet (NaN)
+    WORKERS.labels(_phase).set(0)
+    BEST.labels(_phase).set(float("nan"))
+    for _state in ("complete", "running", "waiting", "fail", "error", "stale", "preempted", "retried"):
+        TRIALS.labels(_phase, _state).set(0)
 MAX_RESPAWNS = 20  # per phase: workers that exited before the phase ended are restarted this often
 
 
