@@ -167,13 +167,9 @@ class Coordinator:
                     raise Cancelled()
                 fail_stale_trials(study)  # a dead worker's trial goes back to WAITING (retried)
                 c = counts(study)
-                if (
-                    c["complete"] + c["error"] >= self.settings.trials_per_phase
-                    and not c["waiting"]
-                    and not c["running"]
-                ):
+                work_left = not finished(c, self.settings.trials_per_phase)  # the workers' own rule
+                if not work_left and not c["running"]:
                     break
-                work_left = not finished(study, self.settings.trials_per_phase)  # the workers' own rule
                 for i, process in enumerate(workers):
                     if process is not None and process.is_alive():
                         continue

@@ -32,14 +32,20 @@ class Param:
             return trial.suggest_categorical(self.name, self.choices)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
+    def contains(self, value) -> bool:
+        """Whether `value` lies in the range, or is one of the choices (type included: 16.0 is
+        not the choice 16, nor 1 the choice True)."""
+        if self.choices:
+            return any(type(c) is type(value) and c == value for c in self.choices)
+        return self.low <= value <= self.high
+
     def narrowed(self, spec) -> Param:
         """This parameter over a user's sub-range [low, high] or subset of choices; ValueError when
         it leaves the seed's."""
         where = f"space.{self.name}"
         if self.choices:
             picked = tuple(spec) if isinstance(spec, list | tuple) else ()
-            known = {(type(c), c) for c in self.choices}
-            if not picked or any((type(c), c) not in known for c in picked):
+            if not picked or not all(self.contains(c) for c in picked):
                 raise ValueError(
                     f"{where} must be a non-empty subset of the seed's choices {list(self.choices)}, got {spec!r}"
                 )

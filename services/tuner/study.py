@@ -92,16 +92,10 @@ def open_study(settings: TuningSettings, phase: str, fixed: dict | None = None) 
             study.set_user_attr("phase", phase)
             study.set_user_attr("fixed", fixed)
             space = narrowed_space(settings.space)
-            start = {p: fixed[p] for p in PHASES[phase].params if _inside(space[p], fixed[p])}
+            start = {p: fixed[p] for p in PHASES[phase].params if space[p].contains(fixed[p])}
             study.enqueue_trial(start, user_attrs={"baseline": True})
         study.set_user_attr("settings", json.loads(settings.to_json(redacted=True)))
     return study
-
-
-def _inside(param, value) -> bool:
-    if param.choices:
-        return any(type(c) is type(value) and c == value for c in param.choices)
-    return param.low <= value <= param.high
 
 
 def counts(study: optuna.Study) -> dict[str, int]:
@@ -117,11 +111,10 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return out
 
 
-def finished(study: optuna.Study, budget: int) -> bool:
+def finished(trial_counts: dict[str, int], budget: int) -> bool:
     """Workers stop once completed trials plus trials that failed with an error reach the budget
     and no retry waits (stale and preempted trials are retried, so they do not count)."""
-    c = counts(study)
-    return c["complete"] + c["error"] >= budget and not c["waiting"]
+    return trial_counts["complete"] + trial_counts["error"] >= budget and not trial_counts["waiting"]
 
 
 def stage_sampler(study: optuna.Study, settings: TuningSettings, phase: str, seed: int):
@@ -143,7 +136,7 @@ def stage_sampler(study: optuna.Study, settings: TuningSettings, phase: str, see
         param = space[name]
         if param.tier < tier and name in best:
             held[name] = best[name]
-        elif param.tier > tier and _inside(param, fixed_config[name]):
+        elif param.tier > tier and param.contains(fixed_config[name]):
             held[name] = fixed_config[name]
     base = TPESampler(seed=seed, n_startup_trials=max(2, share // 2), constant_liar=True)
     return (PartialFixedSampler(held, base) if held else base), tier
@@ -233,7 +226,7 @@ class Worker:
         budget, start = self.settings.trials_per_phase, len(self._ran)
         while (
             not self.stopping
-            and not finished(self.study, budget)
+            and not finished(counts(self.study), budget)
             and (max_trials is None or len(self._ran) - start < max_trials)
         ):
             seed = zlib.crc32(f"{self.settings.seed}:{self.worker_id}:{len(self._ran)}".encode())

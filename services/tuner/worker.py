@@ -30,7 +30,7 @@ from services.surrogate.client import SurrogateClient
 from services.tuner.config import PREFIX, TunerConfig
 from services.tuner.hyperspace import ORDER
 from services.tuner.settings import TuningSettings
-from services.tuner.study import Worker, finished, storage_for
+from services.tuner.study import Worker, counts, finished, storage_for
 from services.tuner.trials import TrialRunner
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def follow(storage: str, prefix: str, output_dir: str, config: TunerConfig, poll
             time.sleep(1)
             study = optuna.load_study(study_name=name, storage=storage)
         settings = TuningSettings.from_dict(study.user_attrs["settings"])
-        if not finished(study, settings.trials_per_phase):
+        if not finished(counts(study), settings.trials_per_phase):
             ran += work(storage, name, output_dir, config)
         if phase == settings.phases[-1]:
             break

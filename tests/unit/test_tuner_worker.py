@@ -36,7 +36,7 @@ def test_the_loop_spends_the_budget_and_records_each_trial(phase):
     study, out = phase
     assert study.best_value == 0.9 and study.trials[0].user_attrs["baseline"] is True
     metrics = json.loads((out / "trials" / "scorer_IMPORTANT_1" / "metrics.json").read_text())  # tier 2 from trial 1
-    assert metrics["metrics"]["ndcg_at_8"] == 0.9 and finished(study, 3)
+    assert metrics["metrics"]["ndcg_at_8"] == 0.9 and finished(counts(study), 3)
 
 
 def test_errors_count_towards_the_budget_and_are_not_retried(phase):
@@ -77,7 +77,7 @@ def test_a_preempted_trial_is_re_enqueued_with_its_params_and_the_worker_stops(p
     assert RetryFailedTrialCallback.retried_trial_number(retry) == first.number
     assert retry.system_attrs["fixed_params"] == first.params
     c = counts(study)
-    assert (c["preempted"], c["stale"], c["error"], c["waiting"]) == (1, 0, 0, 1) and not finished(study, 3)
+    assert (c["preempted"], c["stale"], c["error"], c["waiting"]) == (1, 0, 0, 1) and not finished(c, 3)
     # the retry runs next, with its inherited "preempted" cleared
     outcomes = worker(phase, lambda p, config, seed: {"ndcg_at_8": 0.4}).run(max_trials=1)
     assert outcomes[0].number == retry.number and outcomes[0].state == "COMPLETE"
