@@ -21,6 +21,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import ClientConfig
+from services.common.metrics import GPU_PEAK_KEY
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,21 @@ class _BearerInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClien
         return continuation(self._details(details), request)
 
 
+class GpuPeak(grpc.UnaryUnaryClientInterceptor):
+    """The highest peak GPU memory (bytes) the service reported in its replies' trailing
+    metadata; None while it reported none (it runs on CPU)."""
+
+    def __init__(self):
+        self.bytes: int | None = None
+
+    def intercept_unary_unary(self, continuation, details, request):
+        outcome = continuation(details, request)
+        for key, value in outcome.trailing_metadata() or ():
+            if key == GPU_PEAK_KEY:
+                self.bytes = max(self.bytes or 0, int(value))
+        return outcome
+
+
 class _Details(
     collections.namedtuple("_Details", "method timeout metadata credentials wait_for_ready compression"),
     grpc.ClientCallDetails,
@@ -115,11 +131,12 @@ class _Details(
     pass
 
 
-def make_channel(config: ClientConfig) -> grpc.Channel:
-    """A channel with retries, message-size limits and optional TLS/token."""
+def make_channel(config: ClientConfig, gpu_peak: GpuPeak | None = None) -> grpc.Channel:
+    """A channel with retries, message-size limits and optional TLS/token; `gpu_peak` records
+    the GPU memory the service reports."""
     size = config.max_message_mb * 1024 * 1024
     options = [("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)]
-    interceptors = []
+    interceptors = [gpu_peak] if gpu_peak is not None else []
     if config.tls_ca:
 
         def read(path):
@@ -149,7 +166,8 @@ class BaseClient:
 
     def __init__(self, config: ClientConfig | str):
         self.config = ClientConfig(config) if isinstance(config, str) else config
-        self.channel = make_channel(self.config)
+        self.gpu_peak = GpuPeak()
+        self.channel = make_channel(self.config, self.gpu_peak)
         self.timeout = self.config.timeout_seconds
 
     def health(self, service: str = "", timeout: float = 5.0) -> str:

@@ -52,6 +52,17 @@ class GpuMemoryCollector:
 
 REGISTRY.register(GpuMemoryCollector())
 
+GPU_PEAK_KEY = "promptopt-gpu-peak-bytes"  # trailing metadata of every unary reply of a service on GPU
+
+
+def gpu_peak_bytes() -> int | None:
+    """This process's peak GPU memory (the torch allocator's high-water mark since start-up,
+    summed over devices); None while it holds no CUDA context (CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return sum(torch.cuda.max_memory_reserved(index) for index in range(torch.cuda.device_count()))
+
 
 def cap_gpu_memory(fraction: float) -> None:
     """Limit this process's torch allocator to `fraction` of each GPU (time-sliced GPUs); 0 = no cap."""

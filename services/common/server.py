@@ -27,7 +27,7 @@ from prometheus_client import start_http_server
 from services.common.cancellation import caller_scope
 from services.common.config import ServerConfig
 from services.common.errors import StoreError, message_for, status_for
-from services.common.metrics import RPC_LATENCY, RPC_REQUESTS, cap_gpu_memory
+from services.common.metrics import GPU_PEAK_KEY, RPC_LATENCY, RPC_REQUESTS, cap_gpu_memory, gpu_peak_bytes
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ OPEN_SERVICES = frozenset({health.SERVICE_NAME, reflection.SERVICE_NAME, "grpc.r
 
 
 class _Interceptor(grpc.ServerInterceptor):
-    """Counts and times RPCs, checks the bearer token and maps exceptions to status codes."""
+    """Counts and times RPCs, checks the bearer token, maps exceptions to status codes and, on GPU,
+    reports the process's peak GPU memory in each unary reply's trailing metadata."""
 
     def __init__(self, auth_token: str, ready: threading.Event):
         self._auth_token = auth_token
@@ -103,6 +104,9 @@ class _Interceptor(grpc.ServerInterceptor):
                 self._finish(context, service, method, start, _classify(exc))
                 raise
             self._finish(context, service, method, start, None)
+            peak = gpu_peak_bytes()
+            if peak is not None:  # callers add up the GPU memory behind their work
+                context.set_trailing_metadata(((GPU_PEAK_KEY, str(peak)),))
             return response
 
         return wrapped

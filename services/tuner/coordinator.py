@@ -22,7 +22,7 @@ from pathlib import Path
 
 import optuna
 import yaml
-from optuna.storages import fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.trial import TrialState
 from prometheus_client import Gauge
 
@@ -32,7 +32,7 @@ from services.tuner import metrics
 from services.tuner.config import TunerConfig
 from services.tuner.hyperspace import BASELINE, ORDER, PHASES
 from services.tuner.settings import TuningSettings
-from services.tuner.study import counts, finished, open_study, write_atomic
+from services.tuner.study import counts, finished, heartbeat_ages, open_study, storage_for, write_atomic
 from services.tuner.worker import spawned
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,11 @@ TRIALS = Gauge(
 )
 BEST = Gauge("promptopt_tuner_best_objective", "Best objective so far of each phase (maximised).", ["phase"])
 WORKERS = Gauge("promptopt_tuner_workers_alive", "Trial worker processes alive, by phase.", ["phase"])
+WORKER_HEARTBEAT_AGE = Gauge(
+    "promptopt_tuner_worker_heartbeat_age_seconds",
+    "Seconds since each worker running a trial last beat Optuna's heartbeat (any host; stale past grace_seconds).",
+    ["phase", "worker"],
+)
 HEARTBEAT = Gauge(
     "promptopt_tuner_heartbeat_timestamp_seconds",
     "When the coordinator last checked its workers (Unix time; 0: never).",
@@ -160,6 +165,7 @@ class Coordinator:
         n, gpus = worker_count(self.settings)
         context = multiprocessing.get_context("spawn")  # CUDA needs spawn, not fork
         workers: list = [None] * n
+        storage = storage_for(self.settings)  # its engine reads the workers' heartbeats
         starts, reported = 0, {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
         try:
             while True:
@@ -185,7 +191,7 @@ class Coordinator:
                     workers[i] = context.Process(target=spawned, args=args, name=f"tuner-worker-{i}")
                     workers[i].start()
                 reported = self._report_new(study, phase, reported)
-                publish(study, phase, workers, c)
+                publish(storage, study, phase, workers, c)
                 self._heartbeat(phase, workers, c)
                 time.sleep(POLL_SECONDS)
         finally:
@@ -198,6 +204,7 @@ class Coordinator:
                     if process.is_alive():
                         process.kill()
             WORKERS.labels(phase).set(0)
+            WORKER_HEARTBEAT_AGE.clear()
         self._report_new(study, phase, reported)
         self._heartbeat(phase, workers, counts(study), force=True)
 
@@ -245,7 +252,7 @@ class Coordinator:
             "gate": PHASES[phase].gate.describe(),
             "gate_passed": not failures,
             "gate_failures": failures,
-            "metrics": [m for m in metrics.assess(values) if m["value"] is not None],
+            "metrics": [m for m in metrics.assess(values) if m["name"] in values],  # None: not measurable here
             "trials": counts(study),
             "objective_by_trial": [[t.number, t.value] for t in sorted(complete, key=lambda t: t.number)],
         }
@@ -271,13 +278,16 @@ class Coordinator:
         self.save(state)
 
 
-def publish(study: optuna.Study, phase: str, workers: list, trial_counts: dict) -> None:
+def publish(storage: RDBStorage, study: optuna.Study, phase: str, workers: list, trial_counts: dict) -> None:
     """The phase's trials, best objective and live workers as Prometheus gauges."""
     for state, count in trial_counts.items():
         TRIALS.labels(phase, state).set(count)
     if trial_counts["complete"]:
         BEST.labels(phase).set(study.best_value)
     WORKERS.labels(phase).set(sum(1 for p in workers if p is not None and p.is_alive()))
+    WORKER_HEARTBEAT_AGE.clear()  # only the workers running a trial now
+    for worker, age in heartbeat_ages(storage, study).items():
+        WORKER_HEARTBEAT_AGE.labels(phase, worker).set(age)
     HEARTBEAT.set(time.time())
 
 
@@ -313,7 +323,7 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
     ]
     for r in state["phase_results"].values():
         for m in r["metrics"]:
-            value = m["value"] if isinstance(m["value"], str) else f"{m['value']:.4g}"
+            value = "not measured" if m["value"] is None else f"{m['value']:.4g}"
             passed = {True: "yes", False: "no", None: "-"}[m["passed"]]
             lines.append(f"| {m['name']} | {m['group']} | {value} | {m['target']} | {passed} |")
     lines += [

@@ -17,6 +17,7 @@ import zlib
 from pathlib import Path
 
 import optuna
+import sqlalchemy as sa
 import yaml
 from optuna.samplers import PartialFixedSampler, TPESampler
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
@@ -109,6 +110,34 @@ def counts(study: optuna.Study) -> dict[str, int]:
     out["stale"] = len(failed) - out["error"] - out["preempted"]
     out["retried"] = sum(RetryFailedTrialCallback.retried_trial_number(t) is not None for t in trials)
     return out
+
+
+HEARTBEATS = sa.table("trial_heartbeats", sa.column("trial_id"), sa.column("heartbeat", sa.DateTime))
+TRIALS = sa.table("trials", sa.column("trial_id"), sa.column("number"), sa.column("study_id"), sa.column("state"))
+STUDIES = sa.table("studies", sa.column("study_id"), sa.column("study_name"))
+
+
+def heartbeat_ages(storage: RDBStorage, study: optuna.Study) -> dict[str, float]:
+    """Seconds since each running trial's worker last beat, by worker id (Optuna's heartbeat
+    table, read on the database's clock as Optuna's stale check does); workers of every host."""
+    running = {t.number: t.user_attrs.get("worker", "?") for t in study.get_trials(False, (TrialState.RUNNING,))}
+    if not running:
+        return {}
+    query = (
+        sa.select(TRIALS.c.number, HEARTBEATS.c.heartbeat)
+        .join(HEARTBEATS, HEARTBEATS.c.trial_id == TRIALS.c.trial_id)
+        .join(STUDIES, STUDIES.c.study_id == TRIALS.c.study_id)
+        .where(STUDIES.c.study_name == study.study_name, TRIALS.c.state == "RUNNING")
+    )
+    with storage.engine.connect() as connection:
+        clock = connection.execute(sa.select(sa.func.now())).scalar().replace(tzinfo=None)
+        beats = connection.execute(query).all()
+    ages: dict[str, float] = {}
+    for number, beat in beats:
+        if number in running:
+            worker = running[number]
+            ages[worker] = min(ages.get(worker, math.inf), (clock - beat.replace(tzinfo=None)).total_seconds())
+    return ages
 
 
 def finished(trial_counts: dict[str, int], budget: int) -> bool:

@@ -266,6 +266,7 @@ def inference_metrics(events, run) -> dict:
     ]
     full = [1.0 - e.candidate.score for e in events if e.WhichOneof("event") == "candidate" and e.candidate.comparable]
     asked = run.usage.llm_calls + run.usage.cache_hits
+    peak = report.get("gpu_memory_peak_bytes")  # summed over the services behind the run
     final = result.best_score  # the winner's full-fidelity validation accuracy: what the tuning selects on
     return {
         "system_gap": float(np.mean([e["latent_gap"] for e in evaluated])) if evaluated else None,
@@ -276,7 +277,7 @@ def inference_metrics(events, run) -> dict:
         "convergence_speed": metrics.convergence_speed(full) if full else None,
         "final_accuracy": final,
         "sample_efficiency": final / asked if asked else None,
-        "gpu_memory_peak": None,  # the models run in the services; the trial holds no GPU memory
+        "gpu_memory_peak": None if peak is None else peak / 2**30,  # GiB; None: no service ran on GPU
         "llm_calls": run.usage.llm_calls,
         "cache_hits": run.usage.cache_hits,
         "lipo_e_run": run.run_id,

@@ -22,6 +22,7 @@ import time
 import uuid
 
 import optuna
+import sqlalchemy
 
 from services.common.config import from_env
 from services.encoder.client import EncoderClient
@@ -79,7 +80,11 @@ def follow(storage: str, prefix: str, output_dir: str, config: TunerConfig, poll
     for index, phase in enumerate(ORDER):
         name = f"{prefix}-{phase}"
         while True:
-            names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+            try:
+                names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+            except sqlalchemy.exc.DBAPIError as exc:  # the database is starting, or its tables are being made
+                log.warning("storage not ready (%s); retrying in %.0f s", type(exc).__name__, poll)
+                names = set()
             if name in names or any(f"{prefix}-{later}" in names for later in ORDER[index + 1 :]):
                 break
             time.sleep(poll)

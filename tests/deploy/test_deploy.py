@@ -15,7 +15,11 @@ import pytest
 import yaml
 
 from services.common import compose
+from services.common.config import datasets_dir
+from services.tuner.settings import TuningSettings
 from tests.deploy import validate
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +121,18 @@ def test_dockerfile_targets():
         assert "cu128" not in text and "vllm" not in text  # CPU images never install CUDA wheels
     for service in ("optimizer", "tuner"):
         assert "torch" not in " ".join(line for stage in chain(service) for line in stages[stage])
+    # the tuner's default grid and instruction pool ship in the tuner, worker and optimizer image
+    lean = " ".join(stages["lean-runtime"])
+    home = re.search(r"PROMPTOPT_DATASETS_DIR=(\S+)", lean).group(1)
+    copied = dict(re.findall(r"COPY (datasets/\S+) (\S+)", lean))
+    settings = TuningSettings.from_json("{}", "k8s", state_dir=Path("/var/lib/promptopt"))
+    for path in (settings.grid_dir, settings.corpus_path):
+        relative = Path(path).relative_to(datasets_dir())
+        source = f"datasets/{relative.parts[0]}"
+        assert (
+            copied[source] == f"{home}/{relative.parts[0]}"
+            and (REPOSITORY / source / Path(*relative.parts[1:])).exists()
+        )
     assert "cu128" in " ".join(stages["cuda-build"])
     for build in ("lean-build", "cpu-build", "cuda-build", "vllm-build"):  # code changes keep the deps layer
         lines = stages[build]

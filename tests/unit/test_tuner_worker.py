@@ -3,6 +3,7 @@ errors, out-of-memory retries with backoff, preemption re-enqueued through Optun
 callback, and a result for a trial already failed as stale."""
 
 import json
+import time
 
 import optuna
 import pytest
@@ -94,3 +95,18 @@ def test_a_result_for_a_trial_already_failed_as_stale_does_not_crash_the_worker(
 
     outcomes = worker(phase, outlived).run(max_trials=2)
     assert len(outcomes) == 2 and all(o.state == "FAIL" for o in outcomes)
+
+
+def test_heartbeat_ages_are_per_worker_running_a_trial_on_the_databases_clock(phase):
+    study, _ = phase
+    beating = [study.ask(), study.ask()]
+    for trial, worker_id in zip(beating, ("host-a:1", "host-b:2"), strict=True):
+        trial.set_user_attr("worker", worker_id)
+        study._storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.2)  # SQLite's clock counts whole seconds
+    study._storage.record_heartbeat(beating[1]._trial_id)
+    study.tell(study.ask(), 0.5)  # a finished trial has no live worker
+    storage = study_module.storage_for(TuningSettings.from_dict(study.user_attrs["settings"]))
+    ages = study_module.heartbeat_ages(storage, study)
+    assert set(ages) == {"host-a:1", "host-b:2"}
+    assert 1.0 <= ages["host-a:1"] <= 4.0 and 0.0 <= ages["host-b:2"] < ages["host-a:1"]

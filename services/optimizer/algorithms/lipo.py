@@ -486,4 +486,5 @@ class LipoOptimizer(SurrogateBackedOptimizer):
             "hyperband": hyperband,
             "inference": inference,
             "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
+            "gpu_memory_peak_bytes": self.gpu_memory_peak(),
         }

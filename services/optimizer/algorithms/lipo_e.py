@@ -862,4 +862,5 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
                 "split": None if self.config.mode == "grid" else self.config.pool_split(),
             },
             "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
+            "gpu_memory_peak_bytes": self.gpu_memory_peak(),
         }

@@ -56,6 +56,13 @@ class SurrogateBackedOptimizer(Optimizer):
                 self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
         return self._nvalid
 
+    def gpu_memory_peak(self) -> int | None:
+        """GPU memory (bytes) behind the run: the peaks the model services and llm_eval reported,
+        summed (each owns its GPU slice); None when none runs on GPU."""
+        services = (*(vars(self.models).values() if self.models else ()), getattr(self.llm, "service", None))
+        peaks = [s.gpu_peak.bytes for s in services if getattr(s, "gpu_peak", None) and s.gpu_peak.bytes is not None]
+        return sum(peaks) if peaks else None
+
     def _progress(self, message: str) -> None:
         self.emit("progress", {"message": message})
 
