@@ -41,15 +41,19 @@ class ExemplarScorer(nn.Module):
     def forward(self, instructions: torch.Tensor) -> torch.Tensor:
         query = self.instruction(F.normalize(instructions.float(), dim=-1))  # [B, h]
         items = self.item(self.pool).unsqueeze(0) + query.unsqueeze(1)  # [B, P, h]
-        padding = torch.zeros(items.shape[:2], dtype=torch.bool)
+        padding = torch.zeros(items.shape[:2], dtype=torch.bool, device=items.device)
         h = self.context(items, padding)
         both = torch.cat([h, query.unsqueeze(1).expand_as(h)], dim=-1)
         return self.head(both).squeeze(-1)
 
 
-def list_mle(scores: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of -log P(relevance's order | scores) (Plackett-Luce); ties keep index order;
-    items with NaN relevance (never evaluated) take no part."""
+def list_mle(scores: torch.Tensor, relevance: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mean over rows of -log P(relevance's order | scores) (Plackett-Luce); items with NaN
+    relevance (never evaluated) take no part. Ties come in a random order drawn from `generator`
+    (each a valid order of the relevance), else in index order."""
+    if generator is not None:
+        shuffle = torch.argsort(torch.rand(relevance.shape, generator=generator), dim=-1)
+        scores, relevance = torch.gather(scores, -1, shuffle), torch.gather(relevance, -1, shuffle)
     known = ~torch.isnan(relevance)
     order = torch.argsort(torch.where(known, relevance, -torch.inf), dim=-1, descending=True, stable=True)
     ranked = torch.gather(torch.where(known, scores, -torch.inf), -1, order)
@@ -103,6 +107,7 @@ def train_scorer(
     if tuple(relevance_t.shape) != (instructions_t.shape[0], pool_t.shape[0]):
         raise ValueError(f"relevance must have shape [{instructions_t.shape[0]}, {pool_t.shape[0]}]")
     torch.manual_seed(config.seed)
+    ties = torch.Generator().manual_seed(config.seed)  # a fresh order of tied exemplars each epoch
     model = ExemplarScorer(pool_t, config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
     first = final = float("nan")
@@ -110,7 +115,7 @@ def train_scorer(
     for epoch in range(config.epochs):
         check_caller()
         scores = model(instructions_t)
-        loss = list_mle(scores, relevance_t)
+        loss = list_mle(scores, relevance_t, ties)
         optimizer.zero_grad()
         (pointwise(scores, relevance_t) + config.selection_weight * loss).backward()
         optimizer.step()

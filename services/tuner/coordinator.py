@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import io
 import json
 import logging
 import multiprocessing
@@ -30,7 +31,7 @@ from services.common.errors import FailedPreconditionError
 from services.common.operations import Cancelled
 from services.tuner import metrics
 from services.tuner.config import TunerConfig
-from services.tuner.hyperspace import BASELINE, ORDER, PHASES
+from services.tuner.hyperspace import BASELINE, PHASES
 from services.tuner.settings import TuningSettings
 from services.tuner.study import counts, finished, heartbeat_ages, open_study, storage_for, write_atomic
 from services.tuner.worker import spawned
@@ -39,26 +40,21 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 TRIALS = Gauge(
     "promptopt_tuner_trials",
-    "Trials of the phase studies this tuner drives, by phase and state (complete, running, waiting, "
-    "fail; failures split into error, stale and preempted; retried counts re-enqueued trials).",
-    ["phase", "state"],
+    "Trials of a tuning's phase studies, by run, phase and state (complete, running, waiting, fail; "
+    "failures split into error, stale and preempted; retried counts re-enqueued trials).",
+    ["run", "phase", "state"],
 )
-BEST = Gauge("promptopt_tuner_best_objective", "Best objective so far of each phase (maximised).", ["phase"])
-WORKERS = Gauge("promptopt_tuner_workers_alive", "Trial worker processes alive, by phase.", ["phase"])
+BEST = Gauge("promptopt_tuner_best_objective", "Best objective so far of each phase (maximised).", ["run", "phase"])
+WORKERS = Gauge("promptopt_tuner_workers_alive", "Trial worker processes this tuner runs, by phase.", ["run", "phase"])
 WORKER_HEARTBEAT_AGE = Gauge(
     "promptopt_tuner_worker_heartbeat_age_seconds",
     "Seconds since each worker running a trial last beat Optuna's heartbeat (any host; stale past grace_seconds).",
-    ["phase", "worker"],
+    ["run", "phase", "worker"],
 )
 HEARTBEAT = Gauge(
     "promptopt_tuner_heartbeat_timestamp_seconds",
     "When the coordinator last checked its workers (Unix time; 0: never).",
 )
-for _phase in ORDER:  # every series exists from start-up: no trials, no workers, no best yet (NaN)
-    WORKERS.labels(_phase).set(0)
-    BEST.labels(_phase).set(float("nan"))
-    for _state in ("complete", "running", "waiting", "fail", "error", "stale", "preempted", "retried"):
-        TRIALS.labels(_phase, _state).set(0)
 MAX_RESPAWNS = 20  # per phase: workers that exited before the phase ended are restarted this often
 
 
@@ -89,6 +85,7 @@ class Coordinator:
         self.root = Path(settings.output_dir)
         self.heartbeat_path = self.root / "trials" / "heartbeat.json"
         self._last_heartbeat = 0.0
+        self._beating: set[str] = set()  # workers with a heartbeat series now
         self._lock = None
 
     # -- state -----------------------------------------------------------------------------------
@@ -175,6 +172,7 @@ class Coordinator:
                 c = counts(study)
                 work_left = not finished(c, self.settings.trials_per_phase)  # the workers' own rule
                 if not work_left and not c["running"]:
+                    self.publish(storage, study, phase, workers, c)  # the phase's final counts
                     break
                 for i, process in enumerate(workers):
                     if process is not None and process.is_alive():
@@ -191,7 +189,7 @@ class Coordinator:
                     workers[i] = context.Process(target=spawned, args=args, name=f"tuner-worker-{i}")
                     workers[i].start()
                 reported = self._report_new(study, phase, reported)
-                publish(storage, study, phase, workers, c)
+                self.publish(storage, study, phase, workers, c)
                 self._heartbeat(phase, workers, c)
                 time.sleep(POLL_SECONDS)
         finally:
@@ -203,10 +201,33 @@ class Coordinator:
                     process.join(30)
                     if process.is_alive():
                         process.kill()
-            WORKERS.labels(phase).set(0)
-            WORKER_HEARTBEAT_AGE.clear()
+            WORKERS.labels(self.settings.study_prefix, phase).set(0)
+            self._clear_beats(phase)
+            storage.remove_session()
+            storage.engine.dispose()
         self._report_new(study, phase, reported)
         self._heartbeat(phase, workers, counts(study), force=True)
+
+    def publish(self, storage: RDBStorage, study: optuna.Study, phase: str, workers: list, trial_counts: dict) -> None:
+        """The phase's trials, best objective, live workers and trial heartbeats as Prometheus gauges."""
+        run = self.settings.study_prefix
+        for state, count in trial_counts.items():
+            TRIALS.labels(run, phase, state).set(count)
+        if trial_counts["complete"]:
+            BEST.labels(run, phase).set(study.best_value)
+        WORKERS.labels(run, phase).set(sum(1 for p in workers if p is not None and p.is_alive()))
+        ages = heartbeat_ages(storage, study)
+        self._clear_beats(phase, keep=set(ages))
+        for worker, age in ages.items():
+            WORKER_HEARTBEAT_AGE.labels(run, phase, worker).set(age)
+        self._beating = set(ages)
+        HEARTBEAT.set(time.time())
+
+    def _clear_beats(self, phase: str, keep: frozenset | set = frozenset()) -> None:
+        """Drop the heartbeat series of workers no longer running a trial of this phase."""
+        for worker in self._beating - keep:
+            WORKER_HEARTBEAT_AGE.remove(self.settings.study_prefix, phase, worker)
+        self._beating &= set(keep)
 
     def _report_new(self, study: optuna.Study, phase: str, reported: set[int]) -> set[int]:
         for trial in study.get_trials(deepcopy=False):
@@ -253,6 +274,7 @@ class Coordinator:
             "gate_passed": not failures,
             "gate_failures": failures,
             "metrics": [m for m in metrics.assess(values) if m["name"] in values],  # None: not measurable here
+            "reported": {k: v for k, v in values.items() if k not in metrics.BY_NAME},  # e.g. heldout_accuracy
             "trials": counts(study),
             "objective_by_trial": [[t.number, t.value] for t in sorted(complete, key=lambda t: t.number)],
         }
@@ -278,19 +300,6 @@ class Coordinator:
         self.save(state)
 
 
-def publish(storage: RDBStorage, study: optuna.Study, phase: str, workers: list, trial_counts: dict) -> None:
-    """The phase's trials, best objective and live workers as Prometheus gauges."""
-    for state, count in trial_counts.items():
-        TRIALS.labels(phase, state).set(count)
-    if trial_counts["complete"]:
-        BEST.labels(phase).set(study.best_value)
-    WORKERS.labels(phase).set(sum(1 for p in workers if p is not None and p.is_alive()))
-    WORKER_HEARTBEAT_AGE.clear()  # only the workers running a trial now
-    for worker, age in heartbeat_ages(storage, study).items():
-        WORKER_HEARTBEAT_AGE.labels(phase, worker).set(age)
-    HEARTBEAT.set(time.time())
-
-
 def lipo_e_config(best: dict) -> dict:
     """The best pipeline as `promptopt run lipo-e --config` reads it: {algorithm fields}."""
     return {"lipo_e": dict(best)}
@@ -303,6 +312,9 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
         f"Study prefix `{settings.study_prefix}`, storage `{settings.storage.split('@')[-1]}`, "
         f"{settings.trials_per_phase} trials per phase{' (quick)' if settings.quick else ''}, "
         f"started {state['started']}, updated {state.get('updated', '')}.",
+        "",
+        "Inference trials run LIPO-E in grid mode on the recorded grid, where the exemplar scorer has "
+        "no pool to score: `use_scorer` and the scorer's settings come from the scorer phase alone.",
         "",
         f"![objective per phase]({plot_name})",
         "",
@@ -326,6 +338,9 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
             value = "not measured" if m["value"] is None else f"{m['value']:.4g}"
             passed = {True: "yes", False: "no", None: "-"}[m["passed"]]
             lines.append(f"| {m['name']} | {m['group']} | {value} | {m['target']} | {passed} |")
+    for phase, r in state["phase_results"].items():
+        for name, value in r.get("reported", {}).items():  # beside the metrics, never tuned on
+            lines.append(f"| {name} | {phase} (reported) | {value} | - | - |")
     lines += [
         "",
         "## Best configuration",
@@ -363,5 +378,7 @@ def plot_phases(results: dict, path: Path) -> None:
         ax.set_xlabel("trial")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=100)
+    write_atomic(path, image.getvalue())
     plt.close(fig)

@@ -22,11 +22,6 @@ class Param:
     choices: tuple = ()
     log: bool = False
 
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        if self.choices:
-            return optuna.distributions.CategoricalDistribution(self.choices)
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
-
     def suggest(self, trial: optuna.Trial):
         if self.choices:
             return trial.suggest_categorical(self.name, self.choices)
@@ -50,7 +45,8 @@ class Param:
                     f"{where} must be a non-empty subset of the seed's choices {list(self.choices)}, got {spec!r}"
                 )
             return dataclasses.replace(self, choices=picked)
-        if not (isinstance(spec, list | tuple) and len(spec) == 2 and all(isinstance(v, int | float) for v in spec)):
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in spec) if spec else False
+        if not (isinstance(spec, list | tuple) and len(spec) == 2 and numbers):
             raise ValueError(f"{where} must be [low, high] within the seed's [{self.low}, {self.high}], got {spec!r}")
         low, high = float(spec[0]), float(spec[1])
         if not self.low <= low < high <= self.high:
@@ -198,6 +194,8 @@ def parse_phases(names: Sequence[str]) -> tuple[str, ...]:
 
 def narrowed_space(overrides: dict) -> dict[str, Param]:
     """The seed's space with a user's narrowing (`{"vae_beta": [0.01, 0.05], "vae_epochs": [20000]}`)."""
+    if not isinstance(overrides, dict):
+        raise ValueError(f"space must be an object {{parameter: [low, high] or [choices]}}, got {overrides!r}")
     unknown = sorted(set(overrides) - set(BY_NAME))
     if unknown:
         raise ValueError(f"space: unknown parameters {unknown}; the seed's are {sorted(BY_NAME)}")

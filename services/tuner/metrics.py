@@ -26,6 +26,8 @@ class Metric:
     def passed(self, value) -> bool | None:
         if value is None or (self.low is None and self.high is None):
             return None
+        if not math.isfinite(value):
+            return False
         if self.low is not None and (value <= self.low if self.strict else value < self.low):
             return False
         return not (self.high is not None and (value >= self.high if self.strict else value > self.high))
@@ -62,11 +64,10 @@ METRICS: tuple[Metric, ...] = (
         "<20GB",
         high=20.0,
         strict=True,
-        description="Maximum VRAM usage (GiB): the peaks the services behind the inference run reported, summed",
+        description="Maximum VRAM usage (GiB): the model services' high-water marks at the end of the run, summed",
     ),
 )
 BY_NAME = {m.name: m for m in METRICS}
-GROUPS = {"vae": ("vae",), "scorer": ("scorer",), "gp": ("gp",), "inference": ("optimization", "end_to_end")}
 
 
 def assess(values: dict) -> list[dict]:
@@ -83,10 +84,6 @@ def assess(values: dict) -> list[dict]:
     ]
 
 
-def phase_metrics(phase: str) -> list[str]:
-    return [m.name for m in METRICS if m.group in GROUPS[phase]]
-
-
 # ---------------------------------------------------------------- VAE quality
 
 
@@ -96,13 +93,15 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1)
 
 
-def retrieval_at_k(decoded: np.ndarray, originals: np.ndarray, k: int = 8) -> float:
-    """Share of rows whose original is among the k originals nearest (cosine) to its decoding."""
+def retrieval_at_k(decoded: np.ndarray, originals: np.ndarray, k: int = 8, own=None) -> float:
+    """Share of decodings whose original (row `own[i]` of `originals`; default row i) is among the
+    k originals nearest (cosine) to it."""
+    own = np.arange(len(decoded)) if own is None else np.asarray(own)
     unit_d = decoded / np.maximum(np.linalg.norm(decoded, axis=1, keepdims=True), 1e-12)
     unit_o = originals / np.maximum(np.linalg.norm(originals, axis=1, keepdims=True), 1e-12)
     similarity = unit_d @ unit_o.T
-    own = similarity[np.arange(len(decoded)), np.arange(len(decoded))]
-    rank = (similarity > own[:, None]).sum(axis=1)  # originals strictly nearer than its own
+    mine = similarity[np.arange(len(decoded)), own]
+    rank = (similarity > mine[:, None]).sum(axis=1)  # originals strictly nearer than its own
     return float(np.mean(rank < k))
 
 
@@ -138,21 +137,31 @@ def ndcg_of_order(orders: list[list[int]], relevance: np.ndarray, k: int = 8) ->
 
 
 def mean_reciprocal_rank(scores: np.ndarray, relevance: np.ndarray) -> float:
-    """Mean over rows of 1 / (the rank, by `scores`, of the most relevant item)."""
+    """Mean over rows of 1 / (the rank, by `scores`, of the first most relevant item: with ties
+    at the top, the best-ranked of them)."""
     scores, relevance = np.atleast_2d(scores), np.atleast_2d(relevance)
-    ranks = [1 + int(np.sum(s > s[np.argmax(r)])) for s, r in zip(scores, relevance, strict=True)]
+    ranks = [
+        1 + min(int(np.sum(s > s[j])) for j in np.flatnonzero(r == r.max()))
+        for s, r in zip(scores, relevance, strict=True)
+    ]
     return float(np.mean([1.0 / r for r in ranks]))
 
 
-def list_mle(scores: np.ndarray, relevance: np.ndarray, k: int | None = None) -> float:
-    """Mean over rows of -log P(relevance's order | scores) under Plackett-Luce (ties in index
-    order); with `k`, of its first k positions only, per position (the selection loss: random
-    scores give about log(P), a perfect order near 0)."""
+def list_mle(scores: np.ndarray, relevance: np.ndarray, k: int | None = None, tie_orders: int = 16) -> float:
+    """Mean over rows of -log P(relevance's order | scores) under Plackett-Luce; with `k`, of its
+    first k positions only, per position (the selection loss). Tied items may come in any order:
+    the loss is averaged over `tie_orders` random orders of the ties (fixed seed). Random scores
+    give about log(P) per position; scores that separate the relevance levels by wide margins
+    approach the ties' own floor (log of the tie group's size per position)."""
+    rng = np.random.default_rng(0)
     total = 0.0
     for s, r in zip(np.atleast_2d(scores), np.atleast_2d(relevance), strict=True):
-        ranked = s[np.argsort(-r, kind="stable")]
-        terms = np.logaddexp.accumulate(ranked[::-1])[::-1] - ranked
-        total += float(np.sum(terms)) if k is None else float(np.mean(terms[:k]))
+        orders = 1 if len(np.unique(r)) == len(r) else tie_orders
+        for _ in range(orders):
+            shuffle = rng.permutation(len(r)) if orders > 1 else np.arange(len(r))
+            ranked = s[shuffle][np.argsort(-r[shuffle], kind="stable")]
+            terms = np.logaddexp.accumulate(ranked[::-1])[::-1] - ranked
+            total += (float(np.sum(terms)) if k is None else float(np.mean(terms[:k]))) / orders
     return total / len(np.atleast_2d(scores))
 
 

@@ -8,6 +8,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import sqlalchemy
+
 from services.common.config import datasets_dir
 from services.tuner.hyperspace import ORDER, narrowed_space, parse_phases
 
@@ -84,7 +86,10 @@ class TuningSettings:
         unknown = sorted(set(fields) - known)
         if unknown:
             raise ValueError(f"config_json: unknown fields {unknown}; known: {sorted(known)}")
-        quick = bool(fields.get("quick", False))
+        for name in ("quick", "resume"):
+            if not isinstance(fields.get(name, False), bool):
+                raise ValueError(f"{name} must be true or false, got {fields[name]!r}")
+        quick = fields.get("quick", False)
         budget = Budget.quick() if quick else Budget()
         if "budget" in fields:
             extra = fields["budget"]
@@ -96,6 +101,8 @@ class TuningSettings:
         if "phases" in fields:
             if isinstance(fields["phases"], str):
                 fields["phases"] = [p.strip() for p in fields["phases"].split(",") if p.strip()]
+            if not isinstance(fields["phases"], list | tuple):
+                raise ValueError(f"phases must be a list of phases from {list(ORDER)}, got {fields['phases']!r}")
             fields["phases"] = tuple(fields["phases"])
         datasets = datasets_dir()
         defaults = {
@@ -120,16 +127,29 @@ class TuningSettings:
         if list(self.phases) != list(parse_phases(list(self.phases))):
             raise ValueError(f"phases must be in coordinate-descent order {list(ORDER)}, got {list(self.phases)}")
         narrowed_space(self.space)
-        for name in ("trials_per_phase", "heartbeat_seconds", "grace_seconds"):
+        for name in ("output_dir", "study_prefix", "storage", "grid_dir", "corpus_path", "split", "test_split"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        for name in ("quick", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name, low, high in (
+            ("trials_per_phase", 1, None),
+            ("heartbeat_seconds", 1, None),
+            ("grace_seconds", 1, None),
+            ("workers", 0, 64),
+            ("max_retry", 0, 10),
+        ):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.workers, int) or not 0 <= self.workers <= 64:
-            raise ValueError(f"workers must be in [0, 64], got {self.workers!r}")
+            if not is_int(value) or value < low or (high is not None and value > high):
+                bounds = f"in [{low}, {high}]" if high is not None else f">= {low}"
+                raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
         if self.grace_seconds <= self.heartbeat_seconds:
             raise ValueError("grace_seconds must exceed heartbeat_seconds (a live trial beats within the grace)")
-        if not 0 <= self.max_retry <= 10:
-            raise ValueError(f"max_retry must be in [0, 10], got {self.max_retry}")
+        try:
+            sqlalchemy.engine.make_url(self.storage)
+        except sqlalchemy.exc.ArgumentError as exc:
+            raise ValueError(f"storage {redact(self.storage)!r} is not a SQLAlchemy URL: {exc}") from exc
         for part in ("instructions.json", "exemplar_sets.json", "grid.jsonl"):
             if not (Path(self.grid_dir) / part).is_file():
                 raise ValueError(f"grid_dir {self.grid_dir!r} has no {part} (a recorded grid like hbbops_dev)")
@@ -137,9 +157,9 @@ class TuningSettings:
             raise ValueError(f"corpus_path {self.corpus_path!r} is not a file (a JSON list of instructions)")
         for f in dataclasses.fields(Budget):
             value, may_be_zero = getattr(self.budget, f.name), f.name in ZERO_MEANS_DEFAULT
-            if not isinstance(value, int) or value < 0 or (value == 0 and not may_be_zero):
+            if not is_int(value) or value < 0 or (value == 0 and not may_be_zero):
                 raise ValueError(f"budget.{f.name} must be a {'non-negative' if may_be_zero else 'positive'} integer")
-        if not isinstance(self.seed, int):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
     def to_json(self, redacted: bool = False) -> str:
@@ -153,6 +173,10 @@ class TuningSettings:
     def from_dict(cls, fields: dict) -> TuningSettings:
         """Settings as `to_json` wrote them (a study's user attribute)."""
         return cls(**{**fields, "phases": tuple(fields["phases"]), "budget": Budget(**fields["budget"])})
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def redact(url: str) -> str:

@@ -89,12 +89,13 @@ def open_study(settings: TuningSettings, phase: str, fixed: dict | None = None) 
             f"study {study.study_name!r} belongs to the tuning in {owner!r}: choose another study_prefix"
         )
     if fixed is not None and owner is None:
-        if "fixed" not in study.user_attrs:
+        if "fixed" not in study.user_attrs:  # a start that died part-way repeats only what is missing
+            if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+                space = narrowed_space(settings.space)
+                start = {p: fixed[p] for p in PHASES[phase].params if space[p].contains(fixed[p])}
+                study.enqueue_trial(start, user_attrs={"baseline": True})
             study.set_user_attr("phase", phase)
             study.set_user_attr("fixed", fixed)
-            space = narrowed_space(settings.space)
-            start = {p: fixed[p] for p in PHASES[phase].params if space[p].contains(fixed[p])}
-            study.enqueue_trial(start, user_attrs={"baseline": True})
         study.set_user_attr("settings", json.loads(settings.to_json(redacted=True)))
     return study
 
@@ -105,7 +106,7 @@ def counts(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     out = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    out["error"] = sum("error" in t.user_attrs for t in failed)
+    out["error"] = sum(bool(t.user_attrs.get("error")) for t in failed)
     out["preempted"] = sum(bool(t.user_attrs.get("preempted")) for t in failed)
     out["stale"] = len(failed) - out["error"] - out["preempted"]
     out["retried"] = sum(RetryFailedTrialCallback.retried_trial_number(t) is not None for t in trials)
@@ -197,7 +198,7 @@ class Worker:
     def objective(self, trial: optuna.Trial) -> float:
         """Run the trial; any failure is recorded on it as `error` (not retried) or `preempted`."""
         self._ran.append(trial.number)
-        for name, value in (("worker", self.worker_id), ("tier", self.tier), ("preempted", False)):
+        for name, value in (("worker", self.worker_id), ("tier", self.tier), ("preempted", False), ("error", None)):
             trial.set_user_attr(name, value)  # a retry inherits its parent's attributes: reset them
         try:
             return self._objective(trial)
@@ -236,7 +237,7 @@ class Worker:
                 if self.stopping:
                     raise Preempted("stop requested")
                 try:
-                    return self.run_trial(self.phase, config, self.settings.seed * 100_003 + trial.number)
+                    return self.run_trial(self.phase, config, self.settings.seed * 100_003 + self._original(trial))
                 except Preempted:
                     raise
                 except Exception as exc:  # out of memory in a service or here: back off, then retry
@@ -248,6 +249,13 @@ class Worker:
             raise AssertionError("unreachable")
         finally:
             self._in_trial = False
+
+    def _original(self, trial: optuna.Trial) -> int:
+        """The number of the trial a retry repeats (its own if it is none): a retry reruns its
+        trial's seed."""
+        frozen = self.study.get_trials(deepcopy=False)[trial.number]
+        number = RetryFailedTrialCallback.retried_trial_number(frozen)
+        return trial.number if number is None else number
 
     def run(self, max_trials: int | None = None) -> list[TrialOutcome]:
         """Trials until the phase's budget is spent, `max_trials` ran, or a stop was asked; the
@@ -296,9 +304,13 @@ def is_oom(exc: BaseException) -> bool:
     )
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename (readers never see half)."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Write `text` to `path` through a synced temporary file and a rename (readers never see
+    half, and a crash leaves the old file or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    with open(tmp, "wb") as out:
+        out.write(text.encode() if isinstance(text, str) else text)
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, path)

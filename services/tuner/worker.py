@@ -1,5 +1,5 @@
 """A trial worker: `python -m services.tuner.worker --storage URL (--study NAME | --follow PREFIX)
---output-dir DIR`.
+[--output-dir DIR]`.
 
 It runs a phase study's trials until the phase's budget is spent, calling the model services
 named by its `PROMPTOPT_TUNER_*` environment; `--follow PREFIX` works each phase study of the
@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 PR_SET_PDEATHSIG = 1
 
 
-def work(storage: str, study: str, output_dir: str, config: TunerConfig, gpu: int | None = None) -> int:
-    """Run the study's trials in this process; the number of trials it ran."""
+def work(storage: str, study: str, output_dir: str | None, config: TunerConfig, gpu: int | None = None) -> int:
+    """Run the study's trials in this process, writing trials/ under `output_dir` (default: the
+    tuning's own output directory, for a worker that shares the tuner's volume); the number run."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # each worker sees its one GPU as device 0
     loaded = optuna.load_study(study_name=study, storage=storage)
@@ -53,7 +54,7 @@ def work(storage: str, study: str, output_dir: str, config: TunerConfig, gpu: in
         OptimizerClient(config.client(config.optimizer_address)) as optimizer,
     ):
         runner = TrialRunner(settings, encoder, surrogate, optimizer, owner)
-        worker = Worker(loaded, runner.run, output_dir)
+        worker = Worker(loaded, runner.run, output_dir or settings.output_dir)
         worker.stop_on_signals()
         outcomes = worker.run()
     for outcome in outcomes:
@@ -73,15 +74,16 @@ def spawned(storage: str, study: str, output_dir: str, config: TunerConfig, gpu:
     work(storage, study, output_dir, config, gpu)
 
 
-def follow(storage: str, prefix: str, output_dir: str, config: TunerConfig, poll: float = 10.0) -> int:
+def follow(storage: str, prefix: str, output_dir: str | None, config: TunerConfig, poll: float = 10.0) -> int:
     """Work every phase study PREFIX-<phase> in coordinate-descent order, waiting for each to be
     opened (a phase the tuning skips is passed once a later one is open); the trials run."""
-    ran = 0
+    ran, shared = 0, None  # one connection pool for the polling (the trials open their own)
     for index, phase in enumerate(ORDER):
         name = f"{prefix}-{phase}"
         while True:
             try:
-                names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+                shared = shared or optuna.storages.RDBStorage(storage)
+                names = {s.study_name for s in optuna.get_all_study_summaries(shared)}
             except sqlalchemy.exc.DBAPIError as exc:  # the database is starting, or its tables are being made
                 log.warning("storage not ready (%s); retrying in %.0f s", type(exc).__name__, poll)
                 names = set()
@@ -90,10 +92,10 @@ def follow(storage: str, prefix: str, output_dir: str, config: TunerConfig, poll
             time.sleep(poll)
         if name not in names:
             continue
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=shared)
         while "settings" not in study.user_attrs:  # opened a moment ago: its attributes follow
             time.sleep(1)
-            study = optuna.load_study(study_name=name, storage=storage)
+            study = optuna.load_study(study_name=name, storage=shared)
         settings = TuningSettings.from_dict(study.user_attrs["settings"])
         if not finished(counts(study), settings.trials_per_phase):
             ran += work(storage, name, output_dir, config)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--study", help="one phase study's name (PREFIX-PHASE)")
     which.add_argument("--follow", metavar="PREFIX", help="every phase study of the tuning PREFIX, in order")
-    parser.add_argument("--output-dir", required=True, help="where trials/<id>/ are written")
+    parser.add_argument("--output-dir", help="where trials/<id>/ are written (default: the tuning's output directory)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     config = from_env(TunerConfig, PREFIX)

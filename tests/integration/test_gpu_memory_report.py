@@ -1,6 +1,6 @@
 """The GPU memory behind a run: every unary reply of a service holding a CUDA context carries its
-peak GPU memory in trailing metadata, clients keep the highest, and LIPO's report sums them over
-the services (the tuner's gpu_memory_peak). On CPU no reply carries it."""
+allocator's high-water mark in trailing metadata, clients keep the highest, and LIPO's report sums
+them over the model services (the tuner's gpu_memory_peak). On CPU no reply carries it."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def test_a_runs_gpu_memory_peak_sums_its_services_peaks():
 
     run = SimpleNamespace(
         models=SimpleNamespace(encoder=service(1 << 30), decoder=service(None), surrogate=service(2 << 30)),
-        llm=SimpleNamespace(service=service(10 << 30)),
+        llm=SimpleNamespace(service=service(10 << 30)),  # vLLM's reservation is not the models' memory
     )
-    assert SurrogateBackedOptimizer.gpu_memory_peak(run) == 13 << 30
-    run.models, run.llm = SimpleNamespace(encoder=service(None)), SimpleNamespace(service=object())  # in-process llm
+    assert SurrogateBackedOptimizer.gpu_memory_peak(run) == 3 << 30
+    run.models = SimpleNamespace(encoder=service(None), surrogate=object())  # on CPU, or in-process
     assert SurrogateBackedOptimizer.gpu_memory_peak(run) is None
 
 

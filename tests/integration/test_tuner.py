@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from services.common.launcher import LocalStack
 from services.llm_eval.replay import convert_grid
 from services.optimizer import cli
 from services.tuner.client import TunerClient
+from tests.integration.harness import metric, scrape
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 FAST = {"heartbeat_seconds": 1, "grace_seconds": 3, "budget": {"scorer_epochs": 60}}
@@ -145,6 +149,13 @@ def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_
         measured = {m["name"]: m for m in result["metrics"]}
         assert sorted(measured) == sorted(group_metrics), phase  # each real, computed by its phase
         values = {name: m["value"] for name, m in measured.items()}
+        if phase == "inference":  # the winner's held-out accuracy is reported beside, never tuned on
+            held_out = result["reported"]["heldout_accuracy"]
+            assert (
+                0 <= held_out <= 1
+                and f"| heldout_accuracy | inference (reported) | {held_out} |"
+                in (out / "tuning_report.md").read_text()
+            )
         if phase == "inference":  # on CPU no service holds GPU memory: reported as not measured
             assert (
                 values.pop("gpu_memory_peak") is None
@@ -162,6 +173,16 @@ def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_
     missed = [p for p, r in state["phase_results"].items() if not r["gate_passed"]]
     assert printed.count("MISSED:") == len(missed)
     assert (out / "tuning_report.png").stat().st_size > 1000 and (out / "trials" / "heartbeat.json").is_file()
+    exported = scrape(stack.services["tuner"].metrics_port)  # the run's gauges (labels in name order)
+    run = f'run="{state["settings"]["study_prefix"]}"'
+    for phase, result in state["phase_results"].items():
+        assert (
+            metric(exported, "promptopt_tuner_trials", f'phase="{phase}",{run},state="complete"')
+            == (result["trials"]["complete"])
+        )
+        assert metric(exported, "promptopt_tuner_best_objective", f'phase="{phase}",{run}') == pytest.approx(
+            result["best_value"]
+        )
     best = yaml.safe_load((out / "best_config.yaml").read_text())["lipo_e"]
     for phase, result in state["phase_results"].items():  # each phase's best trial set its parameters
         assert {k: best[k] for k in result["best_params"]} == result["best_params"], phase
@@ -250,3 +271,31 @@ def test_a_killed_coordinator_resumes_and_a_cancelled_tuning_continues_with_resu
     numbers = [line["trial"] for line in starts(out)]
     assert all(numbers.count(n) == 1 for n in done_before) and len(complete(s)) >= 4
     assert json.loads((out / "coordinator_state.json").read_text())["completed_phases"] == ["scorer"]
+
+
+def test_a_worker_outside_the_tuner_follows_its_studies_and_shares_the_trials(stack, tmp_path):
+    """`python -m services.tuner.worker --follow PREFIX` (the Kubernetes worker Job's command),
+    started beside the tuner's own worker on the same storage: both run trials, none twice, and its
+    trial files land in the tuning's output directory."""
+    out = tmp_path / "follow"
+    run_id = start(stack, phases=["scorer"], trials_per_phase=6, workers=1, output_dir=str(out))
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    command = [sys.executable, "-m", "services.tuner.worker", "--storage", storage, "--follow", run_id]
+    follower = subprocess.Popen(
+        command,  # no --output-dir: its trial files go to the tuning's own output directory
+        env={**os.environ, **stack.services["tuner"].env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        finished(stack, run_id)
+        output, _ = follower.communicate(timeout=300)
+    finally:
+        follower.kill()
+    assert follower.returncode == 0, output
+    ran = int(re.search(r"^(\d+) trials run$", output, re.M).group(1))
+    lines = starts(out)
+    assert ran >= 1 and sum(line["worker"].endswith(f":{follower.pid}") for line in lines) == ran
+    numbers = [line["trial"] for line in lines]
+    assert len(numbers) == len(set(numbers)) and len(complete(study(out, run_id, "scorer"))) >= 6

@@ -54,9 +54,33 @@ def test_phases_objectives_and_gates_are_the_seeds():
     vae = PHASES["vae"].gate
     assert vae.failures({"retrieval_accuracy_at_8": 0.85, "lipschitz_constant": 9.9}) == []
     assert len(vae.failures({"retrieval_accuracy_at_8": 0.849, "lipschitz_constant": 10.0})) == 2
-    assert PHASES["scorer"].gate.failures({"ndcg_at_8": 0.69})
-    assert not PHASES["gp"].gate.failures({"spearman_correlation": 0.40})
-    assert PHASES["inference"].gate.failures({"final_accuracy": 0.914})
+    for phase, name, bound in (
+        ("scorer", "ndcg_at_8", 0.70),
+        ("gp", "spearman_correlation", 0.40),
+        ("inference", "final_accuracy", 0.915),
+    ):  # each gate passes at its bound and fails just under it
+        assert PHASES[phase].gate.failures({name: bound}) == [] and PHASES[phase].gate.failures({name: bound - 1e-6})
+    # what each phase tunes (seed: VAE latent dims and lr; scorer Set Transformer; GP; inference)
+    assert {p.name: set(p.params) for p in PHASES.values()} == {
+        "vae": {"vae_beta", "vae_mse_weight", "instruction_latent_dim", "exemplar_latent_dim", "vae_lr", "vae_epochs"},
+        "scorer": {
+            "selection_weight",
+            "mmr_lambda",
+            "set_transformer_heads",
+            "set_transformer_hidden",
+            "num_inducing_points",
+        },
+        "gp": {"gp_lr", "use_deep_kernel"},
+        "inference": {
+            "ucb_beta",
+            "num_restarts",
+            "raw_samples",
+            "cosine_sim_threshold",
+            "distance_weight",
+            "latent_noise_scale",
+        },
+    }
+    assert {p.name for p in hyperspace.PARAMS if p.log} == {"gp_lr", "vae_lr"}  # learning rates on a log scale
     assert PHASES["inference"].gate.failures({}) == ["final_accuracy None (needs >= 0.915)"]
     assert Gate((("x", "<", 1.0),)).failures({"x": 0.5}) == []
 
@@ -83,6 +107,7 @@ def test_quick_settings_and_defaults(tmp_path):
     assert quick.trials_per_phase == 5 and quick.budget.vae_epochs_cap > 0 and quick.phases == hyperspace.ORDER
     full = settings(tmp_path)
     assert full.trials_per_phase == 50 and full.budget.vae_epochs_cap == 0 and full.heartbeat_seconds == 60
+    assert (full.grace_seconds, full.max_retry) == (180, 3)
     assert TuningSettings.from_dict(json.loads(full.to_json())) == full
     with pytest.raises(ValueError, match="grace_seconds must exceed heartbeat_seconds"):
         settings(tmp_path, heartbeat_seconds=60, grace_seconds=30)

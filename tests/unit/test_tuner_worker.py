@@ -63,10 +63,20 @@ def test_out_of_memory_is_retried_in_place_with_exponential_backoff(phase, monke
 
     outcomes = worker(phase, flaky).run(max_trials=1)
     assert [o.state for o in outcomes] == ["COMPLETE"] and delays == [2.0, 4.0] and len(set(calls)) == 1
+    delays.clear()
+
+    def always(p, config, seed):
+        raise RuntimeError("CUDA out of memory")
+
+    outcomes = worker(phase, always).run(max_trials=1)  # three retries, then it fails as an error
+    assert [o.state for o in outcomes] == ["FAIL"] and delays == [2.0, 4.0, 8.0]
 
 
 def test_a_preempted_trial_is_re_enqueued_with_its_params_and_the_worker_stops(phase):
+    seeds = []
+
     def stopped(p, config, seed):
+        seeds.append(seed)
         raise Preempted("signal SIGTERM")
 
     w = worker(phase, stopped)
@@ -80,9 +90,24 @@ def test_a_preempted_trial_is_re_enqueued_with_its_params_and_the_worker_stops(p
     c = counts(study)
     assert (c["preempted"], c["stale"], c["error"], c["waiting"]) == (1, 0, 0, 1) and not finished(c, 3)
     # the retry runs next, with its inherited "preempted" cleared
-    outcomes = worker(phase, lambda p, config, seed: {"ndcg_at_8": 0.4}).run(max_trials=1)
+    outcomes = worker(phase, lambda p, config, seed: seeds.append(seed) or {"ndcg_at_8": 0.4}).run(max_trials=1)
     assert outcomes[0].number == retry.number and outcomes[0].state == "COMPLETE"
     assert study.trials[retry.number].user_attrs["preempted"] is False
+    assert seeds[0] == seeds[1]  # the retry reruns its trial, seed included
+
+
+def test_a_retry_does_not_inherit_its_parents_error(phase):
+    """A trial failed with an error and then found stale (its worker died after recording it):
+    its retry copies the attribute, and must not count as an error once it runs."""
+    study, _ = phase
+    trial = study.ask()
+    trial.set_user_attr("error", "RuntimeError: boom")
+    study.tell(trial, state=TrialState.FAIL)
+    RetryFailedTrialCallback(max_retry=3)(study, study.trials[trial.number])
+    assert counts(study)["waiting"] == 1 and study.get_trials()[-1].user_attrs["error"]
+    worker(phase, lambda p, config, seed: {"ndcg_at_8": 0.4}).run(max_trials=1)
+    c = counts(study)
+    assert (c["error"], c["complete"]) == (1, 1) and study.trials[-1].user_attrs["error"] is None
 
 
 def test_a_result_for_a_trial_already_failed_as_stale_does_not_crash_the_worker(phase):

@@ -57,9 +57,11 @@ class SurrogateBackedOptimizer(Optimizer):
         return self._nvalid
 
     def gpu_memory_peak(self) -> int | None:
-        """GPU memory (bytes) behind the run: the peaks the model services and llm_eval reported,
-        summed (each owns its GPU slice); None when none runs on GPU."""
-        services = (*(vars(self.models).values() if self.models else ()), getattr(self.llm, "service", None))
+        """GPU memory (bytes) of the models behind the run: the high-water marks the model services
+        (encoder, decoder, surrogate; each owns its GPU slice) reported, summed; None when none runs
+        on GPU. A high-water mark counts since the service started, so it bounds this run's use from
+        above. The task LLM is left out: vLLM reserves its share of the GPU whatever the run."""
+        services = vars(self.models).values() if self.models else ()
         peaks = [s.gpu_peak.bytes for s in services if getattr(s, "gpu_peak", None) and s.gpu_peak.bytes is not None]
         return sum(peaks) if peaks else None
 
