@@ -24,6 +24,16 @@ RUNS_FINISHED = Counter(
 )
 
 
+def _cuda():
+    """torch.cuda once torch is imported and holds a CUDA context, else None. Never imports torch,
+    and a torch another thread is still importing (no `cuda` attribute yet) counts as none."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except AttributeError:  # torch.cuda itself half-imported
+        return None
+
+
 class GpuMemoryCollector:
     """`promptopt_gpu_memory_*_bytes{device}` for every CUDA device this process has initialised.
 
@@ -40,11 +50,11 @@ class GpuMemoryCollector:
             "promptopt_gpu_memory_used_bytes", "GPU memory in use on the device (all processes).", labels=["device"]
         )
         total = GaugeMetricFamily("promptopt_gpu_memory_total_bytes", "GPU memory on the device.", labels=["device"])
-        torch = sys.modules.get("torch")
-        if torch is not None and torch.cuda.is_initialized():
-            for index in range(torch.cuda.device_count()):
-                free, capacity = torch.cuda.mem_get_info(index)
-                reserved.add_metric([str(index)], torch.cuda.memory_reserved(index))
+        cuda = _cuda()
+        if cuda is not None:
+            for index in range(cuda.device_count()):
+                free, capacity = cuda.mem_get_info(index)
+                reserved.add_metric([str(index)], cuda.memory_reserved(index))
                 used.add_metric([str(index)], capacity - free)
                 total.add_metric([str(index)], capacity)
         yield from (reserved, used, total)
@@ -58,10 +68,10 @@ GPU_PEAK_KEY = "promptopt-gpu-peak-bytes"  # trailing metadata of every unary re
 def gpu_peak_bytes() -> int | None:
     """This process's peak GPU memory (the torch allocator's high-water mark since start-up,
     summed over devices); None while it holds no CUDA context (CPU)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch.cuda.is_initialized():
+    cuda = _cuda()
+    if cuda is None:
         return None
-    return sum(torch.cuda.max_memory_reserved(index) for index in range(torch.cuda.device_count()))
+    return sum(cuda.max_memory_reserved(index) for index in range(cuda.device_count()))
 
 
 def cap_gpu_memory(fraction: float) -> None:

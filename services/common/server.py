@@ -104,7 +104,11 @@ class _Interceptor(grpc.ServerInterceptor):
                 self._finish(context, service, method, start, _classify(exc))
                 raise
             self._finish(context, service, method, start, None)
-            peak = gpu_peak_bytes()
+            try:
+                peak = gpu_peak_bytes()
+            except Exception:  # noqa: BLE001 - a figure must never fail the call it rides on
+                log.debug("GPU peak memory unavailable", exc_info=True)
+                peak = None
             if peak is not None:  # callers add up the GPU memory behind their work
                 context.set_trailing_metadata(((GPU_PEAK_KEY, str(peak)),))
             return response

@@ -4,11 +4,14 @@ them over the model services (the tuner's gpu_memory_peak). On CPU no reply carr
 
 from __future__ import annotations
 
+import sys
+import types
 from types import SimpleNamespace
 
 import grpc
 import pytest
 
+from services.common import metrics
 from services.common import server as server_module
 from services.common.channel import BaseClient
 from services.common.server import ServiceBinding
@@ -39,6 +42,16 @@ def test_clients_keep_the_highest_peak_a_service_reports_and_none_on_cpu(monkeyp
         running.stop()
 
 
+def test_a_torch_still_being_imported_by_another_thread_reads_as_no_gpu(monkeypatch):
+    """The server asks after every reply; a half-imported torch (no `cuda` yet) must not fail it."""
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    assert metrics.gpu_peak_bytes() is None
+    half = types.ModuleType("torch")
+    half.cuda = types.ModuleType("torch.cuda")  # its own attributes not there yet
+    monkeypatch.setitem(sys.modules, "torch", half)
+    assert metrics.gpu_peak_bytes() is None
+
+
 def test_a_runs_gpu_memory_peak_sums_its_services_peaks():
     def service(peak):
         return SimpleNamespace(gpu_peak=SimpleNamespace(bytes=peak))
@@ -47,6 +60,10 @@ def test_a_runs_gpu_memory_peak_sums_its_services_peaks():
         models=SimpleNamespace(encoder=service(1 << 30), decoder=service(None), surrogate=service(2 << 30)),
         llm=SimpleNamespace(service=service(10 << 30)),  # vLLM's reservation is not the models' memory
     )
+    assert SurrogateBackedOptimizer.gpu_memory_peak(run) == 3 << 30
+    surrogate = run.models.surrogate
+    surrogate.config = SimpleNamespace(address="surrogate:50054")
+    run.models.flow = SimpleNamespace(gpu_peak=surrogate.gpu_peak, config=surrogate.config)  # the same process
     assert SurrogateBackedOptimizer.gpu_memory_peak(run) == 3 << 30
     run.models = SimpleNamespace(encoder=service(None), surrogate=object())  # on CPU, or in-process
     assert SurrogateBackedOptimizer.gpu_memory_peak(run) is None
