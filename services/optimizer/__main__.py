@@ -18,7 +18,7 @@ from services.llm_eval.client import LlmEvalClient
 from services.optimizer.algorithms.base import Chunking
 from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import optimizer_service
-from services.surrogate.client import SurrogateClient
+from services.surrogate.client import FlowClient, SurrogateClient
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
 
@@ -68,6 +68,7 @@ def main() -> None:
         client(EncoderClient, config.encoder_address),
         client(DecoderClient, config.decoder_address),
         client(SurrogateClient, config.surrogate_address),
+        client(FlowClient, config.surrogate_address),
     )
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs

@@ -13,16 +13,19 @@ from services.common.operations import RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
 from services.common.types import Usage
 from services.optimizer.algorithms.base import Chunking, EvaluationSettings, MeteredLlm, Optimizer
+from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
 from services.optimizer.algorithms.protegi import ProtegiConfig, ProtegiOptimizer
+from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 
 ALGORITHMS = {
     "opro": (OproConfig, OproOptimizer),
     "protegi": (ProtegiConfig, ProtegiOptimizer),
     "lipo": (LipoConfig, LipoOptimizer),
     "lipo_e": (LipoEConfig, LipoEOptimizer),
+    "ecoflow": (EcoFlowConfig, EcoFlowOptimizer),
 }
 
 
@@ -110,7 +113,7 @@ def build_optimizer(
 
     llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""), chunking, on_progress)
     args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
-    if optimizer_cls in (LipoOptimizer, LipoEOptimizer):
+    if issubclass(optimizer_cls, SurrogateBackedOptimizer):
         return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
     return optimizer_cls(*args, emit)
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
+from services.common.operations import RunStore
 from services.common.server import ServiceBinding, run_service, serve
+from services.surrogate.flow_service import flow_service
 from services.surrogate.server import RegistryCollector, SurrogateServicer
 
 PREFIX = "PROMPTOPT_SURROGATE_"
@@ -18,9 +21,11 @@ PREFIX = "PROMPTOPT_SURROGATE_"
 @dataclasses.dataclass(frozen=True)
 class SurrogateConfig:
     """max_model_mb: bound on the memory of held models (VAEs, GPs); past it the least recently
-    used are evicted. 0 = unbounded."""
+    used are evicted. 0 = unbounded. state_dir: EcoFlow's flow training runs and checkpoints."""
 
     max_model_mb: int = 4096
+    # flow training runs (runs.sqlite) and their checkpoints (flows/<run id>/)
+    state_dir: str = "state/surrogate"
 
     def __post_init__(self):
         if self.max_model_mb < 0:
@@ -42,7 +47,14 @@ def main() -> None:
 
         servicer.engine = SurrogateEngine(ModelRegistry(config.max_model_mb * 1024 * 1024))
 
-    serve(from_env(ServerConfig, PREFIX), [binding], load=load).wait()
+    store = RunStore(str(Path(config.state_dir) / "runs.sqlite"), exclusive=True)
+    flows, manager = flow_service(store, config.state_dir, lambda: servicer.engine)
+
+    def load_and_resume():
+        load()
+        manager.resume_unfinished()  # flow training runs left unfinished by a previous process
+
+    serve(from_env(ServerConfig, PREFIX), [binding, flows], load=load_and_resume).wait()
 
 
 if __name__ == "__main__":

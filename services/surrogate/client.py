@@ -1,4 +1,5 @@
-"""The surrogate's typed client: `SurrogateEngine`'s methods over gRPC."""
+"""The surrogate's typed clients: `SurrogateEngine`'s methods over gRPC, and EcoFlow's FlowService
+(flow training runs as operations, guided sampling)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,20 @@ import dataclasses
 
 import grpc
 import numpy as np
+from promptopt.flow.v1 import flow_pb2, flow_pb2_grpc
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.channel import BaseClient
 from services.common.codec import decode_tensor, encode_tensor
 from services.common.errors import NotFoundError
+from services.common.operation_client import OperationClient
 from services.surrogate.convert import settings_to_proto
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
+    FlowSamples,
     GpTraining,
+    GuidanceSettings,
     InversionConfig,
     JointGpConfig,
     JointVaeConfig,
@@ -214,3 +219,37 @@ class SurrogateClient(BaseClient):
     def delete_owned(self, owner: str) -> int:
         request = surrogate_pb2.DeleteModelRequest(owner=owner)
         return self._call(self.stub.DeleteModel, request, self.timeout).deleted
+
+
+class FlowClient(OperationClient):
+    """Start, watch and cancel flow training runs; draw (guided) samples from a checkpoint."""
+
+    pb2 = flow_pb2
+    stub_class = flow_pb2_grpc.FlowServiceStub
+
+    def sample(
+        self,
+        checkpoint: str,
+        n: int,
+        model_id: str = "",
+        settings: GuidanceSettings | None = None,
+        seed: int = 0,
+        manifold_distance: bool = False,
+    ) -> FlowSamples:
+        settings = settings or GuidanceSettings()
+        request = flow_pb2.SampleFlowRequest(
+            checkpoint=checkpoint,
+            n_samples=n,
+            model_id=model_id,
+            seed=seed,
+            manifold_distance=manifold_distance,
+            **dataclasses.asdict(settings),
+        )
+        response = self.stub.SampleFlow(request, timeout=self.timeout)
+        return FlowSamples(
+            decode_tensor(response.samples),
+            np.asarray(response.lcb, dtype=np.float64) if model_id else None,
+            response.guided_steps,
+            np.asarray(response.nearest_train_l2, dtype=np.float64) if manifold_distance else None,
+            response.heldout_nearest_l2 if manifold_distance else None,
+        )

@@ -106,6 +106,25 @@ class ExactGP(Surrogate):
         return tensor_bytes(self.model, *self.model.train_inputs, self.model.train_targets)
 
 
+class SonarGPSurrogate(ExactGP):
+    """EcoFlow's GP in embedding space (seed 003): the exact GP on full embeddings (1024-D SONAR
+    in production, the encoder's dimension on CPU) of error rates, standardised targets, with the
+    lower confidence bound of the error differentiable in the inputs for guided sampling."""
+
+    def __init__(self, train_x: np.ndarray, train_y: np.ndarray):
+        super().__init__(train_x, train_y, minimize=True)
+        self.y_std = float(self.model.outcome_transform.stdvs.squeeze())
+
+    def lcb(self, x: torch.Tensor, alpha: float = 1.0, standardized: bool = False) -> torch.Tensor:
+        """mean - alpha * std of the error at embeddings x [m, d] (gradients flow to x), shape [m];
+        `standardized`: in units of the targets' standard deviation (what guidance follows, so its
+        strength does not depend on how much the error rates spread)."""
+        posterior = self.model.posterior(x.double())
+        std = posterior.variance.clamp_min(1e-12).sqrt()
+        value = (posterior.mean - alpha * std).squeeze(-1)
+        return (value / self.y_std if standardized else value).to(x.dtype)
+
+
 def model_bytes(model) -> int:
     """Memory a stored model holds (a Surrogate reports its own; a module its state)."""
     return model.nbytes() if isinstance(model, Surrogate) else tensor_bytes(model)

@@ -4,14 +4,16 @@ unit tests) use this class; `SurrogateClient` mirrors its methods over gRPC."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 import torch
 
 from services.surrogate.acquisition import latent_bounds
-from services.surrogate.core import ExactGP, ModelRegistry, Surrogate
+from services.surrogate.core import ExactGP, ModelRegistry, SonarGPSurrogate, Surrogate
 from services.surrogate.deep_kernel import DeepKernelSurrogate
+from services.surrogate.flow import FlowCache, GuidedFlowSampler, nearest_l2
 from services.surrogate.joint import (
     JointPromptGP,
     StructureAwareVAE,
@@ -23,6 +25,7 @@ from services.surrogate.scorer import ExemplarScorer, select, train_scorer
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
+    FlowSamples,
     GpTraining,
     InversionConfig,
     JointGpConfig,
@@ -53,6 +56,7 @@ class SurrogateEngine:
 
     def __init__(self, registry: ModelRegistry | None = None):
         self.registry = registry or ModelRegistry()
+        self._flows = FlowCache()
 
     def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
         """Train an InstructionVAE, stored for `owner` (the run that frees it)."""
@@ -92,7 +96,8 @@ class SurrogateEngine:
                 vae, _matrix(train_x, "train_x", vae.input_dim), y, training or GpTraining(), minimize
             )
             return FitResult(self.registry.add(model, owner), -model.final_loss, model.epochs_trained)
-        model = ExactGP(_matrix(train_x, "train_x").astype(np.float64), y, minimize=minimize)
+        x = _matrix(train_x, "train_x").astype(np.float64)
+        model = SonarGPSurrogate(x, y) if minimize else ExactGP(x, y)  # errors over embeddings: EcoFlow's GP
         return FitResult(self.registry.add(model, owner), model.mll, 0)
 
     def _deep(self, model_id: str) -> DeepKernelSurrogate:
@@ -244,6 +249,52 @@ class SurrogateEngine:
         if not len(x):
             raise ValueError("instructions must have at least one row")
         return select(model, x, k, mmr_lambda)
+
+    def sample_flow(
+        self,
+        checkpoint: str,
+        n: int,
+        model_id: str = "",
+        guidance_strength: float = 1.0,
+        alpha: float = 1.0,
+        num_steps: int = 50,
+        method: str = "heun",
+        zero_init_fraction: float = 0.04,
+        zero_init: str = "guidance",
+        seed: int = 0,
+        manifold_distance: bool = False,
+    ) -> FlowSamples:
+        """EcoFlow's samples from a flow checkpoint. With `model_id` (an exact GP of errors over
+        the same embeddings) and guidance_strength > 0 the ODE is guided by -grad LCB (in
+        standardised units); the LCB is reported as an error rate. `manifold_distance` measures
+        each sample's L2 to its nearest training embedding of the checkpoint's data."""
+        flow, facts = self._flows.get(checkpoint)
+        gp = self.registry.get(model_id, Surrogate, "model_id") if model_id else None
+        if gp is not None and not isinstance(gp, SonarGPSurrogate):
+            raise ValueError(f"model_id {model_id!r} is not an exact GP of errors (FitModel with minimize, no vae_id)")
+        if gp is not None and gp.dim != flow.dim:
+            raise ValueError(f"model_id's GP is over {gp.dim}-D inputs but the flow samples {flow.dim}-D embeddings")
+
+        def lcb(x):  # guidance follows the LCB in standardised units
+            return gp.lcb(x, alpha, standardized=True)
+
+        sampler = GuidedFlowSampler(
+            flow, lcb if gp else None, guidance_strength, num_steps, method, zero_init_fraction, zero_init
+        )
+        samples = sampler.sample(n, torch.Generator().manual_seed(int(seed)))
+        values = None
+        if gp is not None:
+            with torch.no_grad():
+                values = gp.lcb(samples, alpha).numpy()  # reported as an error rate
+        result = FlowSamples(samples.numpy(), values, len(sampler.guided_steps))
+        if manifold_distance:
+            train, held_out = self._flows.data(checkpoint)
+            result = dataclasses.replace(
+                result,
+                nearest_train_l2=nearest_l2(samples, train).numpy(),
+                heldout_nearest_l2=float(nearest_l2(held_out, train).mean()),
+            )
+        return result
 
     def delete(self, model_id: str) -> None:
         self.registry.delete(model_id)

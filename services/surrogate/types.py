@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class VaeConfig:
@@ -231,3 +233,44 @@ class ScorerTraining:
     first_loss: float
     final_loss: float  # the ListMLE selection loss (unweighted) at the end of training
     scorer_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSamples:
+    """EcoFlow's samples: embeddings [n, d]; the GP's LCB of the error at each (None unguided);
+    the steps that applied guidance; with the manifold distance, each sample's L2 to its nearest
+    training embedding and the held-out embeddings' mean of the same."""
+
+    embeddings: np.ndarray
+    lcb: np.ndarray | None
+    guided_steps: int
+    nearest_train_l2: np.ndarray | None = None
+    heldout_nearest_l2: float | None = None
+
+
+ODE_METHODS = ("heun", "euler")
+ZERO_INIT_MODES = ("guidance", "velocity")  # the seed's zero guidance; CFG-Zero*'s zeroed velocity
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidanceSettings:
+    """EcoFlow's guided sampling (seed 003's defaults): see SampleFlowRequest in flow.proto."""
+
+    guidance_strength: float = 1.0
+    alpha: float = 1.0
+    num_steps: int = 50
+    method: str = "heun"
+    zero_init_fraction: float = 0.04
+    zero_init: str = "guidance"
+
+    def __post_init__(self):
+        if not (self.guidance_strength >= 0 and self.alpha >= 0):
+            raise ValueError("guidance_strength and alpha must be >= 0")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.method not in ODE_METHODS:
+            raise ValueError(f"method must be one of {list(ODE_METHODS)}, got {self.method!r}")
+        if not 0 <= self.zero_init_fraction <= 1:
+            raise ValueError(f"zero_init_fraction must lie in [0, 1], got {self.zero_init_fraction}")
+        if self.zero_init not in ZERO_INIT_MODES:
+            raise ValueError(f"zero_init must be one of {list(ZERO_INIT_MODES)}, got {self.zero_init!r}")

@@ -1,4 +1,4 @@
-"""Property-based fuzzing (hypothesis) of every RPC of the six services, over real gRPC servers
+"""Property-based fuzzing (hypothesis) of every RPC of the seven services, over real gRPC servers
 wired as in production (the optimizer calls the others through their clients; llm_eval answers
 with the replay backend so a valid evaluation is cheap).
 
@@ -18,11 +18,13 @@ from collections import Counter
 import grpc
 import numpy as np
 import pytest
+import torch
 from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from promptopt.encoder.v1 import encoder_pb2
+from promptopt.flow.v1 import flow_pb2
 from promptopt.llm_eval.v1 import llm_eval_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 from promptopt.surrogate.v1 import surrogate_pb2
@@ -42,6 +44,8 @@ from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
+from services.surrogate.flow import FlowConfig, FlowTrainer, save_flow
+from services.surrogate.flow_service import flow_service
 from services.surrogate.types import GpTraining, ScorerConfig, VaeConfig
 from services.tuner.server import tuner_service
 from tests.conftest import replay_evaluator, start_server
@@ -55,6 +59,7 @@ SERVICES = {
     "surrogate": (surrogate_pb2, "SurrogateService"),
     "optimizer": (optimizer_pb2, "OptimizerService"),
     "tuner": (tuner_pb2, "TunerService"),
+    "flow": (flow_pb2, "FlowService"),
 }
 METHODS = [
     (name, method)
@@ -85,6 +90,15 @@ FINISH_SECONDS = 30.0
 OUTCOMES: Counter = Counter()  # (service, method, status) over the module, printed at the end
 
 
+def tiny_flow(path, dimension: int):
+    """A one-epoch flow checkpoint over random embeddings (SampleFlow's known checkpoint)."""
+    config = FlowConfig(hidden_dim=16, num_blocks=1, time_embed_dim=8, epochs=1, batch_size=32)
+    trainer = FlowTrainer(torch.randn(40, dimension, generator=torch.Generator().manual_seed(0)), config)
+    trainer.run_epoch()
+    save_flow(path, trainer.model, config)
+    return path
+
+
 class Stack:
     """The six services on loopback, their stores, and one channel to each."""
 
@@ -93,10 +107,11 @@ class Stack:
             "llm_eval": root / "answers.sqlite",
             "optimizer": root / "runs.sqlite",
             "tuner": root / "tuner.sqlite",
+            "flow": root / "flow.sqlite",
         }
         evaluator, instruction = replay_evaluator(root, self.stores["llm_eval"])
         self.engine, self.dimension = SurrogateEngine(), embedder.dimension
-        runs = {name: RunStore(self.stores[name]) for name in ("optimizer", "tuner")}
+        runs = {name: RunStore(self.stores[name]) for name in ("optimizer", "tuner", "flow")}
         finished = {name: store.create("opro", "fuzz", {}, 1).run_id for name, store in runs.items()}
         for name, store in runs.items():
             store.update(finished[name], state=RunState.SUCCEEDED)
@@ -120,6 +135,14 @@ class Stack:
                 for f in ("embeddings", "embedding", "target", "instructions", "pool")
             },
             **{f"width:{f}": (64,) for f in ("latents", "latent", "latent_init")},
+            "checkpoint": (str(tiny_flow(root / "flow" / "best_flow.pt", embedder.dimension)),),
+            "n_samples": (4, 16),
+            "num_steps": (5, 10),
+            "method": ("heun", "euler"),
+            "zero_init": ("guidance", "velocity"),
+            "zero_init_fraction": (0.0, 0.04),
+            "guidance_strength": (0.0, 1.0),
+            "alpha": (1.0,),
         }
         self.ensure_models()
         self.servers = {
@@ -135,6 +158,7 @@ class Stack:
             "llm_eval": start_server(llm_eval_binding(evaluator)),
             "surrogate": start_server(surrogate_binding(self.engine)),
             "tuner": start_server(tuner_service(runs["tuner"], state_dir=root / "tuner")[0]),
+            "flow": start_server(flow_service(runs["flow"], root / "flow", lambda: self.engine)[0]),
         }
 
         def client(cls, name):

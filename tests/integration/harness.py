@@ -3,6 +3,7 @@ reading a service's Prometheus metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import urllib.request
@@ -11,6 +12,7 @@ from services.decoder.core import NearestTextInverter
 from services.optimizer import cli
 from services.optimizer.algorithms.lipo import ModelServices
 from services.surrogate.engine import SurrogateEngine
+from services.surrogate.types import GuidanceSettings
 
 
 class InProcessDecoder:
@@ -23,9 +25,25 @@ class InProcessDecoder:
         return self.inverter.invert(embeddings, seed_texts, num_steps, beam_width)
 
 
+class InProcessFlow:
+    """The flow client's `sample` over an in-process SurrogateEngine."""
+
+    def __init__(self, engine: SurrogateEngine):
+        self.engine = engine
+
+    def sample(self, checkpoint, n, model_id="", settings=None, seed=0, manifold_distance=False):
+        fields = dataclasses.asdict(settings or GuidanceSettings())
+        return self.engine.sample_flow(
+            checkpoint, n, model_id, seed=seed, manifold_distance=manifold_distance, **fields
+        )
+
+
 def nearest_text_models(embedder) -> ModelServices:
-    """The embedder, nearest-text decoding (decoded texts stay among known ones) and a fresh surrogate engine."""
-    return ModelServices(embedder, InProcessDecoder(NearestTextInverter(embedder.encode)), SurrogateEngine())
+    """The embedder, nearest-text decoding (decoded texts stay among known ones) and a fresh
+    surrogate engine (its GPs and flows)."""
+    engine = SurrogateEngine()
+    decoder = InProcessDecoder(NearestTextInverter(embedder.encode))
+    return ModelServices(embedder, decoder, engine, InProcessFlow(engine))
 
 
 def run_cli(stack, tmp_path, *args) -> dict:

@@ -188,6 +188,7 @@ class ModelServices:
     encoder: object  # .encode(texts) -> [n, d]
     decoder: object  # .invert(embeddings, seed_texts, num_steps, beam_width) -> ([(text, cosine)], Usage)
     surrogate: SurrogateApi
+    flow: object = None  # EcoFlow's .sample(checkpoint, n, model_id, settings, seed) (the surrogate's FlowService)
 
 
 def load_evaluations(path: str | Path) -> list[dict]:

@@ -62,8 +62,12 @@ class SurrogateBackedOptimizer(Optimizer):
         on GPU. A high-water mark counts since the service started, so it bounds this run's use from
         above. The task LLM is left out: vLLM reserves its share of the GPU whatever the run."""
         services = vars(self.models).values() if self.models else ()
-        peaks = [s.gpu_peak.bytes for s in services if getattr(s, "gpu_peak", None) and s.gpu_peak.bytes is not None]
-        return sum(peaks) if peaks else None
+        peaks = {  # one per service process (the surrogate's two clients share it)
+            getattr(getattr(s, "config", None), "address", id(s)): s.gpu_peak.bytes
+            for s in services
+            if getattr(s, "gpu_peak", None) and s.gpu_peak.bytes is not None
+        }
+        return sum(peaks.values()) if peaks else None
 
     def _progress(self, message: str) -> None:
         self.emit("progress", {"message": message})

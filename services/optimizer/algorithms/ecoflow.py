@@ -1,0 +1,238 @@
+"""EcoFlow (seed 003): Bayesian optimisation of prompts in a text-embedding space, with a flow
+matching model as the prior over prompts and an exact GP's LCB as guidance.
+
+The run's BOOptimizationLoop: step 0 scores `n_initial` instructions (given, or drawn from the
+APE pool) on the validation questions; each later step is one BO iteration: fit the exact GP
+of error rates over embeddings (SonarGPSurrogate, standardised targets) in the surrogate, draw
+`batch_size` samples from the flow checkpoint guided by -lambda grad LCB (alpha, CFG-Zero*
+schedule; the surrogate's FlowService), decode each to text (decoder service: SONAR on GPU,
+vec2text for GTR, LLM-guided inversion on CPU), re-encode it and record the decode round trip
+(cosine, L2), score the text with the task LLM, and add it to the GP's data under its
+re-encoded embedding (the default; `score_reencoded` false keeps the sampled one). The run
+checkpoints after every iteration and resumes from there; the winner is the best validation
+score, then reported on the held-out split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+from services.common.config import datasets_dir
+from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
+from services.surrogate.types import GuidanceSettings
+
+DEBUG_DEFAULTS = {"iterations": 2, "batch_size": 2, "n_initial": 4, "num_steps": 10}
+
+
+@dataclasses.dataclass(frozen=True)
+class EcoFlowConfig:
+    """Seed 003's EcoFlow parameters (its table's defaults); see EcoFlowConfig in optimizer.proto."""
+
+    flow_checkpoint: str = ""
+    debug: bool = False
+    iterations: int = 100
+    batch_size: int = 8
+    guidance_strength: float = 1.0
+    alpha: float = 1.0
+    num_steps: int = 50
+    method: str = "heun"
+    zero_init_fraction: float = 0.04
+    zero_init: str = "guidance"
+    n_initial: int = 10
+    initial_prompts: tuple[str, ...] = ()
+    initial_pool_path: str = ""
+    score_reencoded: bool = True
+    decoder_steps: int = 0
+    decoder_beam: int = 0
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> EcoFlowConfig:
+        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
+        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+
+    def __post_init__(self):
+        if not self.flow_checkpoint:
+            raise ValueError(
+                "ecoflow.flow_checkpoint must name a flow checkpoint on the surrogate (promptopt flow train)"
+            )
+        for name in ("iterations", "decoder_steps", "decoder_beam"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ecoflow.{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size < 1:
+            raise ValueError(f"ecoflow.batch_size must be >= 1, got {self.batch_size}")
+        if self.n_initial < 2 and len(self.initial_prompts) < 2:
+            raise ValueError("ecoflow.n_initial must be >= 2 (the GP needs two scored prompts)")
+        try:
+            self.guidance()
+        except ValueError as exc:
+            raise ValueError(f"ecoflow.{exc}") from exc
+        if not Path(self.pool_path()).is_file():
+            raise ValueError(f"ecoflow.initial_pool_path {self.pool_path()!r} is not a file on the optimizer")
+
+    def pool_path(self) -> str:
+        """The instruction pool the initial design and the decoder's seed texts come from."""
+        return self.initial_pool_path or str(datasets_dir() / "prompts" / "ape_instructions_1000.json")
+
+    def guidance(self) -> GuidanceSettings:
+        return GuidanceSettings(
+            self.guidance_strength, self.alpha, self.num_steps, self.method, self.zero_init_fraction, self.zero_init
+        )
+
+
+class EcoFlowOptimizer(SurrogateBackedOptimizer):
+    name = "ecoflow"
+
+    def search_steps(self) -> int:
+        return 1 + self.config.iterations
+
+    def phase(self, step: int) -> str:
+        return "initial" if step == 0 else "bo"
+
+    def forget_models(self) -> None:
+        return None  # the GP is refitted every iteration; nothing outlives a step
+
+    def initial_state(self) -> dict:
+        pool = json.loads(Path(self.config.pool_path()).read_text())
+        if not isinstance(pool, list) or not all(isinstance(t, str) for t in pool):
+            raise ValueError(f"ecoflow.initial_pool_path {self.config.pool_path()!r} must be a JSON list of strings")
+        return {
+            "step": 0,
+            "history": [],
+            "timestamp": datetime.datetime.now(datetime.UTC).strftime("%Y%m%d_%H%M%S"),
+            "pool": pool,
+            "observations": [],
+            "iterations": [],
+            "calls": {},
+        }
+
+    def winner(self, state: dict) -> dict | None:
+        """The lowest validation error among the scored prompts (all at the same nvalid questions)."""
+        if not state["observations"]:
+            return None
+        top = min(state["observations"], key=lambda o: o["error"])
+        return {"prompt": top["instruction"], "score": 1.0 - top["error"], "n": top["n"]}
+
+    def _score(self, state: dict, instruction: str) -> tuple[float, int]:
+        result = self.llm.evaluate(self.evaluation.request(instruction, self.nvalid()))
+        self.record(state, instruction, result.accuracy, result.num_evaluated)
+        return 1.0 - result.accuracy, result.num_evaluated
+
+    def run_phase(self, phase: str, state: dict) -> None:
+        if phase == "initial":
+            self._initial(state)
+        else:
+            self._iteration(state)
+
+    def _initial(self, state: dict) -> None:
+        prompts = list(dict.fromkeys(self.config.initial_prompts))
+        if len(prompts) < self.config.n_initial:
+            rest = [p for p in state["pool"] if p not in prompts]
+            prompts += random.Random(self.evaluation.seed).sample(
+                rest, min(len(rest), self.config.n_initial - len(prompts))
+            )
+        self._progress(f"initial design: scoring {len(prompts)} instructions on {self.nvalid()} questions")
+        embeddings = np.asarray(self._encode(prompts))
+        for prompt, embedding in zip(prompts, embeddings, strict=True):
+            error, n = self._score(state, prompt)
+            state["observations"].append(
+                {"instruction": prompt, "embedding": embedding.tolist(), "error": error, "n": n, "source": "initial"}
+            )
+
+    def _iteration(self, state: dict) -> None:
+        iteration = len(state["iterations"]) + 1
+        observations = state["observations"]
+        models = self.models
+        fit = models.surrogate.fit(
+            np.asarray([o["embedding"] for o in observations], dtype=np.float64),
+            [o["error"] for o in observations],
+            minimize=True,
+            owner=self.owner,
+        )
+        try:
+            sample = models.flow.sample(
+                self.config.flow_checkpoint,
+                self.config.batch_size,
+                fit.model_id,
+                self.config.guidance(),
+                seed=self.evaluation.seed * 100_003 + iteration,
+            )
+        finally:
+            models.surrogate.delete(fit.model_id)
+        seeds = list(dict.fromkeys(state["pool"] + [o["instruction"] for o in observations]))
+        decoded, usage = models.decoder.invert(
+            sample.embeddings, seeds, self.config.decoder_steps, self.config.decoder_beam
+        )
+        self.llm.usage.add(usage)
+        texts = [text for text, _ in decoded]
+        again = np.asarray(self._encode(texts))
+        cosines, distances = decode_round_trip(sample.embeddings, again)
+        best_before = min(o["error"] for o in observations)
+        samples = []
+        for i, text in enumerate(texts):
+            cosine, l2 = float(cosines[i]), float(distances[i])
+            error, n = self._score(state, text)
+            kept = again[i] if self.config.score_reencoded else sample.embeddings[i]
+            observations.append(
+                {"instruction": text, "embedding": kept.tolist(), "error": error, "n": n, "source": "ecoflow"}
+            )
+            samples.append(
+                {
+                    "instruction": text,
+                    "lcb": float(sample.lcb[i]),
+                    "decode_cosine": cosine,
+                    "decode_l2": l2,
+                    "error": error,
+                }
+            )
+        best = min(o["error"] for o in observations)
+        state["iterations"].append(
+            {
+                "iteration": iteration,
+                "gp_observations": len(observations) - len(samples),
+                "guided_steps": sample.guided_steps,
+                "samples": samples,
+                "best_error_before": best_before,
+                "best_error": best,
+            }
+        )
+        mean_cosine = float(np.mean([s["decode_cosine"] for s in samples]))
+        self._progress(
+            f"iteration {iteration}/{self.config.iterations}: {len(samples)} samples, mean LCB "
+            f"{np.mean([s['lcb'] for s in samples]):.3f}, decode round-trip cosine {mean_cosine:.3f}, "
+            f"best error {best:.3f}"
+        )
+
+    def report(self, state: dict) -> dict:
+        """Results JSON: the config, the initial design, every iteration's samples with their LCB,
+        decode round trip and measured error, and the winner."""
+        top = self.winner(state)
+        trips = [s for it in state["iterations"] for s in it["samples"]]
+        return {
+            "timestamp": state["timestamp"],
+            "config": {**dataclasses.asdict(self.config), "initial_prompts": list(self.config.initial_prompts)},
+            "initial": [
+                {"instruction": o["instruction"], "error": o["error"]}
+                for o in state["observations"]
+                if o["source"] == "initial"
+            ],
+            "iterations": state["iterations"],
+            "decode_round_trip": {
+                "mean_cosine": float(np.mean([s["decode_cosine"] for s in trips])) if trips else None,
+                "mean_l2": float(np.mean([s["decode_l2"] for s in trips])) if trips else None,
+            },
+            "winner": top,
+            "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
+            "gpu_memory_peak_bytes": self.gpu_memory_peak(),
+        }
+
+
+def decode_round_trip(sampled: np.ndarray, reencoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: (cosine, L2) between a sampled embedding and its decoded text's re-encoding."""
+    norms = np.maximum(np.linalg.norm(sampled, axis=1) * np.linalg.norm(reencoded, axis=1), 1e-12)
+    return np.sum(sampled * reencoded, axis=1) / norms, np.linalg.norm(sampled - reencoded, axis=1)

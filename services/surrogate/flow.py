@@ -1,0 +1,383 @@
+"""EcoFlow's flow model (seed 003): a DiT-style velocity network with AdaLN time conditioning,
+rectified-flow training (conditional flow matching from N(0, I) at t=0 to the data at t=1),
+Euler/Heun ODE sampling, the LCB-guided sampler with the CFG-Zero* schedule, and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from services.common.cancellation import check_caller
+from services.surrogate.types import ODE_METHODS, ZERO_INIT_MODES
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """The velocity network and its training (the seed's --epochs 50 --batch-size 1024)."""
+
+    hidden_dim: int = 512
+    num_blocks: int = 6
+    mlp_ratio: float = 4.0
+    time_embed_dim: int = 256
+    dropout: float = 0.0
+    epochs: int = 50
+    batch_size: int = 1024
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    normalize: bool = False  # standardise each dimension (mean/std stored with the model)
+    val_fraction: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("hidden_dim", "num_blocks", "time_embed_dim", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_embed_dim % 2:
+            raise ValueError(f"time_embed_dim must be even, got {self.time_embed_dim}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.lr <= 0 or self.mlp_ratio <= 0:
+            raise ValueError("lr and mlp_ratio must be > 0")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """DiT's sinusoidal embedding of t in [0, 1] (scaled to [0, 1000]), shape [n, dim]."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = 1000.0 * t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class AdaLNBlock(nn.Module):
+    """A DiT block for one token: LayerNorm modulated by the time (shift, scale), an MLP, and a
+    gated residual; the modulation starts at zero (adaLN-Zero), so each block starts as identity."""
+
+    def __init__(self, hidden: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        inner = int(hidden * mlp_ratio)
+        self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Dropout(dropout), nn.Linear(inner, hidden)
+        )
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 3 * hidden))
+        nn.init.zeros_(self.modulation[1].weight)
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class VelocityNetwork(nn.Module):
+    """v(z, t): input projection, AdaLN blocks conditioned on the time embedding, a modulated
+    final LayerNorm and a zero-initialised output projection."""
+
+    def __init__(self, dim: int, config: FlowConfig = FlowConfig()):
+        super().__init__()
+        hidden = config.hidden_dim
+        self.dim, self.time_embed_dim = dim, config.time_embed_dim
+        self.input = nn.Linear(dim, hidden)
+        self.time = nn.Sequential(nn.Linear(config.time_embed_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(hidden, config.mlp_ratio, config.dropout) for _ in range(config.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.output = nn.Linear(hidden, dim)
+        for layer in (self.final_modulation[1], self.output):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.expand(z.shape[0]) if t.dim() == 0 else t
+        c = self.time(timestep_embedding(t, self.time_embed_dim))
+        h = self.input(z)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return self.output(self.final_norm(h) * (1 + scale) + shift)
+
+
+class FlowMatchingModel(nn.Module):
+    """Rectified flow: x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I) and x1 a (normalised) embedding;
+    the velocity network regresses x1 - x0 (conditional flow matching). Sampling integrates
+    dz/dt = v(z, t) from noise at t=0 to t=1 and maps back to embedding space."""
+
+    def __init__(self, velocity: VelocityNetwork, mean: torch.Tensor | None = None, std: torch.Tensor | None = None):
+        super().__init__()
+        self.velocity = velocity
+        dim = velocity.dim
+        self.register_buffer("mean", torch.zeros(dim) if mean is None else mean.float().clone())
+        self.register_buffer("std", torch.ones(dim) if std is None else std.float().clone())
+
+    @property
+    def dim(self) -> int:
+        return self.velocity.dim
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+    def loss(self, x1: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The CFM loss on a batch of normalised embeddings: mean squared error of the velocity."""
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        t = torch.rand(x1.shape[0], generator=generator, device=x1.device)
+        xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+        return ((self.velocity(xt, t) - (x1 - x0)) ** 2).mean()
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, num_steps: int = 50, method: str = "heun", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """n embeddings (embedding space) by the unguided ODE."""
+        z0 = torch.randn(n, self.dim, generator=generator, device=self.mean.device)
+        return self.denormalize(integrate(lambda z, t, step: self.velocity(z, t), z0, num_steps, method))
+
+
+def integrate(drift: Callable, z: torch.Tensor, num_steps: int, method: str = "heun") -> torch.Tensor:
+    """dz/dt = drift(z, t, step) from t=0 to t=1 in `num_steps` equal steps (Euler or Heun)."""
+    if method not in ODE_METHODS:
+        raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    h = 1.0 / num_steps
+    for step in range(num_steps):
+        check_caller()  # served over gRPC: stop once the caller is gone
+        t = torch.full((z.shape[0],), step * h, device=z.device)
+        k1 = drift(z, t, step)
+        if method == "euler":
+            z = z + h * k1
+        else:
+            k2 = drift(z + h * k1, t + h, step)
+            z = z + 0.5 * h * (k1 + k2)
+    return z
+
+
+def zero_init_steps(fraction: float, num_steps: int) -> int:
+    """Steps at the start that the CFG-Zero* schedule leaves unguided (at least one when > 0)."""
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"zero_init_fraction must lie in [0, 1], got {fraction}")
+    return math.ceil(fraction * num_steps - 1e-9)
+
+
+class GuidedFlowSampler:
+    """Samples dz/dt = v(z, t) - lambda * grad_z LCB(z): `lcb(x)` is the GP's lower confidence
+    bound of the error at embeddings x (differentiable, to be minimised), so guidance moves the
+    trajectory toward prompts the GP is optimistic about. lambda(t) is constant; the first
+    `zero_init_fraction` of the steps carry no guidance (the seed's CFG-Zero* schedule) or, with
+    zero_init="velocity", no velocity at all (CFG-Zero*'s own zero-init)."""
+
+    def __init__(
+        self,
+        flow: FlowMatchingModel,
+        lcb: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        guidance_strength: float = 1.0,
+        num_steps: int = 50,
+        method: str = "heun",
+        zero_init_fraction: float = 0.04,
+        zero_init: str = "guidance",
+    ):
+        if zero_init not in ZERO_INIT_MODES:
+            raise ValueError(f"zero_init must be one of {ZERO_INIT_MODES}, got {zero_init!r}")
+        if guidance_strength < 0 or not math.isfinite(guidance_strength):
+            raise ValueError(f"guidance_strength must be finite and >= 0, got {guidance_strength}")
+        if guidance_strength > 0 and lcb is None:
+            raise ValueError("guidance needs a GP (its LCB); set guidance_strength 0 to sample unguided")
+        if method not in ODE_METHODS:
+            raise ValueError(f"method must be one of {ODE_METHODS}, got {method!r}")
+        self.flow, self.lcb = flow, lcb
+        self.guidance_strength, self.num_steps, self.method = guidance_strength, num_steps, method
+        self.zero_steps = zero_init_steps(zero_init_fraction, num_steps)
+        self.zero_init = zero_init
+        self.guided_steps: list[int] = []  # steps of the last sample() that applied guidance
+
+    def guidance(self, z: torch.Tensor) -> torch.Tensor:
+        """-grad_z LCB(denormalize(z)), the direction that lowers the error's LCB."""
+        with torch.enable_grad():
+            z = z.detach().requires_grad_(True)
+            (gradient,) = torch.autograd.grad(self.lcb(self.flow.denormalize(z)).sum(), z)
+        return -gradient
+
+    def drift(self, z: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        if step < self.zero_steps:
+            return torch.zeros_like(z) if self.zero_init == "velocity" else self.flow.velocity(z, t)
+        v = self.flow.velocity(z, t)
+        if self.guidance_strength == 0:
+            return v
+        if not self.guided_steps or self.guided_steps[-1] != step:
+            self.guided_steps.append(step)
+        return v + self.guidance_strength * self.guidance(z)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n embeddings (embedding space)."""
+        self.guided_steps = []
+        z0 = torch.randn(n, self.flow.dim, generator=generator, device=self.flow.mean.device)
+        return self.flow.denormalize(integrate(self.drift, z0, self.num_steps, self.method))
+
+
+def split(x: torch.Tensor, config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training, validation) rows of the embeddings, fixed by the config's seed and val_fraction."""
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
+    n_val = max(1, round(config.val_fraction * x.shape[0]))
+    return x[order[n_val:]], x[order[:n_val]]
+
+
+def nearest_l2(points: torch.Tensor, reference: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """Each point's L2 distance to its nearest reference row, shape [m] (reference in chunks)."""
+    best = torch.full((points.shape[0],), math.inf)
+    for start in range(0, reference.shape[0], chunk):
+        distances = torch.cdist(points.float(), reference[start : start + chunk].float())
+        best = torch.minimum(best, distances.min(dim=1).values)
+    return best
+
+
+@dataclasses.dataclass
+class EpochLosses:
+    epoch: int
+    train_loss: float
+    val_loss: float
+
+
+class FlowTrainer:
+    """Trains a FlowMatchingModel on embeddings [n, d] one epoch at a time (AdamW, gradient
+    clipping, a fixed validation split); its state round-trips through checkpoints for resume."""
+
+    def __init__(self, embeddings: torch.Tensor, config: FlowConfig = FlowConfig()):
+        if embeddings.dim() != 2 or embeddings.shape[0] < 4:
+            raise ValueError(f"embeddings must be [n >= 4, d], got {list(embeddings.shape)}")
+        if not torch.isfinite(embeddings).all():
+            raise ValueError("embeddings must be finite")
+        self.config = config
+        x = embeddings.float()
+        self.train, self.val = split(x, config)
+        mean, std = (self.train.mean(0), self.train.std(0).clamp_min(1e-6)) if config.normalize else (None, None)
+        torch.manual_seed(config.seed)
+        self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.history: list[EpochLosses] = []
+        self.best_val_loss = math.inf
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def run_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> EpochLosses:
+        self.model.train()
+        train = self.model.normalize(self.train)
+        order = torch.randperm(train.shape[0], generator=self.generator)
+        total, batches = 0.0, 0
+        for start in range(0, train.shape[0], self.config.batch_size):
+            if should_stop():
+                raise InterruptedError("stopped mid-epoch")
+            loss = self.model.loss(train[order[start : start + self.config.batch_size]], self.generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            self.optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        losses = EpochLosses(self.epoch + 1, total / batches, self.validation_loss())
+        self.history.append(losses)
+        self.best_val_loss = min(self.best_val_loss, losses.val_loss)
+        return losses
+
+    @torch.no_grad()
+    def validation_loss(self, repeats: int = 4) -> float:
+        """The CFM loss on the held-out split, averaged over fixed noise draws (comparable across epochs)."""
+        self.model.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 2)
+        val = self.model.normalize(self.val)
+        return float(sum(self.model.loss(val, generator) for _ in range(repeats)) / repeats)
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": [dataclasses.asdict(h) for h in self.history],
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.history = [EpochLosses(**h) for h in state["history"]]
+        self.best_val_loss = min((h.val_loss for h in self.history), default=math.inf)
+
+
+class FlowCache:
+    """Loaded flow checkpoints (model, facts) by path, reloaded when the file changes (a run's
+    best_flow.pt improves while it trains), and their training data split for the manifold."""
+
+    def __init__(self):
+        self._models: dict[str, tuple[float, FlowMatchingModel, dict]] = {}
+        self._data: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str | Path) -> tuple[FlowMatchingModel, dict]:
+        path = Path(path)
+        stamp = path.stat().st_mtime if path.is_file() else None
+        with self._lock:
+            cached = self._models.get(str(path))
+            if cached is not None and cached[0] == stamp:
+                return cached[1], cached[2]
+        model, facts = load_flow(path)
+        with self._lock:
+            self._models[str(path)] = (stamp, model, facts)
+        return model, facts
+
+    def data(self, path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training, held-out) embeddings of the checkpoint's run, split as it trained."""
+        _, facts = self.get(path)
+        source = facts.get("data")
+        if not source or not Path(source).is_file():
+            raise ValueError(f"checkpoint {str(path)!r} records no training data on the surrogate ({source!r})")
+        stamp = Path(source).stat().st_mtime
+        with self._lock:
+            cached = self._data.get(source)
+        if cached is None or cached[0] != stamp:
+            saved = torch.load(source, map_location="cpu", weights_only=True)
+            x = (saved.get("embeddings") if isinstance(saved, dict) else saved).float()
+            cached = (stamp, *split(x, facts["config"]))
+            with self._lock:
+                self._data[source] = cached
+        return cached[1], cached[2]
+
+
+def save_flow(path: str | Path, model: FlowMatchingModel, config: FlowConfig, **extra) -> None:
+    """A checkpoint with the model, its config and `extra` facts (epoch, losses, data), written
+    through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"config": dataclasses.asdict(config), "dim": model.dim, "model": model.state_dict(), **extra}, tmp)
+    tmp.replace(path)
+
+
+def load_flow(path: str | Path) -> tuple[FlowMatchingModel, dict]:
+    """(model in eval mode, the checkpoint's facts); ValueError when it is not a flow checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"flow checkpoint {str(path)!r} does not exist")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        config = FlowConfig(**saved["config"])
+        model = FlowMatchingModel(VelocityNetwork(saved["dim"], config))
+        model.load_state_dict(saved["model"])
+    except (KeyError, TypeError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{str(path)!r} is not a flow checkpoint: {exc}") from exc
+    model.eval()
+    return model, {k: v for k, v in saved.items() if k not in ("model", "config")} | {"config": config}

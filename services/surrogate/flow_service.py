@@ -1,0 +1,229 @@
+"""EcoFlow's flow service in the surrogate process: flow-matching training as resumable runs (one
+step per epoch; `last_flow.pt` every epoch, `best_flow.pt` at each best validation loss, under
+the run's directory) and guided sampling (SampleFlow) by the engine. torch loads lazily, after
+the server is up (as the surrogate's engine does)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from promptopt.flow.v1 import flow_pb2, flow_pb2_grpc
+
+from services.common.codec import encode_tensor
+from services.common.errors import require
+from services.common.operation_server import OperationServicer
+from services.common.operations import Cancelled, Job, RunManager, RunStore
+from services.common.server import ServiceBinding
+from services.surrogate.types import GuidanceSettings
+
+MAX_SAMPLES = 4096
+MAX_STEPS = 1000
+
+
+def load_embeddings(path: str | Path):
+    """Embeddings [n, d] (a float tensor) from a .pt file: a tensor, or the corpus recipe's
+    {"embeddings": ...}."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data {str(path)!r} does not exist on the surrogate")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
+        raise ValueError(f"data {str(path)!r} is not a torch file of embeddings: {exc}") from exc
+    x = saved.get("embeddings") if isinstance(saved, dict) else saved
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
+        raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"data {str(path)!r} has non-finite embeddings")
+    return x.float()
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowTrainingSettings:
+    """A training run: the embeddings file, where its checkpoints go, and the FlowConfig."""
+
+    data: str
+    output_dir: str
+    flow: object  # FlowConfig
+
+    @classmethod
+    def from_json(cls, text: str, run_id: str, state_dir: str | Path) -> FlowTrainingSettings:
+        """Parsed and validated; ValueError naming the field."""
+        from services.surrogate.flow import FlowConfig
+
+        try:
+            fields = json.loads(text or "{}")
+        except ValueError as exc:
+            raise ValueError(f"config_json is not JSON: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise ValueError("config_json must be a JSON object")
+        data, output_dir = fields.pop("data", ""), fields.pop("output_dir", "")
+        if not isinstance(data, str) or not data:
+            raise ValueError("data must name a .pt file of embeddings on the surrogate")
+        known = {f.name for f in dataclasses.fields(FlowConfig)}
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"config_json: unknown fields {unknown}; known: {sorted(known | {'data', 'output_dir'})}")
+        for name, value in fields.items():
+            kind = type(getattr(FlowConfig(), name))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not kind:
+                raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+            fields[name] = value
+        return cls(data, output_dir or str(Path(state_dir) / "flows" / run_id), FlowConfig(**fields))
+
+
+class FlowTrainingJob(Job):
+    """Trains a flow model one epoch per step. The trainer's state rides in `last_flow.pt`, so a
+    resumed run (after a restart, a failure or a cancel) continues from its last epoch."""
+
+    def __init__(self, settings: FlowTrainingSettings, emit, cancelled):
+        self.settings, self.emit, self.cancelled = settings, emit, cancelled
+        self.root = Path(settings.output_dir)
+        self._trainer = None  # a FlowTrainer, built at the first step
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last_flow.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.root / "best_flow.pt"
+
+    def total_steps(self) -> int:
+        return self.settings.flow.epochs
+
+    def initial_state(self) -> dict:
+        x = load_embeddings(self.settings.data)
+        return {"step": 0, "history": [], "best_val_loss": None, "n": int(x.shape[0]), "dim": int(x.shape[1])}
+
+    def trainer(self):
+        """The FlowTrainer, from the last checkpoint when there is one."""
+        from services.surrogate.flow import FlowTrainer, load_flow
+
+        if self._trainer is None:
+            self._trainer = FlowTrainer(load_embeddings(self.settings.data), self.settings.flow)
+            if self.last.is_file():
+                _, facts = load_flow(self.last)
+                self._trainer.load_state(facts["trainer"])
+        return self._trainer
+
+    def step(self, state: dict) -> dict:
+        from services.surrogate.flow import save_flow
+
+        trainer = self.trainer()
+        if trainer.epoch <= state["step"]:  # else this epoch ran and was saved before a crash
+            try:
+                trainer.run_epoch(self.cancelled)
+            except InterruptedError as exc:
+                raise Cancelled() from exc
+            save_flow(self.last, trainer.model, self.settings.flow, trainer=trainer.state(), data=self.settings.data)
+        losses = trainer.history[state["step"]]
+        best = state["best_val_loss"]
+        if best is None or losses.val_loss < best:
+            best = losses.val_loss
+            save_flow(
+                self.best_path,
+                trainer.model,
+                self.settings.flow,
+                epoch=losses.epoch,
+                val_loss=losses.val_loss,
+                data=self.settings.data,
+            )
+        self.emit(
+            "progress",
+            {
+                "message": f"epoch {losses.epoch}/{self.settings.flow.epochs}: train loss {losses.train_loss:.4f}, "
+                f"validation loss {losses.val_loss:.4f} (best {best:.4f})",
+            },
+        )
+        entry = dataclasses.asdict(losses)
+        return {**state, "step": state["step"] + 1, "history": [*state["history"], entry], "best_val_loss": best}
+
+    def best(self, state: dict) -> tuple[str, float]:
+        """The best checkpoint and its validation loss (lower is better)."""
+        loss = state["best_val_loss"]
+        return (str(self.best_path), float(loss)) if loss is not None else ("", math.nan)
+
+    def report(self, state: dict) -> dict:
+        return {
+            "best_checkpoint": str(self.best_path),
+            "last_checkpoint": str(self.last),
+            "data": self.settings.data,
+            "embeddings": state["n"],
+            "dim": state["dim"],
+            "best_val_loss": state["best_val_loss"],
+            "history": state["history"],
+        }
+
+
+def parse_sample(request) -> dict:
+    """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset method or
+    zero_init takes the seed's."""
+    require(bool(request.checkpoint), "checkpoint must name a flow checkpoint on the surrogate")
+    require(1 <= request.n_samples <= MAX_SAMPLES, f"n_samples must be in [1, {MAX_SAMPLES}]")
+    require(1 <= request.num_steps <= MAX_STEPS, f"num_steps must be in [1, {MAX_STEPS}] (the seed's 50)")
+    for name in ("guidance_strength", "alpha", "zero_init_fraction"):
+        require(math.isfinite(getattr(request, name)), f"{name} must be a finite number")
+    require(request.guidance_strength == 0 or bool(request.model_id), "guidance_strength > 0 needs model_id (a GP)")
+    settings = GuidanceSettings(
+        request.guidance_strength,
+        request.alpha,
+        request.num_steps,
+        request.method or "heun",
+        request.zero_init_fraction,
+        request.zero_init or "guidance",
+    )
+    return {
+        "checkpoint": request.checkpoint,
+        "n": request.n_samples,
+        "model_id": request.model_id,
+        "seed": request.seed,
+        "manifold_distance": request.manifold_distance,
+        **dataclasses.asdict(settings),
+    }
+
+
+class FlowServicer(OperationServicer):
+    """The six run RPCs over the flow training runs, and SampleFlow through the engine."""
+
+    def __init__(self, store: RunStore, manager: RunManager, state_dir: Path, engine_of):
+        super().__init__(flow_pb2, store, manager, lambda request: self._parse_start(request))
+        self.state_dir, self.engine_of = state_dir, engine_of
+
+    def _parse_start(self, request):
+        settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
+        load_embeddings(settings.data)  # refused now, not at the first epoch
+        return "flow", request.display_name, json.loads(request.config_json or "{}"), settings.flow.epochs
+
+    def SampleFlow(self, request, context):  # noqa: N802 - gRPC method name
+        result = self.engine_of().sample_flow(**parse_sample(request))
+        return flow_pb2.SampleFlowResponse(
+            samples=encode_tensor(np.asarray(result.embeddings, dtype=np.float32)),
+            lcb=[] if result.lcb is None else [float(v) for v in result.lcb],
+            guided_steps=result.guided_steps,
+            nearest_train_l2=[] if result.nearest_train_l2 is None else [float(v) for v in result.nearest_train_l2],
+            heldout_nearest_l2=result.heldout_nearest_l2 or 0.0,
+        )
+
+
+def flow_service(store: RunStore, state_dir: str | Path, engine_of) -> tuple[ServiceBinding, RunManager]:
+    """The FlowService (runs under `state_dir`/flows/<run id>) and its run manager; `engine_of()`
+    returns the surrogate's engine once it has loaded."""
+    state_dir = Path(state_dir)
+
+    def factory(record, emit, usage, cancelled):
+        settings = FlowTrainingSettings.from_json(json.dumps(record.config), record.run_id, state_dir)
+        return FlowTrainingJob(settings, emit, cancelled)
+
+    manager = RunManager(store, factory)
+    servicer = FlowServicer(store, manager, state_dir, engine_of)
+    add = flow_pb2_grpc.add_FlowServiceServicer_to_server
+    return ServiceBinding.of(flow_pb2, "FlowService", add, servicer), manager

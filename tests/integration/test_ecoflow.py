@@ -1,0 +1,151 @@
+"""EcoFlow's BO loop on real parts in process: a flow trained on the shipped MiniLM embeddings of
+the APE pool and the 100 recorded Qwen2.5-7B instructions, the surrogate engine (exact GP,
+guided sampling), nearest-text decoding (decoded texts stay in the recorded table) and the
+replay backend scoring them (SQLite answer cache)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from services.common.types import Usage
+from services.llm_eval.cache import AnswerCache
+from services.llm_eval.core import LlmEvaluator
+from services.llm_eval.datasets import DatasetStore
+from services.llm_eval.replay import ReplayBackend, convert_results, load_table
+from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
+from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer, decode_round_trip
+from services.surrogate.flow import FlowConfig, FlowTrainer, save_flow
+from tests.integration.harness import nearest_text_models
+
+SMALL_FLOW = FlowConfig(hidden_dim=128, num_blocks=2, time_embed_dim=32, batch_size=128, lr=2e-3, normalize=True)
+
+
+@pytest.fixture(scope="module")
+def parts(datasets_dir, embedder, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ecoflow")
+    recorded = datasets_dir / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
+    convert_results(recorded, tmp / "table.jsonl")
+    table = load_table(tmp / "table.jsonl")
+    pool = [instruction for instruction, _ in table]
+    (tmp / "pool.json").write_text(json.dumps(pool))
+    ape = json.loads((datasets_dir / "prompts" / "ape_instructions_1000.json").read_text())
+    trainer = FlowTrainer(torch.as_tensor(np.asarray(embedder.encode(pool + ape))), SMALL_FLOW)
+    for _ in range(15):
+        trainer.run_epoch()
+    save_flow(tmp / "best_flow.pt", trainer.model, SMALL_FLOW)
+    store = DatasetStore(datasets_dir)
+    backend = ReplayBackend(table, store.load("gsm8k", "test"))
+    evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
+    return {"tmp": tmp, "evaluator": evaluator, "models": nearest_text_models(embedder), "embedder": embedder}
+
+
+def optimizer_for(parts, **fields):
+    config = EcoFlowConfig.from_fields(
+        {
+            "flow_checkpoint": str(parts["tmp"] / "best_flow.pt"),
+            "initial_pool_path": str(parts["tmp"] / "pool.json"),
+            "debug": True,
+            **fields,
+        }
+    )
+    usage, events = Usage(), []
+    optimizer = EcoFlowOptimizer(
+        config,
+        EvaluationSettings(split="test[:50%]", fidelity=40, seed=3, test_split="test[50%:]", test_fidelity=40),
+        MeteredLlm(parts["evaluator"], usage),
+        lambda kind, payload: events.append((kind, payload)),
+        parts["models"],
+        owner="ecoflow-test",
+    )
+    return optimizer, usage, events
+
+
+def run(optimizer, state=None, stop_after=None):
+    state = state or optimizer.initial_state()
+    while state["step"] < (stop_after or optimizer.total_steps()):
+        state = optimizer.step(state)
+    return state
+
+
+def test_the_bo_loop_scores_decoded_guided_samples_and_reports_the_round_trip(parts):
+    optimizer, usage, events = optimizer_for(parts, iterations=3, batch_size=3)
+    state = run(optimizer)
+    assert optimizer.total_steps() == 1 + 3 + 1  # initial design, iterations, held-out
+    observations = state["observations"]
+    assert [o["source"] for o in observations] == ["initial"] * 4 + ["ecoflow"] * 9
+    assert all(o["n"] == 40 for o in observations) and state["held_out"]["test_questions"] == 40
+    for iteration in state["iterations"]:
+        assert iteration["guided_steps"] == 9  # debug: 10 steps, the first 4% (one) unguided
+        assert iteration["gp_observations"] == 4 + 3 * (iteration["iteration"] - 1)
+        assert iteration["best_error"] == min(
+            iteration["best_error_before"], *(s["error"] for s in iteration["samples"])
+        )
+    # the GP learns each decoded prompt under its re-encoded embedding (the default), and the
+    # reported round trip is between the sample and that re-encoding
+    decoded = [o for o in observations if o["source"] == "ecoflow"]
+    again = np.asarray(parts["embedder"].encode([o["instruction"] for o in decoded]))
+    assert np.allclose([o["embedding"] for o in decoded], again, atol=1e-5)
+    samples = [s for it in state["iterations"] for s in it["samples"]]
+    assert all(-1 <= s["decode_cosine"] <= 1 and s["decode_l2"] >= 0 for s in samples)
+    report = optimizer.report(state)
+    assert report["decode_round_trip"]["mean_cosine"] == pytest.approx(np.mean([s["decode_cosine"] for s in samples]))
+    top = optimizer.winner(state)
+    assert top["score"] == 1 - min(o["error"] for o in observations) and report["winner"] == top
+    assert sum(1 for kind, _ in events if kind == "candidate") == 13  # every scored prompt, once
+
+
+def test_without_score_reencoded_the_gp_keeps_the_sampled_embedding(parts):
+    optimizer, _, _ = optimizer_for(parts, iterations=1, batch_size=2, score_reencoded=False)
+    state = run(optimizer, stop_after=2)
+    decoded = [o for o in state["observations"] if o["source"] == "ecoflow"]
+    again = np.asarray(parts["embedder"].encode([o["instruction"] for o in decoded]))
+    sampled = np.asarray([o["embedding"] for o in decoded])
+    cosine, _ = decode_round_trip(sampled, again)
+    reported = [s["decode_cosine"] for s in state["iterations"][0]["samples"]]
+    assert np.allclose(cosine, reported, atol=1e-5) and not np.allclose(sampled, again, atol=1e-3)
+
+
+def test_guidance_lowers_the_lcb_of_the_loops_samples(parts):
+    """The same iteration (same GP data, same noise) with lambda 0 and the seed's lambda 1."""
+    lcb = {}
+    for strength in (0.0, 1.0):
+        optimizer, _, _ = optimizer_for(
+            parts, iterations=1, batch_size=8, guidance_strength=strength, num_steps=20, n_initial=30
+        )
+        state = run(optimizer, stop_after=2)
+        lcb[strength] = np.mean([s["lcb"] for s in state["iterations"][0]["samples"]])
+    assert lcb[1.0] < lcb[0.0] - 0.005  # 30 scored prompts: with a handful the 384-D GP is flat
+
+
+def test_a_resumed_run_continues_from_its_checkpoint_without_rescoring(parts):
+    first, _, _ = optimizer_for(parts, iterations=2, batch_size=2)
+    saved = json.loads(json.dumps(run(first, stop_after=2)))  # the run store's checkpoint is JSON
+    resumed, _, events = optimizer_for(parts, iterations=2, batch_size=2)
+    final = run(resumed, copy.deepcopy(saved), stop_after=3)
+    assert [it["iteration"] for it in final["iterations"]] == [1, 2] and len(final["observations"]) == 8
+    assert final["observations"][:6] == saved["observations"]  # what was scored before is kept as it was
+    assert sum(1 for kind, _ in events if kind == "candidate") == 2  # only iteration 2's samples were scored
+
+
+def test_bad_configs_name_the_field(parts, tmp_path):
+    base = {"flow_checkpoint": "x.pt", "initial_pool_path": str(parts["tmp"] / "pool.json")}
+    for fields, message in [
+        ({"flow_checkpoint": ""}, "ecoflow.flow_checkpoint must name"),
+        ({"batch_size": 0}, "ecoflow.batch_size must be >= 1"),
+        ({"method": "rk4"}, "ecoflow.method must be one of"),
+        ({"zero_init_fraction": 2.0}, "ecoflow.zero_init_fraction must lie in"),
+        ({"n_initial": 1}, "ecoflow.n_initial must be >= 2"),
+        ({"initial_pool_path": str(tmp_path / "none.json")}, "ecoflow.initial_pool_path"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            EcoFlowConfig.from_fields({**base, **fields})
+
+
+def test_the_seeds_defaults():
+    config = EcoFlowConfig(flow_checkpoint="best_flow.pt")
+    assert (config.iterations, config.batch_size, config.num_steps, config.method) == (100, 8, 50, "heun")
+    assert (config.guidance_strength, config.alpha, config.zero_init_fraction) == (1.0, 1.0, 0.04)
+    assert config.score_reencoded and config.zero_init == "guidance"
