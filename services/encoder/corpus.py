@@ -6,7 +6,8 @@ Embeds instruction-like text with the configured encoder into a .pt file holding
 `promptopt flow train --data`. Production embeds a large corpus with SONAR (1024-D; the seed
 used 1.5M texts) through the encoder service (--encoder); on CPU the embedded encoder runs in
 process over what ships offline in datasets/: the APE instruction pool, the recorded
-instructions and the GSM8K questions (train and test). It prints the corpus's size and sources.
+instructions and the GSM8K train questions (the test split, where winners are reported, stays
+out). It prints the corpus's size and sources.
 """
 
 from __future__ import annotations
@@ -43,10 +44,9 @@ def corpus_texts(root: Path, sources: tuple[str, ...]) -> list[tuple[str, str]]:
             recorded = json.loads((root / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json").read_text())
             add(source, [r["instruction"] for r in recorded["results"]])
             add(source, json.loads((root / "hbbops_dev" / "instructions.json").read_text()))
-        elif source == "gsm8k":
-            for split in ("train", "test"):
-                lines = (root / "gsm8k" / f"{split}.jsonl").read_text().splitlines()
-                add(source, [json.loads(line)["question"] for line in lines if line.strip()])
+        elif source == "gsm8k":  # train only: winners are reported on the test split
+            lines = (root / "gsm8k" / "train.jsonl").read_text().splitlines()
+            add(source, [json.loads(line)["question"] for line in lines if line.strip()])
         else:
             raise ValueError(f"--sources: unknown source {source!r}; known: {', '.join(SOURCES)}")
     return [(source, text) for text, source in found.items()]

@@ -36,7 +36,11 @@ def add_commands(sub, client_config) -> None:
     flow = sub.add_parser("flow", help="EcoFlow's flow model (seed 003) on the surrogate")
     commands = flow.add_subparsers(dest="flow_command", required=True)
     p = commands.add_parser("train", help="train a flow matching model on embeddings (a .pt on the surrogate)")
-    p.add_argument("--data", required=True, help="embeddings [n, d] (.pt, e.g. from python -m datasets.embed)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="embeddings [n, d] on the surrogate (.pt, e.g. from python -m services.encoder.corpus)",
+    )
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--normalize", action="store_true", help="standardise each embedding dimension")

@@ -245,7 +245,7 @@ class FlowClient(OperationClient):
             manifold_distance=manifold_distance,
             **dataclasses.asdict(settings),
         )
-        response = self.stub.SampleFlow(request, timeout=self.timeout)
+        response = SurrogateClient._call(self.stub.SampleFlow, request, self.timeout)  # NOT_FOUND: NotFoundError
         return FlowSamples(
             decode_tensor(response.samples),
             np.asarray(response.lcb, dtype=np.float64) if model_id else None,

@@ -52,7 +52,8 @@ class Surrogate(ABC):
 
 
 class ExactGP(Surrogate):
-    """BoTorch SingleTaskGP (Matern 5/2 ARD), unit-cube inputs, standardised outputs, MLL fit."""
+    """BoTorch SingleTaskGP (its default: RBF ARD with a dimension-scaled log-normal lengthscale
+    prior), unit-cube inputs, standardised outputs, MLL fit."""
 
     def __init__(self, train_x: np.ndarray, train_y: np.ndarray, minimize: bool = False):
         from botorch.fit import fit_gpytorch_mll

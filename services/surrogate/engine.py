@@ -288,11 +288,9 @@ class SurrogateEngine:
                 values = gp.lcb(samples, alpha).numpy()  # reported as an error rate
         result = FlowSamples(samples.numpy(), values, len(sampler.guided_steps))
         if manifold_distance:
-            train, held_out = self._flows.data(checkpoint)
+            train, reference = self._flows.manifold(checkpoint)
             result = dataclasses.replace(
-                result,
-                nearest_train_l2=nearest_l2(samples, train).numpy(),
-                heldout_nearest_l2=float(nearest_l2(held_out, train).mean()),
+                result, nearest_train_l2=nearest_l2(samples, train).numpy(), heldout_nearest_l2=reference
             )
         return result
 

@@ -46,8 +46,12 @@ class FlowConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.lr <= 0 or self.mlp_ratio <= 0:
-            raise ValueError("lr and mlp_ratio must be > 0")
+        for name in ("lr", "mlp_ratio", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -166,7 +170,7 @@ def integrate(drift: Callable, z: torch.Tensor, num_steps: int, method: str = "h
 
 
 def zero_init_steps(fraction: float, num_steps: int) -> int:
-    """Steps at the start that the CFG-Zero* schedule leaves unguided (at least one when > 0)."""
+    """Steps at the start that the CFG-Zero* schedule leaves unguided: ceil(fraction x steps)."""
     if not 0 <= fraction <= 1:
         raise ValueError(f"zero_init_fraction must lie in [0, 1], got {fraction}")
     return math.ceil(fraction * num_steps - 1e-9)
@@ -231,7 +235,7 @@ class GuidedFlowSampler:
 def split(x: torch.Tensor, config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(training, validation) rows of the embeddings, fixed by the config's seed and val_fraction."""
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
-    n_val = max(1, round(config.val_fraction * x.shape[0]))
+    n_val = min(x.shape[0] - 1, max(1, round(config.val_fraction * x.shape[0])))
     return x[order[n_val:]], x[order[:n_val]]
 
 
@@ -264,8 +268,9 @@ class FlowTrainer:
         x = embeddings.float()
         self.train, self.val = split(x, config)
         mean, std = (self.train.mean(0), self.train.std(0).clamp_min(1e-6)) if config.normalize else (None, None)
-        torch.manual_seed(config.seed)
-        self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the process's RNG
+            torch.manual_seed(config.seed)
+            self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.history: list[EpochLosses] = []
@@ -318,13 +323,16 @@ class FlowTrainer:
         self.best_val_loss = min((h.val_loss for h in self.history), default=math.inf)
 
 
+HELD_OUT_REFERENCE = 1000  # held-out embeddings the on-manifold reference distance is measured on
+
+
 class FlowCache:
     """Loaded flow checkpoints (model, facts) by path, reloaded when the file changes (a run's
     best_flow.pt improves while it trains), and their training data split for the manifold."""
 
     def __init__(self):
         self._models: dict[str, tuple[float, FlowMatchingModel, dict]] = {}
-        self._data: dict[str, tuple[float, torch.Tensor, torch.Tensor]] = {}
+        self._data: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, path: str | Path) -> tuple[FlowMatchingModel, dict]:
@@ -339,22 +347,25 @@ class FlowCache:
             self._models[str(path)] = (stamp, model, facts)
         return model, facts
 
-    def data(self, path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
-        """(training, held-out) embeddings of the checkpoint's run, split as it trained."""
+    def manifold(self, path: str | Path) -> tuple[torch.Tensor, float]:
+        """(training embeddings of the checkpoint's run, split as it trained; the mean L2 of up to
+        HELD_OUT_REFERENCE of its held-out embeddings to their nearest training one)."""
         _, facts = self.get(path)
         source = facts.get("data")
         if not source or not Path(source).is_file():
             raise ValueError(f"checkpoint {str(path)!r} records no training data on the surrogate ({source!r})")
-        stamp = Path(source).stat().st_mtime
+        config = facts["config"]
+        key = (source, Path(source).stat().st_mtime, config.seed, config.val_fraction)
         with self._lock:
-            cached = self._data.get(source)
-        if cached is None or cached[0] != stamp:
+            cached = self._data.get(key)
+        if cached is None:
             saved = torch.load(source, map_location="cpu", weights_only=True)
             x = (saved.get("embeddings") if isinstance(saved, dict) else saved).float()
-            cached = (stamp, *split(x, facts["config"]))
+            train, held_out = split(x, config)
+            cached = (train, float(nearest_l2(held_out[:HELD_OUT_REFERENCE], train).mean()))
             with self._lock:
-                self._data[source] = cached
-        return cached[1], cached[2]
+                self._data = {key: cached}  # one corpus at a time: they can be large
+        return cached
 
 
 def save_flow(path: str | Path, model: FlowMatchingModel, config: FlowConfig, **extra) -> None:
@@ -374,6 +385,8 @@ def load_flow(path: str | Path) -> tuple[FlowMatchingModel, dict]:
         raise ValueError(f"flow checkpoint {str(path)!r} does not exist")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict):
+            raise TypeError(f"a {type(saved).__name__}, not a checkpoint")
         config = FlowConfig(**saved["config"])
         model = FlowMatchingModel(VelocityNetwork(saved["dim"], config))
         model.load_state_dict(saved["model"])

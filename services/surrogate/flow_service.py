@@ -84,8 +84,8 @@ class FlowTrainingJob(Job):
     """Trains a flow model one epoch per step. The trainer's state rides in `last_flow.pt`, so a
     resumed run (after a restart, a failure or a cancel) continues from its last epoch."""
 
-    def __init__(self, settings: FlowTrainingSettings, emit, cancelled):
-        self.settings, self.emit, self.cancelled = settings, emit, cancelled
+    def __init__(self, settings: FlowTrainingSettings, emit, cancelled, run_id: str = ""):
+        self.settings, self.emit, self.cancelled, self.run_id = settings, emit, cancelled, run_id
         self.root = Path(settings.output_dir)
         self._trainer = None  # a FlowTrainer, built at the first step
 
@@ -101,30 +101,44 @@ class FlowTrainingJob(Job):
         return self.settings.flow.epochs
 
     def initial_state(self) -> dict:
+        if self.last.is_file():
+            raise ValueError(f"output_dir {str(self.root)!r} holds another training run's checkpoints")
         x = load_embeddings(self.settings.data)
         return {"step": 0, "history": [], "best_val_loss": None, "n": int(x.shape[0]), "dim": int(x.shape[1])}
 
-    def trainer(self):
-        """The FlowTrainer, from the last checkpoint when there is one."""
+    def trainer(self, step: int):
+        """The FlowTrainer at epoch `step` (or one past it, when the process died between saving
+        the epoch and checkpointing the run), from this run's last checkpoint."""
         from services.surrogate.flow import FlowTrainer, load_flow
 
         if self._trainer is None:
             self._trainer = FlowTrainer(load_embeddings(self.settings.data), self.settings.flow)
             if self.last.is_file():
                 _, facts = load_flow(self.last)
+                if facts.get("run_id") != self.run_id:
+                    raise ValueError(f"{self.last} belongs to training run {facts.get('run_id')!r}")
                 self._trainer.load_state(facts["trainer"])
+        if self._trainer.epoch not in (step, step + 1):
+            raise ValueError(f"{self.last} is at epoch {self._trainer.epoch}, the run at {step}: it cannot resume")
         return self._trainer
 
     def step(self, state: dict) -> dict:
         from services.surrogate.flow import save_flow
 
-        trainer = self.trainer()
-        if trainer.epoch <= state["step"]:  # else this epoch ran and was saved before a crash
+        trainer = self.trainer(state["step"])
+        if trainer.epoch == state["step"]:  # else this epoch ran and was saved before a crash
             try:
                 trainer.run_epoch(self.cancelled)
             except InterruptedError as exc:
                 raise Cancelled() from exc
-            save_flow(self.last, trainer.model, self.settings.flow, trainer=trainer.state(), data=self.settings.data)
+            save_flow(
+                self.last,
+                trainer.model,
+                self.settings.flow,
+                trainer=trainer.state(),
+                data=self.settings.data,
+                run_id=self.run_id,
+            )
         losses = trainer.history[state["step"]]
         best = state["best_val_loss"]
         if best is None or losses.val_loss < best:
@@ -165,21 +179,21 @@ class FlowTrainingJob(Job):
 
 
 def parse_sample(request) -> dict:
-    """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset method or
-    zero_init takes the seed's."""
+    """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset field takes the
+    seed's value (GuidanceSettings)."""
     require(bool(request.checkpoint), "checkpoint must name a flow checkpoint on the surrogate")
     require(1 <= request.n_samples <= MAX_SAMPLES, f"n_samples must be in [1, {MAX_SAMPLES}]")
-    require(1 <= request.num_steps <= MAX_STEPS, f"num_steps must be in [1, {MAX_STEPS}] (the seed's 50)")
+    seed = GuidanceSettings()
+    fields = {  # unset: the seed's
+        name: getattr(request, name) if request.HasField(name) else getattr(seed, name)
+        for name in ("guidance_strength", "alpha", "num_steps", "zero_init_fraction")
+    }
     for name in ("guidance_strength", "alpha", "zero_init_fraction"):
-        require(math.isfinite(getattr(request, name)), f"{name} must be a finite number")
-    require(request.guidance_strength == 0 or bool(request.model_id), "guidance_strength > 0 needs model_id (a GP)")
+        require(math.isfinite(fields[name]), f"{name} must be a finite number")
+    require(1 <= fields["num_steps"] <= MAX_STEPS, f"num_steps must be in [1, {MAX_STEPS}] (the seed's 50)")
+    require(fields["guidance_strength"] == 0 or bool(request.model_id), "guidance_strength > 0 needs model_id (a GP)")
     settings = GuidanceSettings(
-        request.guidance_strength,
-        request.alpha,
-        request.num_steps,
-        request.method or "heun",
-        request.zero_init_fraction,
-        request.zero_init or "guidance",
+        method=request.method or seed.method, zero_init=request.zero_init or seed.zero_init, **fields
     )
     return {
         "checkpoint": request.checkpoint,
@@ -200,6 +214,8 @@ class FlowServicer(OperationServicer):
 
     def _parse_start(self, request):
         settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
+        if (Path(settings.output_dir) / "last_flow.pt").is_file():
+            raise ValueError(f"output_dir {settings.output_dir!r} holds another training run's checkpoints")
         load_embeddings(settings.data)  # refused now, not at the first epoch
         return "flow", request.display_name, json.loads(request.config_json or "{}"), settings.flow.epochs
 
@@ -221,7 +237,7 @@ def flow_service(store: RunStore, state_dir: str | Path, engine_of) -> tuple[Ser
 
     def factory(record, emit, usage, cancelled):
         settings = FlowTrainingSettings.from_json(json.dumps(record.config), record.run_id, state_dir)
-        return FlowTrainingJob(settings, emit, cancelled)
+        return FlowTrainingJob(settings, emit, cancelled, record.run_id)
 
     manager = RunManager(store, factory)
     servicer = FlowServicer(store, manager, state_dir, engine_of)

@@ -75,26 +75,32 @@ def test_the_bo_loop_scores_decoded_guided_samples_and_reports_the_round_trip(pa
     state = run(optimizer)
     assert optimizer.total_steps() == 1 + 3 + 1  # initial design, iterations, held-out
     observations = state["observations"]
-    assert [o["source"] for o in observations] == ["initial"] * 4 + ["ecoflow"] * 9
+    samples = [s for it in state["iterations"] for s in it["samples"]]
+    fresh = [s for s in samples if not s["repeat"]]
+    assert len(samples) == 9 and [o["source"] for o in observations] == ["initial"] * 4 + ["ecoflow"] * len(fresh)
     assert all(o["n"] == 40 for o in observations) and state["held_out"]["test_questions"] == 40
+    known = {o["instruction"]: o["error"] for o in observations}
+    for s in samples:  # a sample decoded to a prompt already scored keeps that score, adds no GP row
+        assert s["error"] == known[s["instruction"]]
+    assert [o["instruction"] for o in observations[4:]] == [s["instruction"] for s in fresh]
+    grown = 4
     for iteration in state["iterations"]:
         assert iteration["guided_steps"] == 9  # debug: 10 steps, the first 4% (one) unguided
-        assert iteration["gp_observations"] == 4 + 3 * (iteration["iteration"] - 1)
-        assert iteration["best_error"] == min(
-            iteration["best_error_before"], *(s["error"] for s in iteration["samples"])
-        )
+        assert iteration["gp_observations"] == grown
+        grown += sum(not s["repeat"] for s in iteration["samples"])
+        measured = [s["error"] for s in iteration["samples"]]
+        assert iteration["best_error"] == min(iteration["best_error_before"], *measured)
     # the GP learns each decoded prompt under its re-encoded embedding (the default), and the
     # reported round trip is between the sample and that re-encoding
     decoded = [o for o in observations if o["source"] == "ecoflow"]
     again = np.asarray(parts["embedder"].encode([o["instruction"] for o in decoded]))
     assert np.allclose([o["embedding"] for o in decoded], again, atol=1e-5)
-    samples = [s for it in state["iterations"] for s in it["samples"]]
     assert all(-1 <= s["decode_cosine"] <= 1 and s["decode_l2"] >= 0 for s in samples)
     report = optimizer.report(state)
     assert report["decode_round_trip"]["mean_cosine"] == pytest.approx(np.mean([s["decode_cosine"] for s in samples]))
     top = optimizer.winner(state)
     assert top["score"] == 1 - min(o["error"] for o in observations) and report["winner"] == top
-    assert sum(1 for kind, _ in events if kind == "candidate") == 13  # every scored prompt, once
+    assert sum(1 for kind, _ in events if kind == "candidate") == len(observations)  # every scored prompt, once
 
 
 def test_without_score_reencoded_the_gp_keeps_the_sampled_embedding(parts):
@@ -104,8 +110,8 @@ def test_without_score_reencoded_the_gp_keeps_the_sampled_embedding(parts):
     again = np.asarray(parts["embedder"].encode([o["instruction"] for o in decoded]))
     sampled = np.asarray([o["embedding"] for o in decoded])
     cosine, _ = decode_round_trip(sampled, again)
-    reported = [s["decode_cosine"] for s in state["iterations"][0]["samples"]]
-    assert np.allclose(cosine, reported, atol=1e-5) and not np.allclose(sampled, again, atol=1e-3)
+    reported = [s["decode_cosine"] for s in state["iterations"][0]["samples"] if not s["repeat"]]
+    assert decoded and np.allclose(cosine, reported, atol=1e-5) and not np.allclose(sampled, again, atol=1e-3)
 
 
 def test_guidance_lowers_the_lcb_of_the_loops_samples(parts):
@@ -125,16 +131,18 @@ def test_a_resumed_run_continues_from_its_checkpoint_without_rescoring(parts):
     saved = json.loads(json.dumps(run(first, stop_after=2)))  # the run store's checkpoint is JSON
     resumed, _, events = optimizer_for(parts, iterations=2, batch_size=2)
     final = run(resumed, copy.deepcopy(saved), stop_after=3)
-    assert [it["iteration"] for it in final["iterations"]] == [1, 2] and len(final["observations"]) == 8
-    assert final["observations"][:6] == saved["observations"]  # what was scored before is kept as it was
-    assert sum(1 for kind, _ in events if kind == "candidate") == 2  # only iteration 2's samples were scored
+    assert [it["iteration"] for it in final["iterations"]] == [1, 2]
+    fresh = sum(not s["repeat"] for s in final["iterations"][1]["samples"])
+    assert final["observations"][: len(saved["observations"])] == saved["observations"]  # kept as they were
+    assert len(final["observations"]) == len(saved["observations"]) + fresh
+    assert sum(1 for kind, _ in events if kind == "candidate") == fresh  # only iteration 2's new prompts were scored
 
 
 def test_bad_configs_name_the_field(parts, tmp_path):
     base = {"flow_checkpoint": "x.pt", "initial_pool_path": str(parts["tmp"] / "pool.json")}
     for fields, message in [
         ({"flow_checkpoint": ""}, "ecoflow.flow_checkpoint must name"),
-        ({"batch_size": 0}, "ecoflow.batch_size must be >= 1"),
+        ({"batch_size": 0}, "ecoflow.batch_size must be in"),
         ({"method": "rk4"}, "ecoflow.method must be one of"),
         ({"zero_init_fraction": 2.0}, "ecoflow.zero_init_fraction must lie in"),
         ({"n_initial": 1}, "ecoflow.n_initial must be >= 2"),

@@ -94,8 +94,9 @@ def test_samples_lie_near_the_data_manifold(served, trained):
     and against points off the manifold."""
     flow, *_ = served
     result = flow.sample(trained[0].best_prompt, 200, settings=GuidanceSettings(0.0), seed=1, manifold_distance=True)
-    train, _ = split(known_embeddings(), FlowConfig(**SMALL))
+    train, held_out = split(known_embeddings(), FlowConfig(**SMALL))  # the split the run trained on
     off = nearest_l2(known_embeddings(200) + 3.0, train)  # the same shape, shifted off the data
+    assert result.heldout_nearest_l2 == pytest.approx(float(nearest_l2(held_out, train).mean()), rel=1e-5)
     assert result.nearest_train_l2.shape == (200,) and result.heldout_nearest_l2 > 0
     assert result.nearest_train_l2.mean() < 2.0 * result.heldout_nearest_l2
     assert result.nearest_train_l2.mean() < 0.5 * float(off.mean())
@@ -114,6 +115,8 @@ def test_samples_are_reproducible_and_guidance_lowers_the_lcb(served, trained):
     unguided = flow.sample(checkpoint, 128, model_id, plain, seed=4)
     guided = flow.sample(checkpoint, 128, model_id, GuidanceSettings(), seed=4)  # the seed's defaults
     assert guided.guided_steps == 48  # 50 steps, the first 4% (2) unguided
+    wider = flow.sample(checkpoint, 128, model_id, GuidanceSettings(guidance_strength=0.0, alpha=2.0), seed=4)
+    assert (wider.embeddings == unguided.embeddings).all() and (wider.lcb < unguided.lcb).all()  # alpha counts
     assert guided.lcb.mean() < unguided.lcb.mean() - 0.02
     assert guided.embeddings[:, 0].mean() < unguided.embeddings[:, 0].mean()
 
@@ -134,6 +137,7 @@ def test_samples_are_reproducible_and_guidance_lowers_the_lcb(served, trained):
 def test_bad_sampling_requests_are_invalid_argument(served, trained, fields, message):
     flow, *_ = served
     request = {"checkpoint": trained[0].best_prompt, "n_samples": 4, "num_steps": 5, "method": "heun"}
+    request |= {"guidance_strength": 0.0}
     request |= {"zero_init": "guidance", "alpha": 1.0, **fields}
     with pytest.raises(grpc.RpcError) as info:
         flow.stub.SampleFlow(flow_pb2.SampleFlowRequest(**request))

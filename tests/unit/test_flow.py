@@ -62,6 +62,17 @@ def test_heun_is_second_order_and_euler_first_on_a_known_ode():
     assert 3.6 < error("heun", 20) / error("heun", 40) < 4.4
 
 
+def test_heun_evaluates_its_corrector_at_the_next_time():
+    """dz/dt = t from z(0)=0 gives 0.5 at t=1: Heun (trapezoid in t) exactly, Euler (left sums) 0.5 - h/2."""
+    z0 = torch.zeros(1, 1, dtype=torch.float64)
+
+    def drift(z, t, step):
+        return t.to(z.dtype)[:, None].expand_as(z)
+
+    assert float(integrate(drift, z0, 10, "heun")) == pytest.approx(0.5, abs=1e-6)  # t is float32
+    assert float(integrate(drift, z0, 10, "euler")) == pytest.approx(0.45, abs=1e-6)
+
+
 def test_guidance_with_lambda_zero_is_unguided_sampling(trained):
     trainer, _ = trained
     sampler = GuidedFlowSampler(trainer.model, lcb=lambda x: x.sum(-1), guidance_strength=0.0)

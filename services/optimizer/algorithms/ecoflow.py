@@ -27,6 +27,7 @@ from services.common.config import datasets_dir
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import GuidanceSettings
 
+MAX_BATCH, MAX_STEPS = 4096, 1000  # what the surrogate's SampleFlow accepts
 DEBUG_DEFAULTS = {"iterations": 2, "batch_size": 2, "n_initial": 4, "num_steps": 10}
 
 
@@ -64,8 +65,10 @@ class EcoFlowConfig:
         for name in ("iterations", "decoder_steps", "decoder_beam"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ecoflow.{name} must be >= 0, got {getattr(self, name)}")
-        if self.batch_size < 1:
-            raise ValueError(f"ecoflow.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ValueError(f"ecoflow.batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
+        if self.num_steps > MAX_STEPS:
+            raise ValueError(f"ecoflow.num_steps must be at most {MAX_STEPS}, got {self.num_steps}")
         if self.n_initial < 2 and len(self.initial_prompts) < 2:
             raise ValueError("ecoflow.n_initial must be >= 2 (the GP needs two scored prompts)")
         try:
@@ -130,6 +133,7 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
             self._iteration(state)
 
     def _initial(self, state: dict) -> None:
+        self._check_flow()
         prompts = list(dict.fromkeys(self.config.initial_prompts))
         if len(prompts) < self.config.n_initial:
             rest = [p for p in state["pool"] if p not in prompts]
@@ -143,6 +147,16 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
             state["observations"].append(
                 {"instruction": prompt, "embedding": embedding.tolist(), "error": error, "n": n, "source": "initial"}
             )
+
+    def _check_flow(self) -> None:
+        """Before paying for the initial design: the checkpoint loads on the surrogate and samples
+        embeddings of the encoder's dimension."""
+        probe = self.models.flow.sample(
+            self.config.flow_checkpoint, 1, settings=GuidanceSettings(guidance_strength=0.0)
+        )
+        samples, dimension = probe.embeddings.shape[1], np.asarray(self._encode(["Solve the problem."])).shape[1]
+        if samples != dimension:
+            raise ValueError(f"ecoflow.flow_checkpoint samples {samples}-D embeddings; the encoder's are {dimension}-D")
 
     def _iteration(self, state: dict) -> None:
         iteration = len(state["iterations"]) + 1
@@ -173,28 +187,26 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
         again = np.asarray(self._encode(texts))
         cosines, distances = decode_round_trip(sample.embeddings, again)
         best_before = min(o["error"] for o in observations)
+        scored = {o["instruction"]: o["error"] for o in observations}
         samples = []
         for i, text in enumerate(texts):
-            cosine, l2 = float(cosines[i]), float(distances[i])
+            cosine, l2, lcb = float(cosines[i]), float(distances[i]), float(sample.lcb[i])
+            entry = {"instruction": text, "lcb": lcb, "decode_cosine": cosine, "decode_l2": l2}
+            if text in scored:  # decoded to a prompt already scored: its score stands, no second GP row
+                samples.append({**entry, "error": scored[text], "repeat": True})
+                continue
             error, n = self._score(state, text)
+            scored[text] = error
             kept = again[i] if self.config.score_reencoded else sample.embeddings[i]
             observations.append(
                 {"instruction": text, "embedding": kept.tolist(), "error": error, "n": n, "source": "ecoflow"}
             )
-            samples.append(
-                {
-                    "instruction": text,
-                    "lcb": float(sample.lcb[i]),
-                    "decode_cosine": cosine,
-                    "decode_l2": l2,
-                    "error": error,
-                }
-            )
+            samples.append({**entry, "error": error, "repeat": False})
         best = min(o["error"] for o in observations)
         state["iterations"].append(
             {
                 "iteration": iteration,
-                "gp_observations": len(observations) - len(samples),
+                "gp_observations": len(observations) - sum(not s["repeat"] for s in samples),
                 "guided_steps": sample.guided_steps,
                 "samples": samples,
                 "best_error_before": best_before,
