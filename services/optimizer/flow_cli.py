@@ -1,7 +1,8 @@
 """`promptopt flow train | resume | validate`: EcoFlow's flow model on the surrogate's FlowService.
 
 train: a training run (one step per epoch) watched with a progress bar; its loss curves are
-written as results/flow-<run>.{json,png}; resume continues one from its last epoch.
+written as results/<run>.{json,png} (run ids start with flow-); resume continues one from its
+last epoch.
 validate: samples from a checkpoint, their distance to the data manifold (nearest training
 embedding, beside the held-out embeddings' own), and with --decode their texts through the
 decoder with the decode round trip (decode -> re-encode cosine and L2), written as
@@ -135,14 +136,14 @@ def watch_training(client: FlowClient, run_id: str) -> dict | None:
 
 
 def write_training(run_id: str, report: dict, directory: Path) -> tuple[Path, Path]:
-    """results/flow-<run>.json and a plot of the training and validation loss per epoch."""
+    """results/<run>.json and a plot of the training and validation loss per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     directory.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = directory / f"flow-{run_id}.json", directory / f"flow-{run_id}.png"
+    json_path, png_path = directory / f"{run_id}.json", directory / f"{run_id}.png"  # run ids start flow-
     json_path.write_text(json.dumps(report, indent=2))
     epochs = [h["epoch"] for h in report["history"]]
     fig, ax = plt.subplots(figsize=(6, 3.5))

@@ -22,6 +22,7 @@ from services.surrogate.types import GuidanceSettings
 
 MAX_SAMPLES = 4096
 MAX_STEPS = 1000
+CHECK_ROWS = 65536  # embeddings checked for finiteness at a time
 
 
 def load_embeddings(path: str | Path):
@@ -32,15 +33,16 @@ def load_embeddings(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data {str(path)!r} does not exist on the surrogate")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # memory-mapped: a large corpus is paged in as it is read, not copied up front
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
         raise ValueError(f"data {str(path)!r} is not a torch file of embeddings: {exc}") from exc
     x = saved.get("embeddings") if isinstance(saved, dict) else saved
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
         raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"data {str(path)!r} has non-finite embeddings")
+    for start in range(0, x.shape[0], CHECK_ROWS):
+        if not torch.isfinite(x[start : start + CHECK_ROWS]).all():
+            raise ValueError(f"data {str(path)!r} has non-finite embeddings")
     return x.float()
 
 
