@@ -92,11 +92,11 @@ gsm8k: install
 	@echo "export PROMPTOPT_DATASETS_DIR=$$PWD/data"
 
 IMAGES := encoder decoder llm-eval surrogate optimizer tuner
-GPU_IMAGES := encoder-cuda decoder-cuda surrogate-cuda llm-eval-vllm
+GPU_IMAGES := encoder-cuda decoder-cuda surrogate-cuda llm-eval-vllm encoder-sonar decoder-sonar
 TAG ?= latest
 
 # Container images (needs a Docker engine with BuildKit): promptopt/<service>:$(TAG), GPU ones
-# :$(TAG)-cuda/-vllm; sizes printed. BASE_IMAGE, TORCH_INDEX_URL, DOCKER: see deploy/docker/images.sh.
+# :$(TAG)-cuda/-vllm/-sonar; sizes printed. BASE_IMAGE, TORCH_INDEX_URL, DOCKER: see deploy/docker/images.sh.
 # The versions the image builds install (every package of this venv but torch, whose build
 # differs per image); refresh after changing dependencies and running the tests.
 constraints: install

@@ -32,7 +32,7 @@ elif [ -n "${TORCH_INDEX_URL:-}" ]; then
 fi
 for target in "$@"; do
   case $target in
-    *-cuda|*-vllm) image="promptopt/${target%-*}:$TAG-${target##*-}" ;;
+    *-cuda|*-vllm|*-sonar) image="promptopt/${target%-*}:$TAG-${target##*-}" ;;
     *) image="promptopt/$target:$TAG" ;;
   esac
   start=$(date +%s)

@@ -23,6 +23,7 @@ from services.decoder.core import (
 )
 from services.decoder.server import DecoderServicer
 from services.encoder.client import EncoderClient
+from services.encoder.core import SONAR_ENCODER, SONAR_PREFIX
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import ModelRole
 
@@ -84,6 +85,11 @@ def build_inverter(config: DecoderConfig, encoder: EncoderClient, info) -> Inver
             )
         return Vec2TextInverter(encode, model, info.normalized, config.vec2text_num_steps, config.vec2text_beam)
     if config.backend == "sonar":
+        if not info.model.startswith(SONAR_PREFIX):
+            raise ValueError(
+                f"the sonar decoder inverts SONAR embeddings, but the encoder serves {info.model!r}: "
+                f"set PROMPTOPT_ENCODER_MODEL={SONAR_ENCODER}"
+            )
         return SonarInverter(encode, config.sonar_decoder)
     llm = LlmEvalClient(ClientConfig(config.llm_eval_address, **config.identity()))
     return LlmGuidedInverter(

@@ -258,7 +258,10 @@ class SonarInverter(Inverter):
         import torch
 
         texts = self.pipeline.predict(
-            torch.as_tensor(targets, dtype=torch.float32), target_lang=self.language, beam_size=beam_width or 5
+            torch.as_tensor(targets, dtype=torch.float32),
+            target_lang=self.language,
+            batch_size=32,
+            beam_size=beam_width or 5,
         )
         sims = cosines(targets, self.encode(texts))
         return [(t, float(sims[i, i])) for i, t in enumerate(texts)], Usage()

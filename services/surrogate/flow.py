@@ -232,6 +232,28 @@ class GuidedFlowSampler:
         return self.flow.denormalize(integrate(self.drift, z0, self.num_steps, self.method))
 
 
+CHECK_ROWS = 65536  # embeddings checked for finiteness at a time
+
+
+def load_embeddings(path: str | Path, check_finite: bool = True) -> torch.Tensor:
+    """Embeddings [n, d] (float) from a .pt file: a tensor, or the corpus recipe's {"embeddings": ...}.
+    Memory-mapped: a large corpus is paged in as it is read, not copied up front."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data {str(path)!r} does not exist on the surrogate")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
+        raise ValueError(f"data {str(path)!r} is not a torch file of embeddings: {exc}") from exc
+    x = saved.get("embeddings") if isinstance(saved, dict) else saved
+    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
+        raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
+    for start in range(0, x.shape[0] if check_finite else 0, CHECK_ROWS):
+        if not torch.isfinite(x[start : start + CHECK_ROWS]).all():
+            raise ValueError(f"data {str(path)!r} has non-finite embeddings")
+    return x.float()
+
+
 def split(x: torch.Tensor, config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(training, validation) rows of the embeddings, fixed by the config's seed and val_fraction."""
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.seed))
@@ -241,9 +263,9 @@ def split(x: torch.Tensor, config: FlowConfig) -> tuple[torch.Tensor, torch.Tens
 
 def nearest_l2(points: torch.Tensor, reference: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """Each point's L2 distance to its nearest reference row, shape [m] (reference in chunks)."""
-    best = torch.full((points.shape[0],), math.inf)
+    best = torch.full((points.shape[0],), math.inf, device=points.device)
     for start in range(0, reference.shape[0], chunk):
-        distances = torch.cdist(points.float(), reference[start : start + chunk].float())
+        distances = torch.cdist(points.float(), reference[start : start + chunk].to(points.device).float())
         best = torch.minimum(best, distances.min(dim=1).values)
     return best
 
@@ -257,22 +279,23 @@ class EpochLosses:
 
 class FlowTrainer:
     """Trains a FlowMatchingModel on embeddings [n, d] one epoch at a time (AdamW, gradient
-    clipping, a fixed validation split); its state round-trips through checkpoints for resume."""
+    clipping, a fixed validation split) on `device`; its state round-trips through checkpoints for
+    resume (on another kind of device the noise stream restarts from the seed and the epoch)."""
 
-    def __init__(self, embeddings: torch.Tensor, config: FlowConfig = FlowConfig()):
+    def __init__(self, embeddings: torch.Tensor, config: FlowConfig = FlowConfig(), device: str = "cpu"):
         if embeddings.dim() != 2 or embeddings.shape[0] < 4:
             raise ValueError(f"embeddings must be [n >= 4, d], got {list(embeddings.shape)}")
         if not torch.isfinite(embeddings).all():
             raise ValueError("embeddings must be finite")
-        self.config = config
+        self.config, self.device = config, torch.device(device)
         x = embeddings.float()
-        self.train, self.val = split(x, config)
+        self.train, self.val = (part.to(self.device) for part in split(x, config))
         mean, std = (self.train.mean(0), self.train.std(0).clamp_min(1e-6)) if config.normalize else (None, None)
         with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the process's RNG
             torch.manual_seed(config.seed)
-            self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std)
+            self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.history: list[EpochLosses] = []
         self.best_val_loss = math.inf
 
@@ -283,7 +306,7 @@ class FlowTrainer:
     def run_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> EpochLosses:
         self.model.train()
         train = self.model.normalize(self.train)
-        order = torch.randperm(train.shape[0], generator=self.generator)
+        order = torch.randperm(train.shape[0], generator=self.generator, device=self.device)
         total, batches = 0.0, 0
         for start in range(0, train.shape[0], self.config.batch_size):
             if should_stop():
@@ -303,7 +326,7 @@ class FlowTrainer:
     def validation_loss(self, repeats: int = 4) -> float:
         """The CFM loss on the held-out split, averaged over fixed noise draws (comparable across epochs)."""
         self.model.eval()
-        generator = torch.Generator().manual_seed(self.config.seed + 2)
+        generator = torch.Generator(self.device).manual_seed(self.config.seed + 2)
         val = self.model.normalize(self.val)
         return float(sum(self.model.loss(val, generator) for _ in range(repeats)) / repeats)
 
@@ -312,14 +335,18 @@ class FlowTrainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "generator_device": self.device.type,
             "history": [dataclasses.asdict(h) for h in self.history],
         }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
         self.history = [EpochLosses(**h) for h in state["history"]]
+        if state.get("generator_device", "cpu") == self.device.type:
+            self.generator.set_state(state["generator"])
+        else:
+            self.generator.manual_seed(self.config.seed + 1 + self.epoch)
         self.best_val_loss = min((h.val_loss for h in self.history), default=math.inf)
 
 
@@ -327,10 +354,11 @@ HELD_OUT_REFERENCE = 1000  # held-out embeddings the on-manifold reference dista
 
 
 class FlowCache:
-    """Loaded flow checkpoints (model, facts) by path, reloaded when the file changes (a run's
-    best_flow.pt improves while it trains), and their training data split for the manifold."""
+    """Loaded flow checkpoints (model on `device`, facts) by path, reloaded when the file changes
+    (a run's best_flow.pt improves while it trains), and their training data split for the manifold."""
 
-    def __init__(self):
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
         self._models: dict[str, tuple[float, FlowMatchingModel, dict]] = {}
         self._data: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._lock = threading.Lock()
@@ -343,6 +371,7 @@ class FlowCache:
             if cached is not None and cached[0] == stamp:
                 return cached[1], cached[2]
         model, facts = load_flow(path)
+        model = model.to(self.device)
         with self._lock:
             self._models[str(path)] = (stamp, model, facts)
         return model, facts
@@ -359,9 +388,7 @@ class FlowCache:
         with self._lock:
             cached = self._data.get(key)
         if cached is None:
-            saved = torch.load(source, map_location="cpu", weights_only=True)
-            x = (saved.get("embeddings") if isinstance(saved, dict) else saved).float()
-            train, held_out = split(x, config)
+            train, held_out = (part.to(self.device) for part in split(load_embeddings(source, False), config))
             cached = (train, float(nearest_l2(held_out[:HELD_OUT_REFERENCE], train).mean()))
             with self._lock:
                 self._data = {key: cached}  # one corpus at a time: they can be large

@@ -22,28 +22,6 @@ from services.surrogate.types import GuidanceSettings
 
 MAX_SAMPLES = 4096
 MAX_STEPS = 1000
-CHECK_ROWS = 65536  # embeddings checked for finiteness at a time
-
-
-def load_embeddings(path: str | Path):
-    """Embeddings [n, d] (a float tensor) from a .pt file: a tensor, or the corpus recipe's
-    {"embeddings": ...}."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"data {str(path)!r} does not exist on the surrogate")
-    try:  # memory-mapped: a large corpus is paged in as it is read, not copied up front
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
-        raise ValueError(f"data {str(path)!r} is not a torch file of embeddings: {exc}") from exc
-    x = saved.get("embeddings") if isinstance(saved, dict) else saved
-    if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
-        raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
-    for start in range(0, x.shape[0], CHECK_ROWS):
-        if not torch.isfinite(x[start : start + CHECK_ROWS]).all():
-            raise ValueError(f"data {str(path)!r} has non-finite embeddings")
-    return x.float()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,8 +64,9 @@ class FlowTrainingJob(Job):
     """Trains a flow model one epoch per step. The trainer's state rides in `last_flow.pt`, so a
     resumed run (after a restart, a failure or a cancel) continues from its last epoch."""
 
-    def __init__(self, settings: FlowTrainingSettings, emit, cancelled, run_id: str = ""):
+    def __init__(self, settings: FlowTrainingSettings, emit, cancelled, run_id: str = "", device: str = "cpu"):
         self.settings, self.emit, self.cancelled, self.run_id = settings, emit, cancelled, run_id
+        self.device = device
         self.root = Path(settings.output_dir)
         self._trainer = None  # a FlowTrainer, built at the first step
 
@@ -105,16 +84,18 @@ class FlowTrainingJob(Job):
     def initial_state(self) -> dict:
         if self.last.is_file():
             raise ValueError(f"output_dir {str(self.root)!r} holds another training run's checkpoints")
-        x = load_embeddings(self.settings.data)
+        from services.surrogate.flow import load_embeddings
+
+        x = load_embeddings(self.settings.data, check_finite=False)  # checked when the run started
         return {"step": 0, "history": [], "best_val_loss": None, "n": int(x.shape[0]), "dim": int(x.shape[1])}
 
     def trainer(self, step: int):
         """The FlowTrainer at epoch `step` (or one past it, when the process died between saving
         the epoch and checkpointing the run), from this run's last checkpoint."""
-        from services.surrogate.flow import FlowTrainer, load_flow
+        from services.surrogate.flow import FlowTrainer, load_embeddings, load_flow
 
         if self._trainer is None:
-            self._trainer = FlowTrainer(load_embeddings(self.settings.data), self.settings.flow)
+            self._trainer = FlowTrainer(load_embeddings(self.settings.data), self.settings.flow, self.device)
             if self.last.is_file():
                 _, facts = load_flow(self.last)
                 if facts.get("run_id") != self.run_id:
@@ -218,6 +199,8 @@ class FlowServicer(OperationServicer):
         settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
         if (Path(settings.output_dir) / "last_flow.pt").is_file():
             raise ValueError(f"output_dir {settings.output_dir!r} holds another training run's checkpoints")
+        from services.surrogate.flow import load_embeddings
+
         load_embeddings(settings.data)  # refused now, not at the first epoch
         return "flow", request.display_name, json.loads(request.config_json or "{}"), settings.flow.epochs
 
@@ -232,14 +215,16 @@ class FlowServicer(OperationServicer):
         )
 
 
-def flow_service(store: RunStore, state_dir: str | Path, engine_of) -> tuple[ServiceBinding, RunManager]:
-    """The FlowService (runs under `state_dir`/flows/<run id>) and its run manager; `engine_of()`
-    returns the surrogate's engine once it has loaded."""
+def flow_service(
+    store: RunStore, state_dir: str | Path, engine_of, device: str = "cpu"
+) -> tuple[ServiceBinding, RunManager]:
+    """The FlowService (runs under `state_dir`/flows/<run id>, trained on `device`) and its run
+    manager; `engine_of()` returns the surrogate's engine once it has loaded."""
     state_dir = Path(state_dir)
 
     def factory(record, emit, usage, cancelled):
         settings = FlowTrainingSettings.from_json(json.dumps(record.config), record.run_id, state_dir)
-        return FlowTrainingJob(settings, emit, cancelled, record.run_id)
+        return FlowTrainingJob(settings, emit, cancelled, record.run_id, device)
 
     manager = RunManager(store, factory)
     servicer = FlowServicer(store, manager, state_dir, engine_of)

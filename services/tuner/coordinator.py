@@ -29,6 +29,7 @@ from prometheus_client import Gauge
 
 from services.common.errors import FailedPreconditionError
 from services.common.operations import Cancelled
+from services.common.plotting import pyplot
 from services.tuner import metrics
 from services.tuner.config import TunerConfig
 from services.tuner.hyperspace import BASELINE, PHASES
@@ -355,10 +356,7 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
 
 def plot_phases(results: dict, path: Path) -> None:
     """One panel per phase: the objective of each completed trial and the best so far."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    plt = pyplot()
 
     phases = list(results) or ["(none)"]
     fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.4), squeeze=False)

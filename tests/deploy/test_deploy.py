@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import yaml
 
 from services.common import compose
 from services.common.config import datasets_dir
+from services.encoder.core import SONAR_ENCODER
 from services.tuner.settings import TuningSettings
 from tests.deploy import validate
 
@@ -35,7 +37,13 @@ def test_every_overlay_and_component_validates():
     problems, report = validate.validate_k8s()
     assert problems == []
     overlays = {line.split(":")[0] for line in report if line.startswith("overlays/")}
-    assert overlays == {"overlays/cpu", "overlays/gpu-node", "overlays/gpu-mig", "overlays/gpu-timeslice"}
+    assert overlays == {
+        "overlays/cpu",
+        "overlays/gpu-node",
+        "overlays/gpu-node-sonar",
+        "overlays/gpu-mig",
+        "overlays/gpu-timeslice",
+    }
     # The ServiceMonitor (a CRD kind) is reported and checked, not silently skipped.
     assert any("ServiceMonitor/promptopt: CRD kind" in line for line in report)
 
@@ -90,6 +98,23 @@ def test_gpu_checks(cpu_objects):
     assert optimizer_config["NVIDIA_VISIBLE_DEVICES"] == "void"
 
 
+def test_sonar_overlay_pairs_the_sonar_encoder_with_its_decoder():
+    objects = validate.render(validate.K8S / "overlays" / "gpu-node-sonar")
+    assert validate.gpu_problems("gpu-node-sonar", objects) == []
+    stages = validate.dockerfile_stages()
+    for service, key, value in (
+        ("encoder", "PROMPTOPT_ENCODER_MODEL", SONAR_ENCODER),
+        ("decoder", "PROMPTOPT_DECODER_BACKEND", "sonar"),
+    ):
+        container = _find(objects, "Deployment", service)["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == f"promptopt/{service}:latest-sonar"
+        [source] = container["envFrom"]
+        assert _find(objects, "ConfigMap", source["configMapRef"]["name"])["data"][key] == value
+        assert f"{key}={value}" in " ".join(stages[f"{service}-sonar"])  # the image's own default agrees
+    surrogate = _find(objects, "Deployment", "surrogate")["spec"]["template"]["spec"]["containers"][0]
+    assert surrogate["image"] == "promptopt/surrogate:latest-cuda"
+
+
 def test_compose_file_is_valid_and_wired():
     assert validate.compose_problems() == []
 
@@ -134,12 +159,22 @@ def test_dockerfile_targets():
             and (REPOSITORY / source / Path(*relative.parts[1:])).exists()
         )
     assert "cu128" in " ".join(stages["cuda-build"])
-    for build in ("lean-build", "cpu-build", "cuda-build", "vllm-build"):  # code changes keep the deps layer
+    # SONAR: its own torch (the one fairseq2n is built against), never the CPU stack's constraints
+    sonar = " ".join(stages["sonar-build"])
+    project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
+    # fairseq2n 0.8.1 is built against torch 2.9.1: the two pins move together
+    assert "fairseq2n==0.8.1" in project["optional-dependencies"]["sonar"]
+    assert "torch==2.9.1 " in sonar and "cu128" in sonar and "$REQUIREMENTS sonar" in sonar
+    for service in ("encoder", "decoder"):
+        chained = " ".join(line for stage in chain(f"{service}-sonar") for line in stages[stage])
+        assert "USER 10001:10001" in chained and "torch==2.13.0" not in chained and "-c $CONSTRAINTS" not in chained
+    # code changes keep the deps layer
+    for build in ("lean-build", "cpu-build", "cuda-build", "vllm-build", "sonar-build"):
         lines = stages[build]
         deps = next(i for i, line in enumerate(lines) if "-r /tmp/requirements.txt" in line)
         assert deps < lines.index("COPY services services"), build
         assert ("source=.wheels" in " ".join(lines)) == (build == "cpu-build"), build  # the CPU torch wheel
-        assert ("-c $CONSTRAINTS" in " ".join(lines)) == (build != "vllm-build"), build
+        assert ("-c $CONSTRAINTS" in " ".join(lines)) == (build not in ("vllm-build", "sonar-build")), build
     assert "GGML_NATIVE=OFF" in " ".join(stages["cpu-build"])  # a portable llama.cpp
     assert stages["cpu-model"][0].startswith("FROM python-base")  # not rebuilt by code changes
     assert not any(line.startswith("COPY services ") for line in stages["cpu-model"])

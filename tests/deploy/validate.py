@@ -35,6 +35,7 @@ MODEL_SERVICES = ("encoder", "decoder", "llm-eval", "surrogate")
 GPU_RESOURCE = {  # overlay -> the resource prefix every model service must request (None: no GPU)
     "cpu": None,
     "gpu-node": "nvidia.com/gpu",
+    "gpu-node-sonar": "nvidia.com/gpu",
     "gpu-mig": "nvidia.com/mig-",
     "gpu-timeslice": "nvidia.com/gpu.shared",
 }

@@ -165,6 +165,21 @@ def test_a_checkpoint_round_trips_and_training_resumes_where_it_stopped(tmp_path
     assert torch.equal(one, two) and torch.equal(model.mean, interrupted.model.mean)
 
 
+def test_a_run_trained_on_another_kind_of_device_resumes_with_a_fresh_noise_stream(tmp_path):
+    """A GPU generator's state does not fit a CPU generator: the weights and optimizer carry over,
+    the noise restarts from seed + 1 + epoch (a CUDA state would raise in set_state)."""
+    data = known_data(400)
+    config = FlowConfig(hidden_dim=32, num_blocks=1, time_embed_dim=16, batch_size=100)
+    trainer = FlowTrainer(data, config)
+    trainer.run_epoch()
+    state = {**trainer.state(), "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda"}
+    resumed = FlowTrainer(data, config)
+    resumed.load_state(state)
+    expected = torch.Generator().manual_seed(config.seed + 1 + 1)
+    assert resumed.epoch == 1 and torch.equal(resumed.generator.get_state(), expected.get_state())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trainer.model.parameters(), strict=True))
+
+
 def test_bad_checkpoints_and_settings_are_refused(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a flow checkpoint"):
@@ -179,3 +194,11 @@ def test_bad_checkpoints_and_settings_are_refused(tmp_path):
         GuidedFlowSampler(FlowTrainer(known_data(50), CONFIG).model, None, 1.0)
     with pytest.raises(ValueError, match="batch_size"):
         FlowConfig(batch_size=0)
+
+
+def test_the_surrogate_device_setting_is_checked():
+    from services.surrogate.__main__ import SurrogateConfig
+
+    assert SurrogateConfig().device == "cpu" and SurrogateConfig(device="cuda:1").device == "cuda:1"
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'gpu'"):
+        SurrogateConfig(device="gpu")

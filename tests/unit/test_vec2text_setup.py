@@ -1,7 +1,8 @@
 """The vec2text backend's contract with the encoder, checked on CPU: each inverter names the
 embedding it was trained on, the decoder refuses an encoder that serves another one, the seed's
 512_tokens mode fails at start-up without a model, and vec2text's own GTR embedding (mean-pooled
-T5 encoder states, unnormalised) is computed as vec2text computes it. Real inversions: tests/gpu."""
+T5 encoder states, unnormalised) is computed as vec2text computes it; the sonar backend likewise
+refuses a non-SONAR encoder. Real inversions: tests/gpu."""
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from services.decoder.__main__ import DecoderConfig, build_inverter
 from services.decoder.core import GTR_ST, GTR_VEC2TEXT, VEC2TEXT_MODELS, match_norms, vec2text_model
-from services.encoder.core import EMBEDDED_MODEL, Vec2TextGtrEmbedder, make_embedder, resolve_model_path
+from services.encoder.core import EMBEDDED_MODEL, SONAR_ENCODER, Vec2TextGtrEmbedder, make_embedder, resolve_model_path
 
 
 def test_each_inverter_names_its_embedding():
@@ -47,6 +48,22 @@ def test_decoder_refuses_an_encoder_serving_another_embedding():
         build_inverter(
             DecoderConfig(backend="vec2text", vec2text_model_type="32_tokens"), UnusedEncoder(), Info(EMBEDDED_MODEL)
         )
+
+
+def test_sonar_decoder_refuses_a_non_sonar_encoder():
+    with pytest.raises(ValueError, match="set PROMPTOPT_ENCODER_MODEL=sonar:text_sonar_basic_encoder"):
+        build_inverter(DecoderConfig(backend="sonar"), UnusedEncoder(), Info(GTR_ST))
+
+
+def test_sonar_models_route_to_the_sonar_embedder():
+    """`sonar:<card>` needs sonar-space (the encoder-sonar image); in the CPU venv it says so on import."""
+    try:
+        import sonar  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="No module named 'sonar'"):
+            make_embedder(SONAR_ENCODER)
+    else:
+        pytest.skip("sonar-space is installed: tests/gpu runs it")
 
 
 def test_unit_targets_take_the_scale_of_unnormalised_embeddings():

@@ -39,12 +39,13 @@ class EcoFlowConfig:
     debug: bool = False
     iterations: int = 100
     batch_size: int = 8
-    guidance_strength: float = 1.0
-    alpha: float = 1.0
-    num_steps: int = 50
-    method: str = "heun"
-    zero_init_fraction: float = 0.04
-    zero_init: str = "guidance"
+    # the guided sampling's (GuidanceSettings holds the seed's defaults and checks them)
+    guidance_strength: float = GuidanceSettings.guidance_strength
+    alpha: float = GuidanceSettings.alpha
+    num_steps: int = GuidanceSettings.num_steps
+    method: str = GuidanceSettings.method
+    zero_init_fraction: float = GuidanceSettings.zero_init_fraction
+    zero_init: str = GuidanceSettings.zero_init
     n_initial: int = 10
     initial_prompts: tuple[str, ...] = ()
     initial_pool_path: str = ""
