@@ -25,7 +25,7 @@ from rich.table import Table
 from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
-from services.optimizer.algorithms.ecoflow import decode_round_trip
+from services.optimizer.algorithms.ecoflow import decode_round_trip, default_pool_path
 from services.surrogate.client import FlowClient
 from services.surrogate.types import GuidanceSettings
 
@@ -64,7 +64,10 @@ def add_commands(sub, client_config) -> None:
     p.add_argument("--decode", action="store_true", help="decode the samples to text (decoder) and re-encode them")
     p.add_argument("--show", type=int, default=10, help="decoded texts to print")
     p.add_argument(
-        "--seed-texts", metavar="JSON", help="texts the decoder starts from (a JSON list, e.g. the instruction pool)"
+        "--seed-texts",
+        metavar="JSON",
+        default=default_pool_path(),
+        help="texts the decoder starts from (a JSON list; default: the APE instruction pool, as run ecoflow)",
     )
     p.set_defaults(func=lambda args: validate(args, client_config))
 
@@ -211,9 +214,7 @@ def validate(args, client_config) -> int:
     return 0
 
 
-def seed_texts(path: str | None) -> list[str]:
-    if not path:
-        return []
+def seed_texts(path: str) -> list[str]:
     try:
         texts = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:

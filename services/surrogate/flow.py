@@ -4,6 +4,7 @@ Euler/Heun ODE sampling, the LCB-guided sampler with the CFG-Zero* schedule, and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import pickle
@@ -355,11 +356,12 @@ HELD_OUT_REFERENCE = 1000  # held-out embeddings the on-manifold reference dista
 
 class FlowCache:
     """Loaded flow checkpoints (model on `device`, facts) by path, reloaded when the file changes
-    (a run's best_flow.pt improves while it trains), and their training data split for the manifold."""
+    (a run's best_flow.pt improves while it trains), at most `max_models` (least recently used
+    dropped first), and the training data split of one checkpoint's run for the manifold."""
 
-    def __init__(self, device: str = "cpu"):
-        self.device = torch.device(device)
-        self._models: dict[str, tuple[float, FlowMatchingModel, dict]] = {}
+    def __init__(self, device: str = "cpu", max_models: int = 4):
+        self.device, self.max_models = torch.device(device), max_models
+        self._models: collections.OrderedDict[str, tuple[float, FlowMatchingModel, dict]] = collections.OrderedDict()
         self._data: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._lock = threading.Lock()
 
@@ -369,12 +371,21 @@ class FlowCache:
         with self._lock:
             cached = self._models.get(str(path))
             if cached is not None and cached[0] == stamp:
+                self._models.move_to_end(str(path))
                 return cached[1], cached[2]
         model, facts = load_flow(path)
         model = model.to(self.device)
         with self._lock:
             self._models[str(path)] = (stamp, model, facts)
+            self._models.move_to_end(str(path))
+            while len(self._models) > self.max_models:
+                self._models.popitem(last=False)
         return model, facts
+
+    def loaded(self) -> list[str]:
+        """Paths of the models held, least recently used first."""
+        with self._lock:
+            return list(self._models)
 
     def manifold(self, path: str | Path) -> tuple[torch.Tensor, float]:
         """(training embeddings of the checkpoint's run, split as it trained; the mean L2 of up to

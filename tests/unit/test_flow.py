@@ -2,12 +2,15 @@
 moments, guidance at lambda 0 is unguided sampling, the zero-guidance fraction is respected,
 guidance by a real GP's LCB lowers the samples' LCB, and checkpoints round-trip and resume."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from services.surrogate.core import SonarGPSurrogate
 from services.surrogate.flow import (
+    FlowCache,
     FlowConfig,
     FlowTrainer,
     GuidedFlowSampler,
@@ -178,6 +181,24 @@ def test_a_run_trained_on_another_kind_of_device_resumes_with_a_fresh_noise_stre
     expected = torch.Generator().manual_seed(config.seed + 1 + 1)
     assert resumed.epoch == 1 and torch.equal(resumed.generator.get_state(), expected.get_state())
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trainer.model.parameters(), strict=True))
+
+
+def test_the_flow_cache_holds_the_most_recently_used_models_and_reloads_changed_files(tmp_path):
+    config = FlowConfig(hidden_dim=16, num_blocks=1, time_embed_dim=8)
+    model = FlowTrainer(known_data(40), config).model
+    paths = [tmp_path / f"{name}.pt" for name in "abc"]
+    for path in paths:
+        save_flow(path, model, config)
+    cache = FlowCache(max_models=2)
+    first, _ = cache.get(paths[0])
+    cache.get(paths[1])
+    assert cache.get(paths[0])[0] is first  # a hit, and now the most recent
+    cache.get(paths[2])
+    assert cache.loaded() == [str(paths[0]), str(paths[2])]  # b, the least recently used, went
+    save_flow(paths[0], model, config, epoch=7)
+    os.utime(paths[0], ns=(1, 1))  # a new modification time, as a training run's next best checkpoint has
+    reloaded, facts = cache.get(paths[0])
+    assert reloaded is not first and facts["epoch"] == 7
 
 
 def test_bad_checkpoints_and_settings_are_refused(tmp_path):

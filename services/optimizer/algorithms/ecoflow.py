@@ -31,6 +31,11 @@ MAX_BATCH, MAX_STEPS = 4096, 1000  # what the surrogate's SampleFlow accepts
 DEBUG_DEFAULTS = {"iterations": 2, "batch_size": 2, "n_initial": 4, "num_steps": 10}
 
 
+def default_pool_path() -> str:
+    """The APE pool: EcoFlow's initial instructions and the decoder's seed texts by default."""
+    return str(datasets_dir() / "prompts" / "ape_instructions_1000.json")
+
+
 @dataclasses.dataclass(frozen=True)
 class EcoFlowConfig:
     """Seed 003's EcoFlow parameters (its table's defaults); see EcoFlowConfig in optimizer.proto."""
@@ -81,7 +86,7 @@ class EcoFlowConfig:
 
     def pool_path(self) -> str:
         """The instruction pool the initial design and the decoder's seed texts come from."""
-        return self.initial_pool_path or str(datasets_dir() / "prompts" / "ape_instructions_1000.json")
+        return self.initial_pool_path or default_pool_path()
 
     def guidance(self) -> GuidanceSettings:
         return GuidanceSettings(
