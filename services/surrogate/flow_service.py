@@ -18,10 +18,7 @@ from services.common.errors import require
 from services.common.operation_server import OperationServicer
 from services.common.operations import Cancelled, Job, RunManager, RunStore
 from services.common.server import ServiceBinding
-from services.surrogate.types import GuidanceSettings
-
-MAX_SAMPLES = 4096
-MAX_STEPS = 1000
+from services.surrogate.types import MAX_FLOW_SAMPLES, MAX_FLOW_STEPS, GuidanceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +54,19 @@ class FlowTrainingSettings:
             if type(value) is not kind:
                 raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
             fields[name] = value
-        return cls(data, output_dir or str(Path(state_dir) / "flows" / run_id), FlowConfig(**fields))
+        return cls(data, confined_output_dir(output_dir, run_id, state_dir), FlowConfig(**fields))
+
+
+def confined_output_dir(output_dir: str, run_id: str, state_dir: str | Path) -> str:
+    """Where a run writes its checkpoints: `state_dir`/flows/RUN by default, a relative path under
+    `state_dir`/flows; never outside `state_dir` (a client must not make the surrogate write elsewhere)."""
+    if not isinstance(output_dir, str):
+        raise ValueError("output_dir must be a path (a string)")
+    flows = Path(state_dir).resolve() / "flows"
+    path = (flows / (output_dir or run_id)).resolve()
+    if not path.is_relative_to(flows.parent):
+        raise ValueError(f"output_dir {output_dir!r} must lie under the surrogate's state directory {flows.parent}")
+    return str(path)
 
 
 class FlowTrainingJob(Job):
@@ -81,26 +90,36 @@ class FlowTrainingJob(Job):
     def total_steps(self) -> int:
         return self.settings.flow.epochs
 
+    def checkpoint(self):
+        """(model, facts) of this run's `last_flow.pt`, None before its first epoch; ValueError
+        when the file belongs to another run."""
+        from services.surrogate.flow import load_flow
+
+        if not self.last.is_file():
+            return None
+        model, facts = load_flow(self.last)
+        if facts.get("run_id") != self.run_id:
+            raise ValueError(f"output_dir {str(self.root)!r} holds training run {facts.get('run_id')!r}'s checkpoints")
+        return model, facts
+
     def initial_state(self) -> dict:
-        if self.last.is_file():
-            raise ValueError(f"output_dir {str(self.root)!r} holds another training run's checkpoints")
         from services.surrogate.flow import load_embeddings
 
-        x = load_embeddings(self.settings.data, check_finite=False)  # checked when the run started
+        self.checkpoint()  # this run's own (it died after saving its first epoch) or none
+        x = load_embeddings(self.settings.data, finite=False)  # checked when the run started
         return {"step": 0, "history": [], "best_val_loss": None, "n": int(x.shape[0]), "dim": int(x.shape[1])}
 
     def trainer(self, step: int):
         """The FlowTrainer at epoch `step` (or one past it, when the process died between saving
         the epoch and checkpointing the run), from this run's last checkpoint."""
-        from services.surrogate.flow import FlowTrainer, load_embeddings, load_flow
+        from services.surrogate.flow import FlowTrainer, load_embeddings
 
         if self._trainer is None:
-            self._trainer = FlowTrainer(load_embeddings(self.settings.data), self.settings.flow, self.device)
-            if self.last.is_file():
-                _, facts = load_flow(self.last)
-                if facts.get("run_id") != self.run_id:
-                    raise ValueError(f"{self.last} belongs to training run {facts.get('run_id')!r}")
-                self._trainer.load_state(facts["trainer"])
+            data = load_embeddings(self.settings.data, finite=False)  # checked when the run started
+            self._trainer = FlowTrainer(data, self.settings.flow, self.device)
+            saved = self.checkpoint()
+            if saved is not None:
+                self._trainer.load_state(saved[1]["trainer"], saved[0])
         if self._trainer.epoch not in (step, step + 1):
             raise ValueError(f"{self.last} is at epoch {self._trainer.epoch}, the run at {step}: it cannot resume")
         return self._trainer
@@ -165,7 +184,7 @@ def parse_sample(request) -> dict:
     """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset field takes the
     seed's value (GuidanceSettings)."""
     require(bool(request.checkpoint), "checkpoint must name a flow checkpoint on the surrogate")
-    require(1 <= request.n_samples <= MAX_SAMPLES, f"n_samples must be in [1, {MAX_SAMPLES}]")
+    require(1 <= request.n_samples <= MAX_FLOW_SAMPLES, f"n_samples must be in [1, {MAX_FLOW_SAMPLES}]")
     seed = GuidanceSettings()
     fields = {  # unset: the seed's
         name: getattr(request, name) if request.HasField(name) else getattr(seed, name)
@@ -173,7 +192,7 @@ def parse_sample(request) -> dict:
     }
     for name in ("guidance_strength", "alpha", "zero_init_fraction"):
         require(math.isfinite(fields[name]), f"{name} must be a finite number")
-    require(1 <= fields["num_steps"] <= MAX_STEPS, f"num_steps must be in [1, {MAX_STEPS}] (the seed's 50)")
+    require(1 <= fields["num_steps"] <= MAX_FLOW_STEPS, f"num_steps must be in [1, {MAX_FLOW_STEPS}] (the seed's 50)")
     require(fields["guidance_strength"] == 0 or bool(request.model_id), "guidance_strength > 0 needs model_id (a GP)")
     settings = GuidanceSettings(
         method=request.method or seed.method, zero_init=request.zero_init or seed.zero_init, **fields
@@ -197,12 +216,13 @@ class FlowServicer(OperationServicer):
 
     def _parse_start(self, request):
         settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
-        if (Path(settings.output_dir) / "last_flow.pt").is_file():
+        fields = json.loads(request.config_json or "{}")
+        if fields.get("output_dir") and (Path(settings.output_dir) / "last_flow.pt").is_file():
             raise ValueError(f"output_dir {settings.output_dir!r} holds another training run's checkpoints")
         from services.surrogate.flow import load_embeddings
 
         load_embeddings(settings.data)  # refused now, not at the first epoch
-        return "flow", request.display_name, json.loads(request.config_json or "{}"), settings.flow.epochs
+        return "flow", request.display_name, fields, settings.flow.epochs
 
     def SampleFlow(self, request, context):  # noqa: N802 - gRPC method name
         result = self.engine_of().sample_flow(**parse_sample(request))

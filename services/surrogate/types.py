@@ -6,6 +6,7 @@ Torch-free: the optimizer builds and reads them; the surrogate core and client u
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -252,6 +253,10 @@ ODE_METHODS = ("heun", "euler")
 ZERO_INIT_MODES = ("guidance", "velocity")  # the seed's zero guidance; CFG-Zero*'s zeroed velocity
 
 
+MAX_FLOW_SAMPLES = 4096  # samples per SampleFlow request
+MAX_FLOW_STEPS = 1000  # ODE steps per sample
+
+
 @dataclasses.dataclass(frozen=True)
 class GuidanceSettings:
     """EcoFlow's guided sampling (seed 003's defaults): see SampleFlowRequest in flow.proto."""
@@ -264,10 +269,12 @@ class GuidanceSettings:
     zero_init: str = "guidance"
 
     def __post_init__(self):
-        if not (self.guidance_strength >= 0 and self.alpha >= 0):
-            raise ValueError("guidance_strength and alpha must be >= 0")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        for name in ("guidance_strength", "alpha"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if not 1 <= self.num_steps <= MAX_FLOW_STEPS:
+            raise ValueError(f"num_steps must be in [1, {MAX_FLOW_STEPS}] (the seed's 50), got {self.num_steps}")
         if self.method not in ODE_METHODS:
             raise ValueError(f"method must be one of {list(ODE_METHODS)}, got {self.method!r}")
         if not 0 <= self.zero_init_fraction <= 1:

@@ -17,7 +17,9 @@ Both score on the first half of GSM8K test (FIDELITY questions each), report the
 other half (TEST_FIDELITY questions), answer with at most 256 tokens, and decode with the same
 LLM-guided decoder. With so few questions the accuracies are noisy: the table says what was
 measured, not which method is better. Prints figures and writes results/bench/ecoflow_vs_lipo.
-{json,png}; asserts nothing. Run it alone: it uses both cores for about half an hour.
+{json,png}, beside each step's own results (flow training curves, validation, both runs' results
+JSON and plot) under results/bench/ecoflow_run/; asserts nothing. Run it alone: it uses both
+cores for about half an hour.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def main() -> None:
     env = {"PROMPTOPT_LLM_EVAL_DATASETS_DIR": str(datasets_dir())}
     names = ("encoder", "decoder", "llm_eval", "surrogate", "optimizer")
     with tempfile.TemporaryDirectory() as state, LocalStack(state, names=names, port_offset=1700, env=env) as stack:
-        results = Path(state) / "results"
+        results = OUTPUT / "ecoflow_run"  # every run's results JSON and plot, kept
         data = Path(state) / "corpus.pt"
         started = time.monotonic()
         corpus.main(["--output", str(data), "--encoder", stack.address("encoder")])
@@ -153,7 +155,7 @@ def main() -> None:
         if key != "best_prompt":
             print(f"{key:44} {rows['ecoflow'][key]!s:>12} {rows['lipo-invbo'][key]!s:>12}")
     for name, row in rows.items():
-        print(f"{name} winner: {row['best_prompt'][:150]!r}")
+        print(f"{name} winner: {row['best_prompt']!r}")
     OUTPUT.mkdir(parents=True, exist_ok=True)
     (OUTPUT / "ecoflow_vs_lipo.json").write_text(
         json.dumps(

@@ -17,7 +17,7 @@ import yaml
 
 from services.common import compose
 from services.common.config import datasets_dir
-from services.encoder.core import SONAR_ENCODER
+from services.encoder.types import SONAR_ENCODER
 from services.tuner.settings import TuningSettings
 from tests.deploy import validate
 

@@ -62,7 +62,7 @@ def test_sonar_decodes_its_own_embeddings():
     import time
 
     from services.decoder.core import SonarInverter
-    from services.encoder.core import SONAR_ENCODER
+    from services.encoder.types import SONAR_ENCODER
 
     embedder = make_embedder(SONAR_ENCODER, device="cuda")
     texts = [TEXT, "Solve the problem and give only the number.", "Read the question twice, then answer."] * 11
@@ -95,6 +95,9 @@ def test_flow_trains_and_samples_on_the_gpu(tmp_path):
     trainer = FlowTrainer(data, config, device="cuda")
     losses = [trainer.run_epoch().val_loss for _ in range(5)]
     assert next(trainer.model.parameters()).is_cuda and losses[-1] < losses[0]
+    resumed = FlowTrainer(data, config, device="cuda")
+    resumed.load_state(trainer.state(), trainer.model)  # the CUDA noise stream round-trips
+    assert resumed.epoch == 5 and torch.equal(resumed.generator.get_state(), trainer.generator.get_state())
     save_flow(tmp_path / "flow.pt", trainer.model, config, data=str(tmp_path / "data.pt"))
     torch.save(data, tmp_path / "data.pt")
     engine = SurrogateEngine(device="cuda")

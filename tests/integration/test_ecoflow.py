@@ -4,6 +4,7 @@ guided sampling), nearest-text decoding (decoded texts stay in the recorded tabl
 replay backend scoring them (SQLite answer cache)."""
 
 import copy
+import dataclasses
 import json
 
 import numpy as np
@@ -126,6 +127,29 @@ def test_guidance_lowers_the_lcb_of_the_loops_samples(parts):
     assert lcb[1.0] < lcb[0.0] - 0.005  # 30 scored prompts: with a handful the 384-D GP is flat
 
 
+class BlankFirstDecoder:
+    """The real nearest-text decoder, except that the first sample of each batch decodes to ""
+    (what a generative decoder can return)."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder
+
+    def invert(self, targets, seed_texts, num_steps=0, beam_width=0):
+        pairs, usage = self.decoder.invert(targets, seed_texts, num_steps, beam_width)
+        return [("", 0.0), *pairs[1:]], usage
+
+
+def test_an_empty_decoded_text_is_recorded_unscored_and_the_run_goes_on(parts):
+    optimizer, _, _ = optimizer_for(parts, iterations=2, batch_size=3)
+    optimizer.models = dataclasses.replace(optimizer.models, decoder=BlankFirstDecoder(optimizer.models.decoder))
+    state = run(optimizer)
+    for iteration in state["iterations"]:
+        blank, *rest = iteration["samples"]
+        assert blank["empty"] and blank["error"] is None and blank["decode_cosine"] == 0.0
+        assert all(s["error"] is not None for s in rest)
+    assert all(o["instruction"].strip() for o in state["observations"]) and state["held_out"] is not None
+
+
 def test_a_resumed_run_continues_from_its_checkpoint_without_rescoring(parts):
     first, _, _ = optimizer_for(parts, iterations=2, batch_size=2)
     saved = json.loads(json.dumps(run(first, stop_after=2)))  # the run store's checkpoint is JSON
@@ -140,13 +164,20 @@ def test_a_resumed_run_continues_from_its_checkpoint_without_rescoring(parts):
 
 def test_bad_configs_name_the_field(parts, tmp_path):
     base = {"flow_checkpoint": "x.pt", "initial_pool_path": str(parts["tmp"] / "pool.json")}
+    not_json, not_a_list = tmp_path / "pool.txt", tmp_path / "pool.json"
+    not_json.write_text("one instruction per line")
+    not_a_list.write_text('{"instructions": ["Solve it."]}')
     for fields, message in [
         ({"flow_checkpoint": ""}, "ecoflow.flow_checkpoint must name"),
         ({"batch_size": 0}, "ecoflow.batch_size must be in"),
         ({"method": "rk4"}, "ecoflow.method must be one of"),
         ({"zero_init_fraction": 2.0}, "ecoflow.zero_init_fraction must lie in"),
         ({"n_initial": 1}, "ecoflow.n_initial must be >= 2"),
-        ({"initial_pool_path": str(tmp_path / "none.json")}, "ecoflow.initial_pool_path"),
+        ({"initial_pool_path": str(tmp_path / "none.json")}, "ecoflow.initial_pool_path .* not a readable file"),
+        ({"initial_pool_path": str(not_json)}, "ecoflow.initial_pool_path .* is not JSON"),
+        ({"initial_pool_path": str(not_a_list)}, "ecoflow.initial_pool_path .* must be a JSON list of non-empty"),
+        ({"guidance_strength": float("inf")}, "ecoflow.guidance_strength must be a finite number >= 0"),
+        ({"num_steps": 1001}, r"ecoflow.num_steps must be in \[1, 1000\]"),
     ]:
         with pytest.raises(ValueError, match=message):
             EcoFlowConfig.from_fields({**base, **fields})

@@ -132,6 +132,11 @@ def test_samples_are_reproducible_and_guidance_lowers_the_lcb(served, trained):
         ({"guidance_strength": 1.0, "model_id": ""}, "guidance_strength > 0 needs model_id"),
         ({"checkpoint": "/no/such/flow.pt"}, "does not exist"),
         ({"model_id": "nope"}, "model_id 'nope' not found"),
+        ({"n_samples": 4097}, "n_samples must be in [1, 4096]"),
+        ({"num_steps": 1001}, "num_steps must be in [1, 1000]"),
+        ({"guidance_strength": float("nan")}, "guidance_strength must be a finite number"),
+        ({"guidance_strength": -1.0, "model_id": "x"}, "guidance_strength must be a finite number >= 0"),
+        ({"alpha": float("inf")}, "alpha must be a finite number"),
     ],
 )
 def test_bad_sampling_requests_are_invalid_argument(served, trained, fields, message):
@@ -143,6 +148,20 @@ def test_bad_sampling_requests_are_invalid_argument(served, trained, fields, mes
         flow.stub.SampleFlow(flow_pb2.SampleFlowRequest(**request))
     expected = grpc.StatusCode.NOT_FOUND if "not found" in message else grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.code() == expected and message in info.value.details()
+
+
+def test_guidance_needs_an_exact_gp_of_the_flows_dimension(served, trained):
+    flow, surrogate, *_ = served
+    request = {"checkpoint": trained[0].best_prompt, "n_samples": 2, "num_steps": 5, "guidance_strength": 1.0}
+    generator = torch.Generator().manual_seed(4)
+    for x, minimize, message in [
+        (torch.rand(6, 3, generator=generator), True, "model_id's GP is over 3-D inputs but the flow samples 6-D"),
+        (torch.rand(6, 6, generator=generator), False, "is not an exact GP of errors"),
+    ]:
+        fit = surrogate.fit(x.double().numpy(), torch.rand(6, generator=generator).double().numpy(), minimize=minimize)
+        with pytest.raises(grpc.RpcError) as info:
+            flow.stub.SampleFlow(flow_pb2.SampleFlowRequest(**request, model_id=fit.model_id))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in info.value.details()
 
 
 def test_bad_training_requests_are_refused_and_not_stored(served, tmp_path):
@@ -157,6 +176,9 @@ def test_bad_training_requests_are_refused_and_not_stored(served, tmp_path):
         ({"data": str(data), "epochs": 0}, "epochs must be >= 1"),
         ({"data": str(data), "epochs": "5"}, "epochs must be a int"),
         ({"data": str(data), "colour": 1}, "unknown fields ['colour']"),
+        ({"data": str(data), "output_dir": str(tmp_path)}, "must lie under the surrogate's state directory"),
+        ({"data": str(data), "output_dir": "../../elsewhere"}, "must lie under the surrogate's state directory"),
+        ({"data": str(data), "output_dir": 5}, "output_dir must be a path"),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             flow.start(flow_pb2.StartRunRequest(config_json=json.dumps(fields)))

@@ -2,12 +2,14 @@
 moments, guidance at lambda 0 is unguided sampling, the zero-guidance fraction is respected,
 guidance by a real GP's LCB lowers the samples' LCB, and checkpoints round-trip and resume."""
 
-import os
+import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
+from services.optimizer.cli import build_parser
 from services.surrogate.core import SonarGPSurrogate
 from services.surrogate.flow import (
     FlowCache,
@@ -19,6 +21,8 @@ from services.surrogate.flow import (
     save_flow,
     zero_init_steps,
 )
+from services.surrogate.flow_service import FlowTrainingJob, FlowTrainingSettings
+from services.surrogate.types import GuidanceSettings
 
 DIM = 4
 CONFIG = FlowConfig(hidden_dim=64, num_blocks=2, time_embed_dim=32, batch_size=128, lr=2e-3, normalize=True)
@@ -159,8 +163,9 @@ def test_a_checkpoint_round_trips_and_training_resumes_where_it_stopped(tmp_path
     interrupted.run_epoch()
     save_flow(tmp_path / "last.pt", interrupted.model, config, trainer=interrupted.state())
     model, facts = load_flow(tmp_path / "last.pt")
+    assert "model" not in facts["trainer"]  # the weights are stored once, as the checkpoint's model
     resumed = FlowTrainer(data, config)
-    resumed.load_state(facts["trainer"])
+    resumed.load_state(facts["trainer"], model)
     assert resumed.epoch == 2 and facts["config"] == config
     assert resumed.run_epoch() == straight.history[-1]  # the same third epoch, bit for bit
     one = model.sample(16, 10, "heun", torch.Generator().manual_seed(2))
@@ -177,7 +182,7 @@ def test_a_run_trained_on_another_kind_of_device_resumes_with_a_fresh_noise_stre
     trainer.run_epoch()
     state = {**trainer.state(), "generator": torch.zeros(16, dtype=torch.uint8), "generator_device": "cuda"}
     resumed = FlowTrainer(data, config)
-    resumed.load_state(state)
+    resumed.load_state(state, trainer.model)
     expected = torch.Generator().manual_seed(config.seed + 1 + 1)
     assert resumed.epoch == 1 and torch.equal(resumed.generator.get_state(), expected.get_state())
     assert all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), trainer.model.parameters(), strict=True))
@@ -190,15 +195,14 @@ def test_the_flow_cache_holds_the_most_recently_used_models_and_reloads_changed_
     for path in paths:
         save_flow(path, model, config)
     cache = FlowCache(max_models=2)
-    first, _ = cache.get(paths[0])
-    cache.get(paths[1])
-    assert cache.get(paths[0])[0] is first  # a hit, and now the most recent
-    cache.get(paths[2])
-    assert cache.loaded() == [str(paths[0]), str(paths[2])]  # b, the least recently used, went
-    save_flow(paths[0], model, config, epoch=7)
-    os.utime(paths[0], ns=(1, 1))  # a new modification time, as a training run's next best checkpoint has
+    a, _ = cache.get(paths[0])
+    b, _ = cache.get(paths[1])
+    assert cache.get(paths[0])[0] is a  # a hit, and now the most recent
+    cache.get(paths[2])  # evicts b, the least recently used
+    assert cache.get(paths[0])[0] is a and cache.get(paths[1])[0] is not b
+    save_flow(paths[0], model, config, epoch=7)  # rewritten at once, as a run's next best checkpoint is
     reloaded, facts = cache.get(paths[0])
-    assert reloaded is not first and facts["epoch"] == 7
+    assert reloaded is not a and facts["epoch"] == 7
 
 
 def test_bad_checkpoints_and_settings_are_refused(tmp_path):
@@ -223,3 +227,66 @@ def test_the_surrogate_device_setting_is_checked():
     assert SurrogateConfig().device == "cpu" and SurrogateConfig(device="cuda:1").device == "cuda:1"
     with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'gpu'"):
         SurrogateConfig(device="gpu")
+
+
+def test_guidance_is_the_lcb_gradient_through_the_normalisation():
+    """For LCB(x) = w.x the drift's guidance in normalised z is exactly -w * std (dx/dz = std):
+    evaluating the LCB on z, or taking the gradient in x units, would both differ."""
+    trainer = FlowTrainer(known_data(400), CONFIG)
+    w = torch.tensor([0.5, -1.0, 2.0, 0.25])
+    sampler = GuidedFlowSampler(trainer.model, lambda x: x @ w, 1.0)
+    z = torch.randn(3, DIM, generator=torch.Generator().manual_seed(1))
+    expected = (-w * trainer.model.std).expand(3, DIM)
+    assert torch.allclose(sampler.guidance(z), expected, atol=1e-6)
+    assert not torch.allclose(trainer.model.std, torch.ones(DIM), atol=0.1)  # the normalisation matters here
+
+
+def test_the_seeds_defaults_for_training_and_sampling():
+    config = FlowConfig()
+    assert (config.epochs, config.batch_size, config.normalize) == (50, 1024, False)
+    sampler = GuidedFlowSampler(FlowTrainer(known_data(40), CONFIG).model, lambda x: x.sum(-1))
+    assert (sampler.guidance_strength, sampler.num_steps, sampler.method) == (1.0, 50, "heun")
+    assert (sampler.zero_steps, sampler.zero_init) == (2, "guidance")  # ceil(0.04 x 50)
+    settings = GuidanceSettings()
+    assert (settings.guidance_strength, settings.alpha, settings.num_steps) == (1.0, 1.0, 50)
+    assert (settings.method, settings.zero_init_fraction, settings.zero_init) == ("heun", 0.04, "guidance")
+    parser = build_parser()
+    train = parser.parse_args(["flow", "train", "--data", "x.pt"])
+    assert (train.epochs, train.batch_size, train.normalize) == (50, 1024, False)
+    validate = parser.parse_args(["flow", "validate", "--checkpoint", "best_flow.pt"])
+    assert (validate.n_samples, validate.num_steps, validate.method, validate.decode) == (100, 50, "heun", False)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"guidance_strength": float("inf")}, "guidance_strength must be a finite number >= 0"),
+        ({"alpha": float("nan")}, "alpha must be a finite number >= 0"),
+        ({"alpha": -1.0}, "alpha must be a finite number >= 0"),
+        ({"num_steps": 1001}, "num_steps must be in [1, 1000]"),
+    ],
+)
+def test_guidance_settings_refuse_non_finite_and_out_of_range_values(fields, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GuidanceSettings(**fields)
+
+
+def test_a_run_that_died_after_saving_its_first_epoch_resumes_without_repeating_it(tmp_path):
+    """The process saved last_flow.pt for epoch 1 and died before the run store recorded the step:
+    the restarted job (step 0) finds its own checkpoint, keeps that epoch and trains no second one;
+    another run pointed at the same directory is refused."""
+    torch.save({"embeddings": known_data(300)}, tmp_path / "data.pt")
+    fields = {"data": str(tmp_path / "data.pt"), "epochs": 3, "hidden_dim": 16, "num_blocks": 1, "time_embed_dim": 8}
+    settings = FlowTrainingSettings.from_json(json.dumps(fields), "run-1", tmp_path)
+
+    def job(run_id):
+        return FlowTrainingJob(settings, lambda kind, payload: None, lambda: False, run_id)
+
+    first = job("run-1")
+    recorded = first.initial_state()
+    after_crash = first.step(recorded)  # saved, then "lost" with the process
+    restarted = job("run-1")
+    state = restarted.step(restarted.initial_state())
+    assert state["history"] == after_crash["history"] and restarted.trainer(1).epoch == 1
+    with pytest.raises(ValueError, match="holds training run 'run-1''s checkpoints"):
+        job("run-2").initial_state()

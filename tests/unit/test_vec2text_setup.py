@@ -10,7 +10,8 @@ import torch
 
 from services.decoder.__main__ import DecoderConfig, build_inverter
 from services.decoder.core import GTR_ST, GTR_VEC2TEXT, VEC2TEXT_MODELS, match_norms, vec2text_model
-from services.encoder.core import EMBEDDED_MODEL, SONAR_ENCODER, Vec2TextGtrEmbedder, make_embedder, resolve_model_path
+from services.encoder.core import Vec2TextGtrEmbedder, make_embedder, resolve_model_path
+from services.encoder.types import EMBEDDED_MODEL, SONAR_ENCODER
 
 
 def test_each_inverter_names_its_embedding():

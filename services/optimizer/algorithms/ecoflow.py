@@ -25,9 +25,8 @@ import numpy as np
 
 from services.common.config import datasets_dir
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
-from services.surrogate.types import GuidanceSettings
+from services.surrogate.types import MAX_FLOW_SAMPLES, GuidanceSettings
 
-MAX_BATCH, MAX_STEPS = 4096, 1000  # what the surrogate's SampleFlow accepts
 DEBUG_DEFAULTS = {"iterations": 2, "batch_size": 2, "n_initial": 4, "num_steps": 10}
 
 
@@ -71,22 +70,32 @@ class EcoFlowConfig:
         for name in ("iterations", "decoder_steps", "decoder_beam"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ecoflow.{name} must be >= 0, got {getattr(self, name)}")
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ValueError(f"ecoflow.batch_size must be in [1, {MAX_BATCH}], got {self.batch_size}")
-        if self.num_steps > MAX_STEPS:
-            raise ValueError(f"ecoflow.num_steps must be at most {MAX_STEPS}, got {self.num_steps}")
+        if not 1 <= self.batch_size <= MAX_FLOW_SAMPLES:
+            raise ValueError(f"ecoflow.batch_size must be in [1, {MAX_FLOW_SAMPLES}], got {self.batch_size}")
         if self.n_initial < 2 and len(self.initial_prompts) < 2:
             raise ValueError("ecoflow.n_initial must be >= 2 (the GP needs two scored prompts)")
         try:
             self.guidance()
         except ValueError as exc:
             raise ValueError(f"ecoflow.{exc}") from exc
-        if not Path(self.pool_path()).is_file():
-            raise ValueError(f"ecoflow.initial_pool_path {self.pool_path()!r} is not a file on the optimizer")
+        self.pool()  # a missing or malformed pool is refused at StartRun, not after the run began
 
     def pool_path(self) -> str:
         """The instruction pool the initial design and the decoder's seed texts come from."""
         return self.initial_pool_path or default_pool_path()
+
+    def pool(self) -> list[str]:
+        """The instruction pool (a JSON list of strings); ValueError naming initial_pool_path."""
+        path = self.pool_path()
+        try:
+            pool = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise ValueError(f"ecoflow.initial_pool_path {path!r} is not a readable file on the optimizer") from exc
+        except ValueError as exc:
+            raise ValueError(f"ecoflow.initial_pool_path {path!r} is not JSON: {exc}") from exc
+        if not isinstance(pool, list) or not pool or not all(isinstance(t, str) and t.strip() for t in pool):
+            raise ValueError(f"ecoflow.initial_pool_path {path!r} must be a JSON list of non-empty strings")
+        return pool
 
     def guidance(self) -> GuidanceSettings:
         return GuidanceSettings(
@@ -107,9 +116,7 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
         return None  # the GP is refitted every iteration; nothing outlives a step
 
     def initial_state(self) -> dict:
-        pool = json.loads(Path(self.config.pool_path()).read_text())
-        if not isinstance(pool, list) or not all(isinstance(t, str) for t in pool):
-            raise ValueError(f"ecoflow.initial_pool_path {self.config.pool_path()!r} must be a JSON list of strings")
+        pool = self.config.pool()
         return {
             "step": 0,
             "history": [],
@@ -190,14 +197,20 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
         )
         self.llm.usage.add(usage)
         texts = [text for text, _ in decoded]
-        again = np.asarray(self._encode(texts))
+        again = np.zeros_like(sample.embeddings)  # an empty decode re-encodes to nothing: cosine 0
+        present = [i for i, text in enumerate(texts) if text.strip()]
+        if present:
+            again[present] = np.asarray(self._encode([texts[i] for i in present]))
         cosines, distances = decode_round_trip(sample.embeddings, again)
         best_before = min(o["error"] for o in observations)
         scored = {o["instruction"]: o["error"] for o in observations}
-        samples = []
+        samples, added = [], 0
         for i, text in enumerate(texts):
             cosine, l2, lcb = float(cosines[i]), float(distances[i]), float(sample.lcb[i])
             entry = {"instruction": text, "lcb": lcb, "decode_cosine": cosine, "decode_l2": l2}
+            if not text.strip():  # the decoder gave no text: nothing to score, no GP row
+                samples.append({**entry, "error": None, "repeat": False, "empty": True})
+                continue
             if text in scored:  # decoded to a prompt already scored: its score stands, no second GP row
                 samples.append({**entry, "error": scored[text], "repeat": True})
                 continue
@@ -208,11 +221,12 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
                 {"instruction": text, "embedding": kept.tolist(), "error": error, "n": n, "source": "ecoflow"}
             )
             samples.append({**entry, "error": error, "repeat": False})
+            added += 1
         best = min(o["error"] for o in observations)
         state["iterations"].append(
             {
                 "iteration": iteration,
-                "gp_observations": len(observations) - sum(not s["repeat"] for s in samples),
+                "gp_observations": len(observations) - added,
                 "guided_steps": sample.guided_steps,
                 "samples": samples,
                 "best_error_before": best_before,
