@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0 grpcio-tools==1.85.1
 	$(MAKE) protos
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,cpu-llm,test,tuner]"
-	$(PY) -m services.llm_eval.models
+	$(PY) -m services.common.shipped
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,7 +35,7 @@ gen/.stamp: $(PROTOS) | $(VENV)/bin/python
 protos: gen/.stamp
 
 model: install
-	$(PY) -m services.llm_eval.models
+	$(PY) -m services.common.shipped
 
 demo: install protos
 	$(PY) -m services.optimizer.demo $(ARGS)

@@ -7,10 +7,13 @@ Each service defines one frozen dataclass; `from_env` fills it from variables na
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from collections.abc import Mapping
 from pathlib import Path
+
+from services.common.errors import shown
 
 REPOSITORY_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -111,3 +114,47 @@ class ClientConfig:
             raise ValueError("tls_cert and tls_key must be set together")
         if self.tls_cert and not self.tls_ca:
             raise ValueError("tls_cert (a client certificate) needs tls_ca")
+
+
+def json_object(text: str, field: str) -> dict:
+    """`text` parsed as a JSON object ("" is {}); ValueError naming `field` otherwise."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        raise ValueError(f"{field} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{field} must be a JSON object")
+    return value
+
+
+def from_fields(cls, fields: dict, source: str) -> dict:
+    """`fields` (parsed JSON) checked against the dataclass `cls`: unknown names are refused, each
+    value must have its field's type (an int passes for a float). ValueError naming the field;
+    returns the fields, ints made floats where the field is a float."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(fields) - set(hints))
+    if unknown:
+        raise ValueError(f"{source}: unknown fields {unknown}; known: {sorted(hints)}")
+    checked = {}
+    for name, value in fields.items():
+        kind = hints[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+        checked[name] = value
+    return checked
+
+
+def confined_path(path: str, root: str | Path, field: str, base: str | Path | None = None) -> str:
+    """`path` resolved (a relative one from `base`, by default `root`); ValueError naming `field`
+    unless it lies under `root`, so a client cannot make a service read or write elsewhere."""
+    if not isinstance(path, str):
+        raise ValueError(f"{field} must be a path (a string)")
+    if len(path) > 4096 or any(len(part.encode()) > 255 for part in Path(path).parts) or "\0" in path:
+        raise ValueError(f"{field} {shown(path)!r} is not a usable path (a name over 255 bytes, or a NUL)")
+    root = Path(root).resolve()
+    resolved = (Path(base or root).resolve() / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{field} {shown(path)!r} must lie under {root}")
+    return str(resolved)

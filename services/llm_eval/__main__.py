@@ -9,12 +9,12 @@ from promptopt.llm_eval.v1 import llm_eval_pb2, llm_eval_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
 from services.common.server import ServiceBinding, run_service, serve
+from services.common.shipped import EMBEDDED_MODELS
 from services.llm_eval.backends import LlamaCppBackend, LLMBackend, OpenAIBackend, VLLMBackend
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.config import LlmEvalConfig
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
-from services.llm_eval.models import EMBEDDED_MODELS
 from services.llm_eval.replay import ReplayBackend, load_table
 from services.llm_eval.server import LlmEvalServicer
 

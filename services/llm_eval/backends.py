@@ -56,7 +56,7 @@ class LlamaCppBackend(LLMBackend):
     ):
         import llama_cpp  # lazy: only this backend needs it
 
-        from services.llm_eval.models import sha256_file
+        from services.common.shipped import sha256_file
 
         self.model_name = model_name or os.path.basename(model_path)
         self._llm = llama_cpp.Llama(
@@ -77,7 +77,7 @@ class LlamaCppBackend(LLMBackend):
     @classmethod
     def embedded(cls, name: str = "", n_ctx: int = 4096, n_threads: int = 0) -> LlamaCppBackend:
         """An embedded model by name (default: Qwen2.5-Coder-0.5B), assembled and verified on first use."""
-        from services.llm_eval.models import EMBEDDED_MODELS, QWEN25_CODER_05B, ensure_model
+        from services.common.shipped import EMBEDDED_MODELS, QWEN25_CODER_05B, ensure_model
 
         model = EMBEDDED_MODELS[name] if name else QWEN25_CODER_05B
         return cls(str(ensure_model(model)), model.name, n_ctx, n_threads, model_sha256=model.sha256)

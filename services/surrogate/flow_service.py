@@ -14,6 +14,7 @@ import numpy as np
 from promptopt.flow.v1 import flow_pb2, flow_pb2_grpc
 
 from services.common.codec import encode_tensor
+from services.common.config import confined_path, from_fields, json_object
 from services.common.errors import require
 from services.common.operation_server import OperationServicer
 from services.common.operations import Cancelled, Job, RunManager, RunStore
@@ -34,39 +35,14 @@ class FlowTrainingSettings:
         """Parsed and validated; ValueError naming the field."""
         from services.surrogate.flow import FlowConfig
 
-        try:
-            fields = json.loads(text or "{}")
-        except ValueError as exc:
-            raise ValueError(f"config_json is not JSON: {exc}") from exc
-        if not isinstance(fields, dict):
-            raise ValueError("config_json must be a JSON object")
+        fields = json_object(text, "config_json")
         data, output_dir = fields.pop("data", ""), fields.pop("output_dir", "")
         if not isinstance(data, str) or not data:
             raise ValueError("data must name a .pt file of embeddings on the surrogate")
-        known = {f.name for f in dataclasses.fields(FlowConfig)}
-        unknown = sorted(set(fields) - known)
-        if unknown:
-            raise ValueError(f"config_json: unknown fields {unknown}; known: {sorted(known | {'data', 'output_dir'})}")
-        for name, value in fields.items():
-            kind = type(getattr(FlowConfig(), name))
-            if kind is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if type(value) is not kind:
-                raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
-            fields[name] = value
-        return cls(data, confined_output_dir(output_dir, run_id, state_dir), FlowConfig(**fields))
-
-
-def confined_output_dir(output_dir: str, run_id: str, state_dir: str | Path) -> str:
-    """Where a run writes its checkpoints: `state_dir`/flows/RUN by default, a relative path under
-    `state_dir`/flows; never outside `state_dir` (a client must not make the surrogate write elsewhere)."""
-    if not isinstance(output_dir, str):
-        raise ValueError("output_dir must be a path (a string)")
-    flows = Path(state_dir).resolve() / "flows"
-    path = (flows / (output_dir or run_id)).resolve()
-    if not path.is_relative_to(flows.parent):
-        raise ValueError(f"output_dir {output_dir!r} must lie under the surrogate's state directory {flows.parent}")
-    return str(path)
+        flow = FlowConfig(**from_fields(FlowConfig, fields, "config_json"))
+        # relative to state_dir/flows (default: flows/RUN), never outside state_dir
+        root = Path(state_dir).resolve()
+        return cls(data, confined_path(output_dir or run_id, root, "output_dir", base=root / "flows"), flow)
 
 
 class FlowTrainingJob(Job):

@@ -87,8 +87,8 @@ def test_invalid_input(llm_service):
 @pytest.fixture(scope="module")
 def second_model(llm_backend):
     """The embedded GGUF loaded again under another name with a shorter context: a real second model."""
+    from services.common.shipped import ensure_model
     from services.llm_eval.backends import LlamaCppBackend
-    from services.llm_eval.models import ensure_model
 
     return LlamaCppBackend(str(ensure_model()), "qwen-0.5b-ctx1024", n_ctx=1024)
 

@@ -176,8 +176,8 @@ def test_bad_training_requests_are_refused_and_not_stored(served, tmp_path):
         ({"data": str(data), "epochs": 0}, "epochs must be >= 1"),
         ({"data": str(data), "epochs": "5"}, "epochs must be a int"),
         ({"data": str(data), "colour": 1}, "unknown fields ['colour']"),
-        ({"data": str(data), "output_dir": str(tmp_path)}, "must lie under the surrogate's state directory"),
-        ({"data": str(data), "output_dir": "../../elsewhere"}, "must lie under the surrogate's state directory"),
+        ({"data": str(data), "output_dir": str(tmp_path)}, "must lie under"),
+        ({"data": str(data), "output_dir": "../../elsewhere"}, "must lie under"),
         ({"data": str(data), "output_dir": 5}, "output_dir must be a path"),
     ]:
         with pytest.raises(grpc.RpcError) as info:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def server_url():
     pytest.importorskip("llama_cpp.server.app", reason="needs llama-cpp-python[server]")
-    from services.llm_eval.models import ensure_model
+    from services.common.shipped import ensure_model
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -41,8 +41,8 @@ def test_answer_key_changes_with_every_component():
 
 
 def test_llamacpp_identity_names_weights_context_and_chat_template(llm_backend):
+    from services.common.shipped import QWEN25_CODER_05B
     from services.llm_eval.backends import LlamaCppBackend
-    from services.llm_eval.models import QWEN25_CODER_05B
 
     other = LlamaCppBackend.embedded(n_ctx=1024)
     a, b = llm_backend.identity(), other.identity()

