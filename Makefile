@@ -71,6 +71,8 @@ bench: install protos
 	$(PY) -m tests.bench.tuner_bench
 	$(PY) -m tests.bench.ecoflow_bench
 	$(PY) -m tests.bench.ecoflow_run_bench
+	$(PY) -m tests.bench.neuro_bench
+	$(PY) -m tests.bench.neuro_run_bench
 
 # Mutation testing of the search-direction code ([tool.mutmut] in pyproject.toml; tens of minutes on 2 cores).
 mutation: install protos

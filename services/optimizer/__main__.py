@@ -18,7 +18,7 @@ from services.llm_eval.client import LlmEvalClient
 from services.optimizer.algorithms.base import Chunking
 from services.optimizer.algorithms.lipo import ModelServices
 from services.optimizer.server import optimizer_service
-from services.surrogate.client import FlowClient, SurrogateClient
+from services.surrogate.client import FlowClient, NeuroClient, SurrogateClient
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
 
@@ -69,6 +69,7 @@ def main() -> None:
         client(DecoderClient, config.decoder_address),
         client(SurrogateClient, config.surrogate_address),
         client(FlowClient, config.surrogate_address),
+        client(NeuroClient, config.surrogate_address),
     )
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs

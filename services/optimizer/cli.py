@@ -29,7 +29,7 @@ from services.common.config import ClientConfig
 from services.common.types import Usage
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import DecodingParams, EvaluationRequest
-from services.optimizer import flow_cli
+from services.optimizer import flow_cli, neuro_cli
 from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
 from services.optimizer.results import write_results
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--optimizer", default=os.environ.get("PROMPTOPT_OPTIMIZER_ADDRESS", "127.0.0.1:50055"))
     parser.add_argument("--llm-eval", default=os.environ.get("PROMPTOPT_LLM_EVAL_ADDRESS", "127.0.0.1:50053"))
     parser.add_argument("--tuner", default=os.environ.get("PROMPTOPT_TUNER_ADDRESS", "127.0.0.1:50056"))
-    for service, port in (("surrogate", 50054), ("decoder", 50052), ("encoder", 50051)):  # flow commands
+    for service, port in (("surrogate", 50054), ("decoder", 50052), ("encoder", 50051)):  # flow, neuro commands
         variable = f"PROMPTOPT_{service.upper()}_ADDRESS"
         parser.add_argument(f"--{service}", default=os.environ.get(variable, f"127.0.0.1:{port}"))
     parser.add_argument(
@@ -415,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--after", type=int, default=0, help="resume after this event sequence")
         p.set_defaults(func=func)
     flow_cli.add_commands(sub, _client_config)
+    neuro_cli.add_commands(sub, _client_config)
     p = sub.add_parser("list", help="list runs")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_list)

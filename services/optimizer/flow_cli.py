@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 from promptopt.flow.v1 import flow_pb2
-from promptopt.operations.v1 import operations_pb2
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
+from services.optimizer import training_cli
 from services.optimizer.algorithms.ecoflow import decode_round_trip, default_pool_path
 from services.surrogate.client import FlowClient
 from services.surrogate.types import GuidanceSettings
@@ -89,58 +88,16 @@ def training_settings(args) -> dict:
 def train(args, client_config) -> int:
     with FlowClient(client_config(args.surrogate, args)) as client:
         request = flow_pb2.StartRunRequest(config_json=json.dumps(training_settings(args)), display_name=args.name)
-        run = client.start(request)
-        console.print(f"started flow training [bold]{run.run_id}[/] ({run.total_steps} epochs)")
-        if args.no_watch:
-            print(run.run_id)
-            return 0
-        return finish(client, run.run_id, Path(args.results_dir))
+        return training_cli.start(client, request, "flow", args, described, write_training)
 
 
 def resume(args, client_config) -> int:
     with FlowClient(client_config(args.surrogate, args)) as client:
-        run = client.resume(args.run_id)
-        console.print(f"resumed flow training [bold]{run.run_id}[/] at epoch {run.step}/{run.total_steps}")
-        return finish(client, run.run_id, Path(args.results_dir))
+        return training_cli.resume(client, args.run_id, "flow", Path(args.results_dir), described, write_training)
 
 
-def finish(client: FlowClient, run_id: str, results_dir: Path) -> int:
-    """Watch a training run to its end, then report it and write its loss curves."""
-    report = watch_training(client, run_id)
-    run = client.get(run_id)
-    console.print(f"\n[bold]{run.run_id}[/] {operations_pb2.RunState.Name(run.state)}")
-    if run.state == operations_pb2.RUN_STATE_SUCCEEDED and report:
-        console.print(f"best checkpoint {report['best_checkpoint']} (validation loss {report['best_val_loss']:.4f})")
-        json_path, png_path = write_training(run.run_id, report, results_dir)
-        console.print(f"results: {json_path}  plot: {png_path}")
-        return 0
-    console.print(f"[red]{run.error or 'not finished'}[/]; continue it with: promptopt flow resume {run.run_id}")
-    return 1
-
-
-def watch_training(client: FlowClient, run_id: str) -> dict | None:
-    """Follow a training run with an epoch bar; its report (None if it did not succeed)."""
-    run, report = client.get(run_id), None
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[losses]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task("epochs", total=run.total_steps, completed=run.step, losses="")
-        for event in client.watch(run_id):
-            kind = event.WhichOneof("event")
-            if kind == "progress" and event.progress.message.startswith("epoch "):
-                progress.update(task, losses=event.progress.message)
-            elif kind == "progress" and event.progress.total_steps:
-                progress.update(task, completed=event.progress.step)
-            elif kind == "result":
-                report = json.loads(event.result.report_json)
-            elif kind == "error":
-                progress.console.log(f"[red]{event.error.message}")
-    return report
+def described(report: dict) -> str:
+    return f"best checkpoint {report['best_checkpoint']} (validation loss {report['best_val_loss']:.4f})"
 
 
 def write_training(run_id: str, report: dict, directory: Path) -> tuple[Path, Path]:

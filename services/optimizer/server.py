@@ -16,6 +16,7 @@ from services.optimizer.algorithms.base import Chunking, EvaluationSettings, Met
 from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
+from services.optimizer.algorithms.neuro import NeuroOptimizer, NeuroOptimizerConfig
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
 from services.optimizer.algorithms.protegi import ProtegiConfig, ProtegiOptimizer
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
@@ -26,6 +27,7 @@ ALGORITHMS = {
     "lipo": (LipoConfig, LipoOptimizer),
     "lipo_e": (LipoEConfig, LipoEOptimizer),
     "ecoflow": (EcoFlowConfig, EcoFlowOptimizer),
+    "neuro": (NeuroOptimizerConfig, NeuroOptimizer),
 }
 
 
@@ -115,6 +117,8 @@ def build_optimizer(
     args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
     if issubclass(optimizer_cls, SurrogateBackedOptimizer):
         return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
+    if optimizer_cls is NeuroOptimizer:
+        return optimizer_cls(*args, emit, rewriter=models.neuro if models else None)
     return optimizer_cls(*args, emit)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import threading
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -13,22 +14,32 @@ from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 from services.common.config import ServerConfig, from_env
 from services.common.operations import RunStore
 from services.common.server import ServiceBinding, run_service, serve
+from services.encoder.types import EMBEDDED_MODEL
 from services.surrogate.flow_service import flow_service
+from services.surrogate.neuro_service import NEURO_DIR, neuro_service
 from services.surrogate.server import RegistryCollector, SurrogateServicer
+from services.surrogate.types import NeuroConfig
 
 PREFIX = "PROMPTOPT_SURROGATE_"
+EMBEDDED_GENERATOR = "embedded:Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"  # the project's CPU LLM, through transformers
 
 
 @dataclasses.dataclass(frozen=True)
 class SurrogateConfig:
     """max_model_mb: bound on the memory of held models (VAEs, GPs); past it the least recently
-    used are evicted. 0 = unbounded. state_dir: EcoFlow's flow training runs and checkpoints.
-    device: where flow models train and sample (cuda in the GPU images); GPs and VAEs stay on CPU."""
+    used are evicted. 0 = unbounded. state_dir: EcoFlow's flow training runs and checkpoints, and
+    the Neuro-Latent runs, checkpoints and feedback (neuro/). device: where flow models train and
+    sample and the Neuro-Latent models run (cuda in the GPU images); GPs and VAEs stay on CPU.
+    neuro_encoder / neuro_generator: the Neuro-Latent frozen models new training runs use (the
+    embedded CPU defaults; the GPU overlays set the seed's roberta-base and t5-small)."""
 
     max_model_mb: int = 4096
-    # flow training runs (runs.sqlite) and their checkpoints (flows/<run id>/)
+    # flow training runs (runs.sqlite) and their checkpoints (flows/<run id>/); neuro/
     state_dir: str = "state/surrogate"
     device: str = "cpu"
+    neuro_encoder: str = EMBEDDED_MODEL
+    neuro_generator: str = EMBEDDED_GENERATOR
+    neuro_models: str = ""  # other encoder or generator names a training run may ask for, comma-separated
 
     def __post_init__(self):
         if self.max_model_mb < 0:
@@ -60,11 +71,23 @@ def main() -> None:
     store = RunStore(str(Path(config.state_dir) / "runs.sqlite"), exclusive=True)
     flows, manager = flow_service(store, config.state_dir, lambda: servicer.engine, config.device)
 
+    defaults = NeuroConfig(encoder=config.neuro_encoder, generator=config.neuro_generator)
+    neuro_store = RunStore(str(Path(config.state_dir) / NEURO_DIR / "runs.sqlite"), exclusive=True)
+    allowed = tuple(name.strip() for name in config.neuro_models.split(",") if name.strip())
+    neuro, neuro_manager, rewriters = neuro_service(
+        neuro_store, config.state_dir, defaults, config.device, allowed_models=allowed
+    )
+
+    def start_neuro():  # the newest trained model's frozen models take a while to load: not before SERVING
+        rewriters.load_newest()
+        neuro_manager.resume_unfinished()
+
     def load_and_resume():
         load()
         manager.resume_unfinished()  # flow training runs left unfinished by a previous process
+        threading.Thread(target=start_neuro, name="neuro-start", daemon=True).start()
 
-    serve(from_env(ServerConfig, PREFIX), [binding, flows], load=load_and_resume).wait()
+    serve(from_env(ServerConfig, PREFIX), [binding, flows, neuro], load=load_and_resume).wait()
 
 
 if __name__ == "__main__":

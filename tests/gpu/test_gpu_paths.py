@@ -1,6 +1,7 @@
 """The GPU paths on real hub models: GTR, vec2text (both inverters with the embedding each was
-trained on), vLLM and SONAR. Run with `pytest -m gpu` on a CUDA machine with the hub (or a warm
-HF cache) reachable; skipped where no GPU is."""
+trained on), vLLM, SONAR, flow training and the Neuro-Latent pair (RoBERTa-base, T5-small). Run
+with `pytest -m gpu` on a CUDA machine with the hub (or a warm HF cache) reachable; skipped where
+no GPU is."""
 
 import numpy as np
 import pytest
@@ -106,3 +107,27 @@ def test_flow_trains_and_samples_on_the_gpu(tmp_path):
     result = engine.sample_flow(str(tmp_path / "flow.pt"), 32, gp.model_id, num_steps=20, manifold_distance=True)
     assert result.embeddings.shape == (32, 64) and np.isfinite(result.embeddings).all()
     assert result.lcb.shape == (32,) and result.nearest_train_l2.shape == (32,)
+
+
+def test_neuro_latent_trains_and_rewrites_with_the_seeds_models_on_the_gpu():
+    """Seed 002's production pair from the hub: RoBERTa-base (768-D, mean pooled) and T5-small
+    (512-D), the head on the GPU; only the head learns, and the trained rewriter writes text."""
+    import torch
+
+    from services.surrogate.neuro import FrozenEncoder, NeuroRewriter, TrainingData, load_generator
+    from services.surrogate.types import NeuroConfig
+
+    config = NeuroConfig(phase1_epochs=2, phase2_epochs=1)  # roberta-base, t5-small
+    encoder, generator = FrozenEncoder(config.encoder, "cuda"), load_generator(config.generator, "cuda")
+    assert (encoder.dimension, generator.hidden_size) == (768, 512)
+    frozen = {k: v.clone() for k, v in generator.model.state_dict().items()}
+    rewriter = NeuroRewriter(config, encoder, generator)
+    data = TrainingData(
+        (("Solve it.", "Solve the problem step by step and give the final number."),) * 4,
+        (("Solve it.", "Solve the problem step by step and give the final number.", ("Guess.",)),) * 4,
+    )
+    losses = [rewriter.run_epoch(data) for _ in range(config.total_epochs)]
+    assert next(rewriter.head.parameters()).is_cuda and losses[1].loss < losses[0].loss
+    assert all(torch.equal(frozen[k], v) for k, v in generator.model.state_dict().items())
+    [text] = rewriter.rewrite("Solve it.", max_new_tokens=24)
+    assert text.strip(), "T5-small wrote nothing"

@@ -189,6 +189,7 @@ class ModelServices:
     decoder: object  # .invert(embeddings, seed_texts, num_steps, beam_width) -> ([(text, cosine)], Usage)
     surrogate: SurrogateApi
     flow: object = None  # EcoFlow's .sample(checkpoint, n, model_id, settings, seed) (the surrogate's FlowService)
+    neuro: object = None  # Neuro-Latent's .optimize(raw, max_length, n, checkpoint, temperature, seed) (NeuroService)
 
 
 def load_evaluations(path: str | Path) -> list[dict]:

@@ -21,6 +21,9 @@ from services.optimizer.algorithms.base import (
     unique_new,
 )
 
+DEBUG_DEFAULTS = {"iterations": 2, "candidates_per_step": 2}
+DEBUG_FIDELITY = 20
+
 
 @dataclasses.dataclass(frozen=True)
 class OproConfig:
@@ -32,6 +35,14 @@ class OproConfig:
     num_exemplars: int = 3
     meta_max_tokens: int = 256
     initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
+    debug: bool = False
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> OproConfig:
+        """With debug, unset fields take the debug sizes (2 steps x 2 candidates)."""
+        if fields.get("debug"):
+            fields = {**DEBUG_DEFAULTS, **fields}
+        return cls(**fields)
 
     def __post_init__(self):
         for name in ("iterations", "candidates_per_step", "top_k", "num_buckets"):
@@ -67,9 +78,12 @@ class OproOptimizer(Optimizer):
     _default_fidelity: int | None = None
 
     def fidelity(self) -> int:
-        """Questions of the fixed evaluation minibatch: `fidelity`, else 261 capped at the split size."""
+        """Questions of the fixed evaluation minibatch: `fidelity`, else 20 in debug runs, else 261
+        capped at the split size."""
         if self.evaluation.fidelity:
             return self.evaluation.fidelity
+        if self.config.debug:
+            return DEBUG_FIDELITY
         if self._default_fidelity is None:
             size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
             self._default_fidelity = min(DEFAULT_FIDELITY, size)
