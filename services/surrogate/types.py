@@ -84,6 +84,8 @@ class AcquisitionConfig:
     def __post_init__(self):
         if min(self.num_restarts, self.raw_samples, self.maxiter, self.batch_limit) <= 0:
             raise ValueError("num_restarts, raw_samples, maxiter and batch_limit must be positive")
+        if self.raw_samples < self.num_restarts:  # BoTorch starts its restarts from the best raw samples
+            raise ValueError(f"raw_samples ({self.raw_samples}) must be >= num_restarts ({self.num_restarts})")
         if self.latent_margin < 0:
             raise ValueError("latent_margin must be >= 0")
         if self.acquisition not in ACQUISITIONS:

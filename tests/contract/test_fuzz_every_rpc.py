@@ -274,8 +274,9 @@ def handled(service: str, method: str) -> float:
     )
 
 
-def settle_run(stack, name, method, response) -> None:
+def settle_run(stack, method, response) -> None:
     """Cancel a run that a valid optimizer or Neuro-Latent StartRun began, and wait for it to stop writing."""
+    name = next(n for n, (_, service) in SERVICES.items() if service == method.containing_service.name)
     if method.name != "StartRun" or name not in stack.managers:
         return
     cancel = method.containing_service.methods_by_name["CancelRun"]
@@ -302,7 +303,7 @@ def test_fuzzed_requests_never_break_a_service_or_its_store(stack, name, method,
         assert time.monotonic() < deadline, f"{method.full_name} ({code.name}) still working {FINISH_SECONDS:.0f} s on"
         time.sleep(0.05)
     if code == grpc.StatusCode.OK:
-        settle_run(stack, name, method, result)
+        settle_run(stack, method, result)
     after = stack.rows(name)
     assert before.keys() <= after.keys(), f"{method.name} lost stored rows"
     if code in REFUSALS:  # (an abandoned evaluation keeps what it answered, by design)

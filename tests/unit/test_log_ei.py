@@ -64,3 +64,13 @@ def test_log_ei_direction_and_scale():
 def test_latent_bounds_widen_by_margin():
     x = torch.tensor([[0.0, 1.0], [1.0, 3.0]])
     assert torch.allclose(latent_bounds(x, 0.2), torch.tensor([[-0.2, 0.6], [1.2, 3.4]]))
+
+
+def test_acquisition_settings_refuse_fewer_raw_samples_than_restarts():
+    """Found by the RPC fuzzing: BoTorch starts its restarts from the best raw samples, so
+    raw_samples 1 with 64 restarts was an INTERNAL error instead of INVALID_ARGUMENT."""
+    from services.surrogate.types import AcquisitionConfig
+
+    with pytest.raises(ValueError, match=r"raw_samples \(1\) must be >= num_restarts \(64\)"):
+        AcquisitionConfig(raw_samples=1)
+    assert AcquisitionConfig(num_restarts=4, raw_samples=4).raw_samples == 4
