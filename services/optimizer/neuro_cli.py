@@ -141,9 +141,11 @@ def write_training(run_id: str, report: dict, directory: Path) -> tuple[Path, Pa
         epochs = [h["epoch"] for h in rows]
         ax.plot(epochs, [h["loss"] for h in rows], marker="o", label="total")
         ax.plot(epochs, [h["main_loss"] for h in rows], marker="o", label=name)
-        if phase == 1:
+        if phase == 1 and any(h["generation_loss"] > 0 for h in rows):
             ax.plot(epochs, [h["generation_loss"] for h in rows], marker="o", label="generation")
-        ax.plot(epochs, [h["kl_penalty"] for h in rows], marker="o", label="KL penalty")
+        ax.plot(epochs, [h["kl_penalty"] for h in rows], marker="o", label="KL penalty (unweighted)")
+        ax.set_yscale("log")  # the terms differ by orders of magnitude
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_title(f"phase {phase}" + ("" if rows else " (no epochs)"))
         ax.legend(fontsize=7)
