@@ -19,7 +19,7 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml $(VENV)/bin/python
 	$(PY) -m pip install --quiet torch==2.13.0 grpcio-tools==1.85.1
 	$(MAKE) protos
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,cpu-llm,test,tuner]"
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -e ".[ml,vec2text,cpu-llm,test,tuner]"
 	$(PY) -m services.common.shipped
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ their stacks lazily.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from abc import ABC, abstractmethod
@@ -172,6 +173,62 @@ def match_norms(targets: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return targets / np.maximum(np.linalg.norm(targets, axis=1, keepdims=True), 1e-12) * scale
 
 
+def load_vec2text_model(model_cls, name_or_path: str):
+    """A vec2text `InversionModel`/`CorrectorEncoderModel` from a hub id or a local folder.
+
+    Built from its config, then its weights file loaded (`model.safetensors` or
+    `pytorch_model.bin`): vec2text's own `from_pretrained` fails under transformers 5, which
+    builds models on the meta device while vec2text's constructor loads its T5 and embedder.
+    The T5's unset `length_penalty` takes transformers 4's 1.0, which vec2text's reranking needs.
+    Raises RuntimeError naming the weights the checkpoint lacks (tied T5 embeddings excepted).
+    """
+    import torch
+
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(name_or_path, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    model = model_cls(model_cls.config_class.from_pretrained(folder))
+    if (folder / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(folder / "model.safetensors")
+    elif (folder / "pytorch_model.bin").is_file():
+        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    else:
+        raise RuntimeError(f"vec2text model {name_or_path!r}: no model.safetensors or pytorch_model.bin")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = ("lm_head.weight", "embed_tokens.weight")  # T5 ties these to `shared`
+    untied = [key for key in missing if not key.endswith(tied)]
+    if untied:
+        raise RuntimeError(f"vec2text model {name_or_path!r} lacks weights for {untied[:5]} ({len(untied)} in all)")
+    if unexpected:
+        log.warning("vec2text model %s: ignored %d unexpected weights", name_or_path, len(unexpected))
+    model.tie_weights()
+    generation = model.encoder_decoder.generation_config
+    if generation.length_penalty is None:  # unset in transformers 5; vec2text's corrector divides by it
+        generation.length_penalty = 1.0  # transformers 4's default, which vec2text was written against
+    return model
+
+
+@contextlib.contextmanager
+def metrics_left_unloaded():
+    """vec2text's trainers load their evaluation metrics (`evaluate.load`, scripts fetched from the
+    hub) in their constructors, though inversion never scores: within this block they are not
+    loaded, so the decoder starts without reaching the hub for them."""
+    import evaluate
+
+    def unloaded(name, *args, **kwargs):
+        return None
+
+    load, evaluate.load = evaluate.load, unloaded
+    try:
+        yield
+    finally:
+        evaluate.load = load
+
+
 class Vec2TextInverter(Inverter):
     """vec2text over GTR-T5-base embeddings (GPU; `vec2text` and the weights load lazily from the hub).
 
@@ -198,10 +255,11 @@ class Vec2TextInverter(Inverter):
         self.encode, self.model, self.normalized = encode, model, normalized
         self.num_steps, self.beam_width = num_steps, beam_width
         self.device = device if torch.cuda.is_available() else "cpu"
-        inversion = vec2text.models.InversionModel.from_pretrained(model.inversion).to(self.device).eval()
+        inversion = load_vec2text_model(vec2text.models.InversionModel, model.inversion).to(self.device).eval()
         if model.corrector:
-            corrector = vec2text.models.CorrectorEncoderModel.from_pretrained(model.corrector).to(self.device)
-            self.corrector = vec2text.api.load_corrector(inversion, corrector)
+            corrector = load_vec2text_model(vec2text.models.CorrectorEncoderModel, model.corrector)
+            with metrics_left_unloaded():
+                self.corrector = vec2text.api.load_corrector(inversion, corrector.to(self.device).eval())
         else:
             self.inversion = inversion
 

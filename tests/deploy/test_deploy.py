@@ -127,6 +127,10 @@ def test_compose_spec_violations_are_reported(tmp_path):
     assert "not valid under the compose specification" in problem and "stop_grace_periods" in problem
 
 
+def project_extras() -> dict[str, list[str]]:
+    return tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
 def test_dockerfile_targets():
     stages = validate.dockerfile_stages()
 
@@ -159,6 +163,11 @@ def test_dockerfile_targets():
             and (REPOSITORY / source / Path(*relative.parts[1:])).exists()
         )
     assert "cu128" in " ".join(stages["cuda-build"])
+    # the GPU decoder's vec2text backend: installed (pinned, constrained) and importable in its image
+    assert "$REQUIREMENTS ml vec2text" in " ".join(stages["cuda-build"])
+    assert "vec2text==0.0.13" in project_extras()["vec2text"]
+    assert "vec2text==0.0.13" in (REPOSITORY / "deploy/constraints.txt").read_text().split()
+    assert any("import vec2text" in line for stage in chain("decoder-cuda") for line in stages[stage])
     # SONAR: its own torch (the one fairseq2n is built against), never the CPU stack's constraints
     sonar = " ".join(stages["sonar-build"])
     project = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]
