@@ -9,7 +9,7 @@ export PROMPTOPT_DATASETS_DIR ?= $(abspath datasets)
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: constraints install protos demo tune test test-fast test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
+.PHONY: constraints install protos demo tune test test-all test-containers test-reliability bench mutation lint model clean gsm8k images images-gpu k8s-validate replay-table
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,11 +44,13 @@ demo: install protos
 tune: install protos
 	$(PY) -m services.optimizer.demo tune $(or $(ARGS),--quick)
 
+# The quick tier (the README's test command): everything but the tests marked slow (the live CPU
+# LLM, whole stacks, the tuner) and gpu. `make test-all` runs every test (CI runs it).
 test: install protos
-	$(PY) -m pytest
-
-test-fast: install protos
 	$(PY) -m pytest -m "not slow"
+
+test-all: install protos
+	$(PY) -m pytest
 
 # Faults, storage, security and monitoring tests (loopback), the RPC fuzzing with its outcome
 # table, the fault sweep over all six services and the load figures; run it alone.

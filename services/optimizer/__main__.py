@@ -15,8 +15,7 @@ from services.common.server import run_service, serve
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
-from services.optimizer.algorithms.base import Chunking
-from services.optimizer.algorithms.lipo import ModelServices
+from services.optimizer.algorithms.base import Chunking, ModelServices
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import FlowClient, NeuroClient, SurrogateClient
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 from prometheus_client import Gauge
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
@@ -12,23 +13,15 @@ from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
 from services.common.types import Usage
-from services.optimizer.algorithms.base import Chunking, EvaluationSettings, MeteredLlm, Optimizer
-from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer
-from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer, ModelServices
-from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
-from services.optimizer.algorithms.neuro import NeuroOptimizer, NeuroOptimizerConfig
-from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
-from services.optimizer.algorithms.protegi import ProtegiConfig, ProtegiOptimizer
-from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
-
-ALGORITHMS = {
-    "opro": (OproConfig, OproOptimizer),
-    "protegi": (ProtegiConfig, ProtegiOptimizer),
-    "lipo": (LipoConfig, LipoOptimizer),
-    "lipo_e": (LipoEConfig, LipoEOptimizer),
-    "ecoflow": (EcoFlowConfig, EcoFlowOptimizer),
-    "neuro": (NeuroOptimizerConfig, NeuroOptimizer),
-}
+from services.optimizer.algorithms import registry
+from services.optimizer.algorithms.base import (
+    Chunking,
+    EvaluationSettings,
+    MeteredLlm,
+    ModelServices,
+    Optimizer,
+    RunContext,
+)
 
 
 def set_fields(message, name: str) -> dict:
@@ -41,12 +34,6 @@ def set_fields(message, name: str) -> dict:
             raise ValueError(f"{name}.{field.name} must be a finite number, got {value}")
         fields[field.name] = list(value) if field.is_repeated else value
     return fields
-
-
-def _config(config_cls, fields: dict):
-    if "initial_prompts" in fields:
-        fields = {**fields, "initial_prompts": tuple(fields["initial_prompts"])}
-    return config_cls.from_fields(fields) if hasattr(config_cls, "from_fields") else config_cls(**fields)
 
 
 BEST_SCORE = Gauge(
@@ -70,24 +57,21 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
     """
     algorithm = request.WhichOneof("algorithm")
     if algorithm is None:
-        raise ValueError("algorithm must be set (one of: " + ", ".join(ALGORITHMS) + ")")
-    config_cls, optimizer_cls = ALGORITHMS[algorithm]
-    config = _config(config_cls, set_fields(getattr(request, algorithm), algorithm))
+        raise ValueError("algorithm must be set (one of: " + ", ".join(registry.algorithms()) + ")")
+    spec = registry.spec(algorithm)
+    config = spec.settings.from_fields(set_fields(getattr(request, algorithm), algorithm))
     evaluation = EvaluationSettings(**set_fields(request.evaluation, "evaluation"))
     if llm is not None:
         sizes = llm.dataset_info(evaluation.dataset)
-        evaluation.check_sizes(sizes, getattr(config, "seen_splits", list)())
-        if hasattr(config, "check_splits"):
-            config.check_splits(evaluation, sizes)
+        evaluation.check_sizes(sizes, config.seen_splits())
+        config.check_splits(evaluation, sizes)
         served = llm.usage().models
-        named = {"meta_model": request.meta_model}
-        named.update({f"{algorithm}.{f}": getattr(config, f, "") for f in ("gradient_model", "edit_model")})
-        for field, model in named.items():
+        for field, model in {"meta_model": request.meta_model, **config.named_models()}.items():
             if model and model not in served:
                 raise ValueError(f"{field} {model!r} is not served by llm_eval (serves: {sorted(served)})")
-    steps = optimizer_cls(config, evaluation, None, None).total_steps()
+    steps = config.search_steps() + 1  # and the held-out step
     resolved = {
-        "algorithm": dataclasses.asdict(config),
+        "algorithm": config.as_fields(),
         "evaluation": dataclasses.asdict(evaluation),
         "meta_model": request.meta_model,
     }
@@ -106,20 +90,17 @@ def build_optimizer(
 ) -> Optimizer:
     """Rebuild a run's optimiser from its stored (resolved) config (used at start and on resume).
     With `chunking`, long evaluations go to llm_eval in chunks, each reported as a progress event."""
-    config_cls, optimizer_cls = ALGORITHMS[record.algorithm]
-    config = _config(config_cls, dict(record.config["algorithm"]))
+    spec = registry.spec(record.algorithm)
+    config = spec.settings.from_fields(record.config["algorithm"])
 
     def on_progress(done: int, total: int) -> None:
         message = f"evaluated {done}/{total} questions"
         emit("progress", {"message": message, "questions_done": done, "questions_total": total})
 
     llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""), chunking, on_progress)
-    args = (config, EvaluationSettings(**record.config["evaluation"]), llm)
-    if issubclass(optimizer_cls, SurrogateBackedOptimizer):
-        return optimizer_cls(*args, emit, models=models, state_dir=state_dir, owner=record.run_id)
-    if optimizer_cls is NeuroOptimizer:
-        return optimizer_cls(*args, emit, rewriter=models.neuro if models else None)
-    return optimizer_cls(*args, emit)
+    context = RunContext((models or ModelServices()).only(spec.requires), Path(state_dir), record.run_id)
+    evaluation = EvaluationSettings(**record.config["evaluation"])
+    return spec.optimizer.create(config, evaluation, llm, emit, context)
 
 
 def optimizer_service(

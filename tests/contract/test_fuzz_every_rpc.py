@@ -42,7 +42,7 @@ from services.decoder.core import NearestTextInverter
 from services.decoder.server import DecoderServicer
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
-from services.optimizer.algorithms.lipo import ModelServices
+from services.optimizer.algorithms.base import ModelServices
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine

@@ -10,7 +10,7 @@ import urllib.request
 
 from services.decoder.core import NearestTextInverter
 from services.optimizer import cli
-from services.optimizer.algorithms.lipo import ModelServices
+from services.optimizer.algorithms.base import ModelServices
 from services.surrogate.engine import SurrogateEngine
 from services.surrogate.types import GuidanceSettings
 

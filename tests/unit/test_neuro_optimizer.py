@@ -91,10 +91,10 @@ def test_the_debug_budget_is_opros():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"rewrites_per_step": 0}, "neuro.rewrites_per_step must be positive"),
-        ({"rewrites_per_step": 17}, "neuro.rewrites_per_step must be at most 16"),
-        ({"max_length": 2000}, "neuro.max_length must be at most 1024"),
-        ({"temperature": 0.0}, r"neuro.temperature must be in \(0, 2\]"),
+        ({"rewrites_per_step": 0}, r"neuro.rewrites_per_step must be in \[1, 16\], got 0"),
+        ({"rewrites_per_step": 17}, r"neuro.rewrites_per_step must be in \[1, 16\], got 17"),
+        ({"max_length": 2000}, r"neuro.max_length must be in \[1, 1024\]"),
+        ({"temperature": 0.0}, r"neuro.temperature must be in \(0.0, 2.0\]"),
         ({"initial_prompts": ("",)}, "neuro.initial_prompts must be non-empty"),
     ],
 )

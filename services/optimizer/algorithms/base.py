@@ -24,6 +24,7 @@ from typing import Protocol
 
 from services.common.errors import require
 from services.common.operations import Cancelled, Job
+from services.common.settings import Setting
 from services.common.splits import SplitSpec
 from services.common.types import Usage
 from services.llm_eval.types import (
@@ -41,6 +42,18 @@ MAX_PROMPT_CHARS = 1000
 # 3.5% of the GSM8K training set, the OPRO paper's evaluation subset: the default number of
 # validation questions every comparable candidate is scored on (OPRO, ProTeGi).
 DEFAULT_FIDELITY = 261
+# Validation questions of a debug run when the evaluation sets no fidelity.
+DEBUG_FIDELITY = 20
+
+# Settings several optimisers declare (each with its own help where it differs).
+DEBUG = Setting(False, "small run: the debug sizes for unset fields")
+INITIAL_PROMPTS = Setting((DEFAULT_INITIAL_PROMPT,), "starting instruction (repeatable)")
+
+
+def check_prompts(section: str, prompts: Sequence[str], field: str = "initial_prompts", allow_empty=False) -> None:
+    """ValueError naming `section.field` unless `prompts` are non-empty strings (and some are given)."""
+    if (not prompts and not allow_empty) or any(not p.strip() for p in prompts):
+        raise ValueError(f"{section}.{field} must be non-empty strings")
 
 
 def load_template(name: str) -> str:
@@ -255,6 +268,35 @@ class EvaluationSettings:
 Emit = Callable[[str, dict], None]
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelServices:
+    """The model services an optimiser may require (gRPC clients or in-process equivalents); the
+    server hands each optimiser only those its registration names, the others are None."""
+
+    encoder: object = None  # .encode(texts) -> [n, d]
+    decoder: object = None  # .invert(embeddings, seed_texts, num_steps, beam_width) -> ([(text, cosine)], Usage)
+    surrogate: object = None  # the surrogate's SurrogateApi (VAE, GP, acquisition, inversion)
+    flow: object = None  # EcoFlow's .sample(checkpoint, n, model_id, settings, seed) (the surrogate's FlowService)
+    neuro: object = None  # Neuro-Latent's .optimize(raw, max_length, n, checkpoint, temperature, seed) (NeuroService)
+
+    def only(self, names: Sequence[str]) -> ModelServices:
+        """These services with only `names` kept (the rest None)."""
+        return ModelServices(**{name: getattr(self, name) if name in names else None for name in MODEL_FIELDS})
+
+
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelServices))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What the server gives a run's optimiser besides llm_eval: the model services it requires,
+    the optimizer's state directory and the run id (owner of the models it makes)."""
+
+    models: ModelServices = ModelServices()
+    state_dir: Path = Path("state/optimizer")
+    owner: str = ""
+
+
 class Optimizer(Job):
     """A resumable prompt optimiser (see the module docstring for the state contract).
 
@@ -268,7 +310,7 @@ class Optimizer(Job):
         emit: `emit(kind, payload)` records a `progress` or `candidate` event.
     """
 
-    name: str
+    name: str  # set by `registry.register`
 
     def __init__(self, config, evaluation: EvaluationSettings, llm: MeteredLlm, emit: Emit):
         self.config = config
@@ -276,9 +318,14 @@ class Optimizer(Job):
         self.llm = llm
         self.emit = emit
 
-    @abc.abstractmethod
+    @classmethod
+    def create(cls, config, evaluation: EvaluationSettings, llm: MeteredLlm, emit: Emit, context: RunContext):
+        """The optimiser of a run (subclasses that need model services take them from `context`)."""
+        return cls(config, evaluation, llm, emit)
+
     def search_steps(self) -> int:
-        """Steps of the search, before the held-out step."""
+        """Steps of the search, before the held-out step (the settings say how many)."""
+        return self.config.search_steps()
 
     @abc.abstractmethod
     def search_step(self, state: dict) -> None:

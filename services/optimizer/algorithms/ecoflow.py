@@ -20,14 +20,26 @@ import datetime
 import json
 import random
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from services.common.config import datasets_dir
+from services.common.settings import Settings, setting
+from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts
+from services.optimizer.algorithms.groups import (
+    ALPHA,
+    DECODER_STEPS,
+    DECODING,
+    GUIDANCE_STRENGTH,
+    METHOD,
+    NUM_STEPS,
+    ZERO_INIT,
+    ZERO_INIT_FRACTION,
+)
+from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import MAX_FLOW_SAMPLES, GuidanceSettings
-
-DEBUG_DEFAULTS = {"iterations": 2, "batch_size": 2, "n_initial": 4, "num_steps": 10}
 
 
 def default_pool_path() -> str:
@@ -36,49 +48,44 @@ def default_pool_path() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class EcoFlowConfig:
-    """Seed 003's EcoFlow parameters (its table's defaults); see EcoFlowConfig in optimizer.proto."""
+class EcoFlowConfig(Settings):
+    """Seed 003's EcoFlow parameters (its table's defaults)."""
 
-    flow_checkpoint: str = ""
-    debug: bool = False
-    iterations: int = 100
-    batch_size: int = 8
-    # the guided sampling's (GuidanceSettings holds the seed's defaults and checks them)
-    guidance_strength: float = GuidanceSettings.guidance_strength
-    alpha: float = GuidanceSettings.alpha
-    num_steps: int = GuidanceSettings.num_steps
-    method: str = GuidanceSettings.method
-    zero_init_fraction: float = GuidanceSettings.zero_init_fraction
-    zero_init: str = GuidanceSettings.zero_init
-    n_initial: int = 10
-    initial_prompts: tuple[str, ...] = ()
-    initial_pool_path: str = ""
-    score_reencoded: bool = True
-    decoder_steps: int = 0
-    decoder_beam: int = 0
+    section: ClassVar[str] = "ecoflow"
 
-    @classmethod
-    def from_fields(cls, fields: dict) -> EcoFlowConfig:
-        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
-        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+    flow_checkpoint: str = setting("", "flow model on the surrogate (`promptopt flow train` names it); required")
+    debug: bool = DEBUG.field(
+        help="small run: 2 iterations of 2 samples, 4 initial prompts, 10 ODE steps (unset fields)"
+    )
+    iterations: int = setting(100, "BO iterations: guided samples decoded, scored, added to the GP", low=0, debug=2)
+    batch_size: int = setting(8, "guided samples per iteration", low=1, high=MAX_FLOW_SAMPLES, debug=2)
+    guidance_strength: float = GUIDANCE_STRENGTH.field()
+    alpha: float = ALPHA.field()
+    num_steps: int = NUM_STEPS.field()
+    method: str = METHOD.field()
+    zero_init_fraction: float = ZERO_INIT_FRACTION.field()
+    zero_init: str = ZERO_INIT.field()
+    n_initial: int = setting(10, "initial design: pool instructions scored before the BO loop", low=0, debug=4)
+    initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field(
+        default=(), help="instructions added to the initial design"
+    )
+    initial_pool_path: str = setting("", "the instruction pool (JSON list) on the optimizer ('': the APE pool)")
+    score_reencoded: bool = setting(True, "the GP learns the re-encoded embedding of each decoded prompt")
+    decoder_steps: int = DECODER_STEPS.field()
+    decoder_beam: int = setting(0, "decoder beam width (0: the decoder's default)", low=0, group=DECODING)
 
-    def __post_init__(self):
+    def validate(self):
         if not self.flow_checkpoint:
             raise ValueError(
                 "ecoflow.flow_checkpoint must name a flow checkpoint on the surrogate (promptopt flow train)"
             )
-        for name in ("iterations", "decoder_steps", "decoder_beam"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ecoflow.{name} must be >= 0, got {getattr(self, name)}")
-        if not 1 <= self.batch_size <= MAX_FLOW_SAMPLES:
-            raise ValueError(f"ecoflow.batch_size must be in [1, {MAX_FLOW_SAMPLES}], got {self.batch_size}")
+        check_prompts(self.section, self.initial_prompts, allow_empty=True)
         if self.n_initial < 2 and len(self.initial_prompts) < 2:
             raise ValueError("ecoflow.n_initial must be >= 2 (the GP needs two scored prompts)")
-        try:
-            self.guidance()
-        except ValueError as exc:
-            raise ValueError(f"ecoflow.{exc}") from exc
         self.pool()  # a missing or malformed pool is refused at StartRun, not after the run began
+
+    def search_steps(self) -> int:
+        return 1 + self.iterations
 
     def pool_path(self) -> str:
         """The instruction pool the initial design and the decoder's seed texts come from."""
@@ -103,12 +110,13 @@ class EcoFlowConfig:
         )
 
 
+@register(
+    "ecoflow",
+    EcoFlowConfig,
+    requires=("encoder", "decoder", "surrogate", "flow"),
+    summary="LCB-guided flow matching in embedding space, decoded to text (seed 003)",
+)
 class EcoFlowOptimizer(SurrogateBackedOptimizer):
-    name = "ecoflow"
-
-    def search_steps(self) -> int:
-        return 1 + self.config.iterations
-
     def phase(self, step: int) -> str:
         return "initial" if step == 0 else "bo"
 

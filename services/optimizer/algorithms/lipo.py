@@ -17,12 +17,47 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
+from services.common.settings import Settings, setting
 from services.common.splits import SplitSpec
 from services.optimizer.algorithms.ape import generate_pool
+from services.optimizer.algorithms.base import DEBUG, DEBUG_FIDELITY, ModelServices
+from services.optimizer.algorithms.groups import (
+    APE_BATCH_SIZE,
+    APE_CACHE_PATH,
+    APE_MAX_LENGTH,
+    APE_MAX_TOKENS,
+    APE_NUM_INSTRUCTIONS,
+    BMIN,
+    DECODER_STEPS,
+    ETA,
+    GP,
+    GP_EPOCHS,
+    GP_LR,
+    GP_PATIENCE,
+    HYPERBAND,
+    INVERSION_CONVERGENCE_THRESHOLD,
+    INVERSION_LR,
+    INVERSION_N_STEPS,
+    LATENT_DIM,
+    LATENT_MARGIN,
+    NUM_RESTARTS,
+    RANDOM_INTERLEAVING_PROB,
+    RAW_SAMPLES,
+    VAE_ANNEALING_EPOCHS,
+    VAE_BATCH_SIZE,
+    VAE_BETA,
+    VAE_EPOCHS,
+    VAE_ETA_MIN,
+    VAE_GRAD_CLIP,
+    VAE_HIDDEN_DIM,
+    VAE_LR,
+    VAE_PATIENCE,
+    VEC2TEXT_BEAM,
+)
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
     GpProposer,
@@ -31,6 +66,7 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
+from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import AcquisitionConfig, GpTraining, InversionConfig, LatentPoint, VaeConfig, VaeResult
 
@@ -39,93 +75,93 @@ log = logging.getLogger(__name__)
 MODES = ("standard", "skip-hbbops", "load-grid", "hyperband-only")
 # Observations scored by this run on its validation questions (loaded ones come from elsewhere).
 VALIDATION_SOURCES = ("hyperband", "incumbent", "invbo")
-DEBUG_DEFAULTS = {
-    "iterations": 1,
-    "ape_num_instructions": 10,
-    "vae_epochs": 300,
-    "vae_patience": 50,
-    "vae_annealing_epochs": 50,
-    "gp_epochs": 300,
-    "num_restarts": 4,
-    "raw_samples": 64,
-}
 
 
 @dataclasses.dataclass(frozen=True)
-class LipoConfig:
-    """Seed 000's `Config` (defaults from its tables); see LipoConfig in optimizer.proto."""
+class LipoConfig(Settings):
+    """Seed 000's `Config` (defaults from its tables)."""
 
-    mode: str = "standard"
-    debug: bool = False
-    iterations: int = 10
-    ape_num_instructions: int = 1000
-    ape_cache_path: str = ""
-    ape_batch_size: int = 10
-    ape_max_tokens: int = 100
-    ape_max_length: int = 500
-    vae_beta: float = 0.003
-    vae_epochs: int = 10000
-    vae_annealing_epochs: int = 500
-    vae_patience: int = 500
-    vae_lr: float = 3e-4
-    vae_batch_size: int = 64
-    vae_hidden_dim: int = 256
-    vae_grad_clip: float = 1.0
-    vae_eta_min: float = 1e-4
-    latent_dim: int = 64
-    bmin: int = 10
-    eta: float = 2.0
-    random_interleaving_prob: float = 0.1
-    min_fidelity_pct: float = 0.75
-    gp_epochs: int = 10000
-    gp_lr: float = 0.01
-    gp_patience: int = 100
-    num_restarts: int = 64
-    raw_samples: int = 1024
-    use_inversion: bool = True
-    max_inversion_iters: int = 3
-    gap_threshold: float = 0.1
-    vec2text_beam: int = 8
-    decoder_steps: int = 0
-    inversion_n_steps: int = 100
-    inversion_lr: float = 0.1
-    inversion_convergence_threshold: float = 0.01
-    latent_margin: float = 0.2
-    gp_retrain_epochs: int = 500
-    gp_retrain_lr: float = 0.001
-    gp_retrain_patience: int = 10
-    hyperband_evals_path: str = ""
-    grid_path: str = ""
-    evaluations_split: str = "test"
-    top_k: int = 25
-    evaluate_inference: bool = True
+    section: ClassVar[str] = "lipo"
 
-    @classmethod
-    def from_fields(cls, fields: dict) -> LipoConfig:
-        """Fields set by the user over the debug defaults (when debug) over the seed defaults."""
-        return cls(**({**DEBUG_DEFAULTS, **fields} if fields.get("debug") else fields))
+    mode: str = setting(
+        "standard", "standard, or skip-hbbops/load-grid (loaded evaluations), hyperband-only", choices=MODES
+    )
+    debug: bool = DEBUG.field(
+        help=f"small run: 10 APE instructions, 1 iteration, short trainings, {DEBUG_FIDELITY} questions (unset fields)"
+    )
+    iterations: int = setting(10, "InvBO iterations after Hyperband", low=0, debug=1)
+    ape_num_instructions: int = APE_NUM_INSTRUCTIONS.field()
+    ape_cache_path: str = APE_CACHE_PATH.field()
+    ape_batch_size: int = APE_BATCH_SIZE.field()
+    ape_max_tokens: int = APE_MAX_TOKENS.field()
+    ape_max_length: int = APE_MAX_LENGTH.field()
+    vae_beta: float = VAE_BETA.field()
+    vae_epochs: int = VAE_EPOCHS.field(debug=300)
+    vae_annealing_epochs: int = VAE_ANNEALING_EPOCHS.field(debug=50)
+    vae_patience: int = VAE_PATIENCE.field(debug=50)
+    vae_lr: float = VAE_LR.field()
+    vae_batch_size: int = VAE_BATCH_SIZE.field()
+    vae_hidden_dim: int = VAE_HIDDEN_DIM.field()
+    vae_grad_clip: float = VAE_GRAD_CLIP.field()
+    vae_eta_min: float = VAE_ETA_MIN.field()
+    latent_dim: int = LATENT_DIM.field()
+    bmin: int = BMIN.field()
+    eta: float = ETA.field()
+    random_interleaving_prob: float = RANDOM_INTERLEAVING_PROB.field()
+    min_fidelity_pct: float = setting(
+        0.75,
+        "share of the full fidelity a prompt needs to count as a high-fidelity observation",
+        above=0.0,
+        high=1.0,
+        group=HYPERBAND,
+    )
+    gp_epochs: int = GP_EPOCHS.field(debug=300)
+    gp_lr: float = GP_LR.field()
+    gp_patience: int = GP_PATIENCE.field()
+    num_restarts: int = NUM_RESTARTS.field()
+    raw_samples: int = RAW_SAMPLES.field()
+    use_inversion: bool = setting(True, "InvBO: invert each decoded text back to the latent and re-propose")
+    max_inversion_iters: int = setting(3, "inversion rounds per InvBO iteration", low=0)
+    gap_threshold: float = setting(0.1, "cosine gap above which InvBO inverts the decoded text", low=0.0)
+    vec2text_beam: int = VEC2TEXT_BEAM.field()
+    decoder_steps: int = DECODER_STEPS.field()
+    inversion_n_steps: int = INVERSION_N_STEPS.field()
+    inversion_lr: float = INVERSION_LR.field()
+    inversion_convergence_threshold: float = INVERSION_CONVERGENCE_THRESHOLD.field()
+    latent_margin: float = LATENT_MARGIN.field()
+    gp_retrain_epochs: int = setting(
+        GpTraining.for_retrain().epochs, "epochs of the GP's incremental retrain during InvBO", low=1, group=GP
+    )
+    gp_retrain_lr: float = setting(
+        GpTraining.for_retrain().lr, "learning rate of the GP's retrain", above=0.0, group=GP
+    )
+    gp_retrain_patience: int = setting(
+        GpTraining.for_retrain().patience, "patience of the GP's retrain", low=1, group=GP
+    )
+    hyperband_evals_path: str = setting(
+        "", "skip-hbbops: the recorded evaluations (results JSON or JSONL) on the optimizer"
+    )
+    grid_path: str = setting("", "load-grid: the HbBoPs grid (JSONL) on the optimizer")
+    evaluations_split: str = setting("test", "the split the loaded evaluations were recorded on")
+    top_k: int = setting(25, "load-grid: the best K grid prompts the GP starts from", low=1)
+    evaluate_inference: bool = setting(True, "score each InvBO prompt on the validation split")
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"lipo.mode must be one of {MODES}, got {self.mode!r}")
+    def validate(self):
         SplitSpec.parse(self.evaluations_split, "lipo.evaluations_split")
-        for name in ("ape_num_instructions", "ape_batch_size", "ape_max_tokens", "ape_max_length", "bmin", "top_k"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"lipo.{name} must be positive, got {getattr(self, name)}")
-        if self.iterations < 0 or self.max_inversion_iters < 0:
-            raise ValueError("lipo.iterations and lipo.max_inversion_iters must be >= 0")
-        if not 0 <= self.random_interleaving_prob <= 1 or not 0 < self.min_fidelity_pct <= 1:
-            raise ValueError("lipo.random_interleaving_prob must be in [0, 1], lipo.min_fidelity_pct in (0, 1]")
         for mode, name in (("skip-hbbops", "hyperband_evals_path"), ("load-grid", "grid_path")):
             path = getattr(self, name)
             if self.mode == mode and not path:
                 raise ValueError(f"lipo.{name} must be set in mode {mode}")
             if self.mode == mode and not Path(path).is_file():
                 raise ValueError(f"lipo.{name} {path!r} is not a file on the optimizer")
-        self.vae_config()  # validates the vae_* fields
+        self.vae_config()  # validates the vae_* fields together
         self.gp_training()
         self.acquisition()
         self.inversion()
+
+    def search_steps(self) -> int:
+        hyperband = self.mode in ("standard", "hyperband-only")
+        return 2 + int(hyperband) + (0 if self.mode == "hyperband-only" else self.iterations)
 
     def seen_splits(self) -> list[tuple[str, str]]:
         """(field, split) of data the search uses besides the validation split: the loaded
@@ -181,17 +217,6 @@ class SurrogateApi(Protocol):
     def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint: ...
 
 
-@dataclasses.dataclass
-class ModelServices:
-    """The model services LIPO orchestrates (clients or in-process equivalents)."""
-
-    encoder: object  # .encode(texts) -> [n, d]
-    decoder: object  # .invert(embeddings, seed_texts, num_steps, beam_width) -> ([(text, cosine)], Usage)
-    surrogate: SurrogateApi
-    flow: object = None  # EcoFlow's .sample(checkpoint, n, model_id, settings, seed) (the surrogate's FlowService)
-    neuro: object = None  # Neuro-Latent's .optimize(raw, max_length, n, checkpoint, temperature, seed) (NeuroService)
-
-
 def load_evaluations(path: str | Path) -> list[dict]:
     """Evaluated instructions as [{instruction, error, n}] from a results JSON (`results` with
     accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
@@ -225,18 +250,19 @@ def _cosine(a, b) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
+@register(
+    "lipo",
+    LipoConfig,
+    requires=("encoder", "decoder", "surrogate"),
+    summary="APE pool, VAE latent, Hyperband with BO proposals, InvBO (seed 000)",
+)
 class LipoOptimizer(SurrogateBackedOptimizer):
-    name = "lipo"
-
     def __init__(self, config: LipoConfig, evaluation, llm, emit, models: ModelServices | None = None, **kwargs):
         super().__init__(config, evaluation, llm, emit, models, **kwargs)
         self._vae_id: str | None = None
         self._model_id: str | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def search_steps(self) -> int:
-        return 2 + int(self._runs_hyperband()) + (0 if self.config.mode == "hyperband-only" else self.config.iterations)
-
     def _runs_hyperband(self) -> bool:
         return self.config.mode in ("standard", "hyperband-only")
 

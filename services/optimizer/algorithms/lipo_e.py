@@ -31,15 +31,46 @@ import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from services.common.errors import NotFoundError
 from services.common.relevance import relevance_from_evaluations
+from services.common.settings import Settings, setting
 from services.common.splits import SplitSpec
 from services.llm_eval.types import MAX_EXEMPLARS, Exemplar
 from services.optimizer.algorithms.ape import generate_pool
+from services.optimizer.algorithms.base import DEBUG, DEBUG_FIDELITY
+from services.optimizer.algorithms.groups import (
+    ACQUISITION,
+    ACQUISITION_FUNCTION,
+    APE_BATCH_SIZE,
+    APE_CACHE_PATH,
+    APE_MAX_LENGTH,
+    APE_MAX_TOKENS,
+    APE_NUM_INSTRUCTIONS,
+    BMIN,
+    DECODER_STEPS,
+    DISTANCE_WEIGHT,
+    ETA,
+    GP,
+    GP_EPOCHS,
+    GP_LR,
+    GP_PATIENCE,
+    LATENT_MARGIN,
+    NUM_RESTARTS,
+    RANDOM_INTERLEAVING_PROB,
+    RAW_SAMPLES,
+    UCB_BETA,
+    VAE,
+    VAE_BATCH_SIZE,
+    VAE_BETA,
+    VAE_EPOCHS,
+    VAE_LR,
+    VAE_PATIENCE,
+    VEC2TEXT_BEAM,
+)
 from services.optimizer.algorithms.hyperband import (
     MIN_GP_POINTS,
     Evaluation,
@@ -49,7 +80,8 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
-from services.optimizer.algorithms.surrogate_backed import DEBUG_FIDELITY, SurrogateBackedOptimizer
+from services.optimizer.algorithms.registry import register
+from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
@@ -64,112 +96,99 @@ log = logging.getLogger(__name__)
 
 MODES = ("standard", "grid")
 MAX_RESAMPLES = 3  # realisations tried per InvBO iteration after the first is rejected
-DEBUG_DEFAULTS = {
-    "iterations": 1,
-    "ape_num_instructions": 10,
-    "qa_pool_size": 50,
-    "num_slots": 3,
-    "vae_epochs": 30,
-    "vae_samples": 200,
-    "gp_epochs": 200,
-    "candidate_instructions": 5,
-    "exemplar_restarts": 2,
-    "num_restarts": 4,
-    "raw_samples": 64,
-}
 
 
 @dataclasses.dataclass(frozen=True)
-class LipoEConfig:
-    """Seed 001's Parameters and Dimensions (see LipoEConfig in optimizer.proto)."""
+class LipoEConfig(Settings):
+    """Seed 001's Parameters and Dimensions; BOLT's fields (seed 004) keep seed 001's LIPO-E by default."""
 
-    mode: str = "standard"
-    debug: bool = False
-    iterations: int = 50
-    qa_pool_size: int = 6154
-    qa_pool_split: str = "train"
-    use_ape: bool = True
-    ape_num_instructions: int = 2000
-    ape_cache_path: str = ""
-    instructions_path: str = ""
-    exemplar_sets_path: str = ""
-    ape_batch_size: int = 10
-    ape_max_tokens: int = 100
-    ape_max_length: int = 500
-    vae_beta: float = 0.005
-    vae_epochs: int = 50000
-    vae_patience: int = 500
-    vae_lr: float = 1e-3
-    vae_batch_size: int = 64
-    vae_samples: int = 2000
-    num_slots: int = 8
-    min_exemplars: int = 0
-    bmin: int = 10
-    eta: float = 2.0
-    random_interleaving_prob: float = 0.1
-    gp_epochs: int = 1000
-    gp_lr: float = 0.01
-    gp_patience: int = 50
-    candidate_instructions: int = 50
-    exemplar_steps: int = 20
-    exemplar_restarts: int = 5
-    num_restarts: int = 64
-    raw_samples: int = 1024
-    latent_margin: float = 0.2
-    vec2text_beam: int = 8
-    decoder_steps: int = 0
-    product_kernel: bool = True
-    beta_smoothing: bool = True
-    # BOLT (seed 004); the defaults keep seed 001's LIPO-E.
-    vae_mse_weight: float = 0.0
-    instruction_latent_dim: int = 16
-    exemplar_latent_dim: int = 16
-    use_scorer: bool = False
-    selection_weight: float = 0.1
-    mmr_lambda: float = 0.6
-    set_transformer_heads: int = 4
-    set_transformer_hidden: int = 128
-    num_inducing_points: int = 4
-    scorer_epochs: int = 300
-    use_deep_kernel: bool = False
-    acquisition: str = "logei"
-    ucb_beta: float = 8.0
-    distance_weight: float = 0.0
-    cosine_sim_threshold: float = 0.0
-    latent_noise_scale: float = 0.05
+    section: ClassVar[str] = "lipo_e"
+
+    mode: str = setting(
+        "standard", "standard (APE pool x exemplar pool) or grid (recorded instruction x exemplar sets)", choices=MODES
+    )
+    debug: bool = DEBUG.field(
+        help="small run: 10 instructions, 50-example pool, 3 slots, 1 iteration, short trainings, "
+        f"{DEBUG_FIDELITY} questions (unset fields)"
+    )
+    iterations: int = setting(50, "InvBO iterations after Hyperband (grid mode: 0 unless set)", low=0, debug=1)
+    qa_pool_size: int = setting(6154, "exemplar pool: the first N questions of qa_pool_split", low=1, debug=50)
+    qa_pool_split: str = setting("train", "split the exemplar pool is drawn from (never the validation questions)")
+    use_ape: bool = setting(True, "generate the instructions with APE (off: read instructions_path)")
+    ape_num_instructions: int = APE_NUM_INSTRUCTIONS.field(default=2000)
+    ape_cache_path: str = APE_CACHE_PATH.field()
+    instructions_path: str = setting("", "instructions (JSON list) on the optimizer: grid mode, or use_ape off")
+    exemplar_sets_path: str = setting("", "grid mode: the recorded exemplar sets (JSON) on the optimizer")
+    ape_batch_size: int = APE_BATCH_SIZE.field()
+    ape_max_tokens: int = APE_MAX_TOKENS.field()
+    ape_max_length: int = APE_MAX_LENGTH.field()
+    vae_beta: float = VAE_BETA.field(default=0.005)
+    vae_epochs: int = VAE_EPOCHS.field(default=50000, debug=30)
+    vae_patience: int = VAE_PATIENCE.field()
+    vae_lr: float = VAE_LR.field(default=1e-3)
+    vae_batch_size: int = VAE_BATCH_SIZE.field()
+    vae_samples: int = setting(
+        2000, "random (instruction, exemplar set) pairs the joint VAE trains on", low=1, debug=200, group=VAE
+    )
+    num_slots: int = setting(8, "exemplar slots per prompt", low=1, high=MAX_EXEMPLARS, debug=3)
+    min_exemplars: int = setting(0, "fewest exemplars a prompt may have", low=0)
+    bmin: int = BMIN.field()
+    eta: float = ETA.field()
+    random_interleaving_prob: float = RANDOM_INTERLEAVING_PROB.field()
+    gp_epochs: int = GP_EPOCHS.field(default=1000, debug=200)
+    gp_lr: float = GP_LR.field()
+    gp_patience: int = GP_PATIENCE.field(default=50)
+    candidate_instructions: int = setting(
+        50, "instructions the two-stage proposal considers", low=1, debug=5, group=ACQUISITION
+    )
+    exemplar_steps: int = setting(20, "exemplar-search steps per candidate instruction", low=1, group=ACQUISITION)
+    exemplar_restarts: int = setting(5, "restarts of the exemplar search", low=1, debug=2, group=ACQUISITION)
+    num_restarts: int = NUM_RESTARTS.field()
+    raw_samples: int = RAW_SAMPLES.field()
+    latent_margin: float = LATENT_MARGIN.field()
+    vec2text_beam: int = VEC2TEXT_BEAM.field()
+    decoder_steps: int = DECODER_STEPS.field()
+    product_kernel: bool = setting(
+        True, "GP kernel: instruction x exemplar product (off: one kernel on the joint latent)", group=GP
+    )
+    beta_smoothing: bool = setting(True, "heteroscedastic noise from Beta-smoothed error rates", group=GP)
+    vae_mse_weight: float = setting(0.0, "BOLT: weight of the VAE's embedding MSE term", low=0.0, group=VAE)
+    instruction_latent_dim: int = setting(16, "z_inst width", low=1, group=VAE)
+    exemplar_latent_dim: int = setting(16, "z_ex width", low=1, group=VAE)
+    use_scorer: bool = setting(False, "BOLT: Hyperband's proposals pick exemplars with the Set Transformer scorer")
+    selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", low=0.0)
+    mmr_lambda: float = setting(0.6, "BOLT scorer: MMR relevance-diversity balance", low=0.0, high=1.0)
+    set_transformer_heads: int = setting(4, "BOLT scorer: attention heads", low=1)
+    set_transformer_hidden: int = setting(128, "BOLT scorer: hidden width", low=1)
+    num_inducing_points: int = setting(4, "BOLT scorer: inducing points of the Set Transformer", low=1)
+    scorer_epochs: int = setting(300, "BOLT scorer: training epochs", low=1)
+    use_deep_kernel: bool = setting(False, "BOLT: a deep kernel on the instruction latent", group=GP)
+    acquisition: str = ACQUISITION_FUNCTION.field()
+    ucb_beta: float = UCB_BETA.field()
+    distance_weight: float = DISTANCE_WEIGHT.field()
+    cosine_sim_threshold: float = setting(
+        0.0, "BOLT: reject a realisation whose cosine to its target is below this", low=0.0, high=1.0
+    )
+    latent_noise_scale: float = setting(0.05, "BOLT: noise of a rejected realisation's resample", low=0.0)
 
     @classmethod
-    def from_fields(cls, fields: dict) -> LipoEConfig:
-        """Fields set by the user over the debug defaults (when debug) over the seed defaults. Grid
-        runs keep the given exemplar sets, so the pool and slot debug defaults do not apply."""
-        if fields.get("mode") == "grid" and "iterations" not in fields:
-            fields = {**fields, "iterations": 0}  # a grid run selects; InvBO on the grid only when asked
-        if not fields.get("debug"):
-            return cls(**fields)
-        debug = dict(DEBUG_DEFAULTS)
+    def debug_preset(cls, fields) -> dict:
+        """Grid runs keep the given exemplar sets: the pool and slot debug values do not apply."""
+        preset = super().debug_preset(fields)
         if fields.get("mode") == "grid":
-            debug.pop("num_slots"), debug.pop("qa_pool_size")
-        return cls(**{**debug, **fields})
+            preset.pop("num_slots"), preset.pop("qa_pool_size")
+        return preset
 
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"lipo_e.mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("qa_pool_size", "ape_num_instructions", "ape_batch_size", "ape_max_tokens", "ape_max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"lipo_e.{name} must be positive, got {getattr(self, name)}")
-        if not 1 <= self.num_slots <= MAX_EXEMPLARS:
-            raise ValueError(f"lipo_e.num_slots must be in [1, {MAX_EXEMPLARS}], got {self.num_slots}")
-        if self.iterations < 0 or self.bmin <= 0:
-            raise ValueError("lipo_e.iterations must be >= 0 and lipo_e.bmin positive")
-        if self.eta <= 1:
-            raise ValueError(f"lipo_e.eta must be > 1, got {self.eta}")
-        if not 0 <= self.min_exemplars <= self.num_slots:
+    @classmethod
+    def from_fields(cls, fields) -> LipoEConfig:
+        """A grid run selects: InvBO on the grid only when iterations are given."""
+        if fields.get("mode") == "grid" and "iterations" not in fields:
+            fields = {**fields, "iterations": 0}
+        return super().from_fields(fields)
+
+    def validate(self):
+        if not self.min_exemplars <= self.num_slots:
             raise ValueError(f"lipo_e.min_exemplars must be in [0, {self.num_slots}], got {self.min_exemplars}")
-        if not 0 <= self.random_interleaving_prob <= 1:
-            raise ValueError("lipo_e.random_interleaving_prob must be in [0, 1]")
-        for name in ("candidate_instructions", "exemplar_steps", "exemplar_restarts"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"lipo_e.{name} must be positive, got {getattr(self, name)}")
         needs = ["instructions_path"] if self.mode == "grid" or not self.use_ape else []
         needs += ["exemplar_sets_path"] if self.mode == "grid" else []
         if self.instructions_path and not needs:
@@ -188,12 +207,13 @@ class LipoEConfig:
             load_exemplar_sets(self.exemplar_sets_path, self.num_slots)
         if self.use_scorer and self.mode == "grid":
             raise ValueError("lipo_e.use_scorer picks exemplars from the pool: it needs mode standard, not grid")
-        if not 0 <= self.cosine_sim_threshold <= 1 or self.latent_noise_scale < 0:
-            raise ValueError("lipo_e.cosine_sim_threshold must be in [0, 1] and lipo_e.latent_noise_scale >= 0")
         self.vae_config()
         self.gp_config()
         self.acquisition_config()
         self.scorer_config()
+
+    def search_steps(self) -> int:
+        return 3 + self.iterations
 
     def seen_splits(self) -> list[tuple[str, str]]:
         """The exemplar pool's questions appear in prompts: the held-out split must not share them."""
@@ -524,9 +544,13 @@ class JointProposer(Proposer):
         return picks
 
 
+@register(
+    "lipo_e",
+    LipoEConfig,
+    requires=("encoder", "decoder", "surrogate"),
+    summary="LIPO over instruction x exemplar set: joint VAE, product-kernel GP, two-stage proposals (seed 001)",
+)
 class LipoEOptimizer(SurrogateBackedOptimizer):
-    name = "lipo_e"
-
     def __init__(self, config: LipoEConfig, evaluation, llm, emit, models=None, **kwargs):
         super().__init__(config, evaluation, llm, emit, models, **kwargs)
         self._vae_id: str | None = None
@@ -536,9 +560,6 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         self._pool_embeddings: np.ndarray | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def search_steps(self) -> int:
-        return 3 + self.config.iterations
-
     def initial_state(self) -> dict:
         return {
             "step": 0,

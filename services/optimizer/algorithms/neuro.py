@@ -6,65 +6,66 @@ competes (as in OPRO, whose meta-LLM the rewriter replaces)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
+from services.common.settings import Settings, setting
 from services.optimizer.algorithms.base import (
+    DEBUG,
+    DEBUG_FIDELITY,
     DEFAULT_FIDELITY,
-    DEFAULT_INITIAL_PROMPT,
+    INITIAL_PROMPTS,
     MAX_PROMPT_CHARS,
     Optimizer,
+    RunContext,
     best_comparable,
+    check_prompts,
     unique_new,
 )
-from services.optimizer.algorithms.opro import DEBUG_FIDELITY
-
-DEBUG_DEFAULTS = {"iterations": 2, "rewrites_per_step": 2}  # OPRO's debug budget
+from services.optimizer.algorithms.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
-class NeuroOptimizerConfig:
+class NeuroOptimizerConfig(Settings):
     """iterations x rewrites_per_step rewrites of the incumbent; max_length and temperature are
-    the seed's /optimize defaults (200 new tokens, 0.7); checkpoint '' uses the newest trained
-    model on the surrogate."""
+    the seed's /optimize defaults (200 new tokens, 0.7)."""
 
-    iterations: int = 10
-    rewrites_per_step: int = 8
-    max_length: int = 200
-    temperature: float = 0.7
-    checkpoint: str = ""
-    initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
-    debug: bool = False
+    section: ClassVar[str] = "neuro"
 
-    @classmethod
-    def from_fields(cls, fields: dict) -> NeuroOptimizerConfig:
-        """With debug, unset fields take the debug sizes (2 steps x 2 rewrites)."""
-        if fields.get("debug"):
-            fields = {**DEBUG_DEFAULTS, **fields}
-        return cls(**fields)
+    iterations: int = setting(10, "rewrite rounds, each of the current best instruction", low=1, debug=2)
+    rewrites_per_step: int = setting(8, "rewrites asked of the rewriter per round", low=1, high=16, debug=2)
+    max_length: int = setting(200, "max new tokens of one rewrite (the seed's /optimize default)", low=1, high=1024)
+    temperature: float = setting(0.7, "the rewriter's sampling temperature", above=0.0, high=2.0)
+    checkpoint: str = setting("", "trained rewriter on the surrogate ('': the newest)")
+    initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
+    debug: bool = DEBUG.field(
+        help=f"small run: 2 rounds of 2 rewrites scored on {DEBUG_FIDELITY} questions (unset fields)"
+    )
 
-    def __post_init__(self):
-        for name in ("iterations", "rewrites_per_step", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"neuro.{name} must be positive, got {getattr(self, name)}")
-        if self.rewrites_per_step > 16:
-            raise ValueError(f"neuro.rewrites_per_step must be at most 16, got {self.rewrites_per_step}")
-        if self.max_length > 1024:
-            raise ValueError(f"neuro.max_length must be at most 1024, got {self.max_length}")
-        if not 0 < self.temperature <= 2:
-            raise ValueError(f"neuro.temperature must be in (0, 2], got {self.temperature}")
-        if not self.initial_prompts or any(not p.strip() for p in self.initial_prompts):
-            raise ValueError("neuro.initial_prompts must be non-empty strings")
+    def validate(self):
+        check_prompts(self.section, self.initial_prompts)
+
+    def search_steps(self) -> int:
+        return self.iterations + 1
 
 
+@register(
+    "neuro",
+    NeuroOptimizerConfig,
+    requires=("neuro",),
+    summary="the trained soft-prompt rewriter rewrites the incumbent (seed 002)",
+)
 class NeuroOptimizer(Optimizer):
     """Needs `rewriter`: the NeuroService client (`.optimize(raw, max_length, n, checkpoint,
     temperature, seed) -> (prompts, checkpoint)`)."""
-
-    name = "neuro"
 
     def __init__(self, config, evaluation, llm, emit, rewriter=None):
         super().__init__(config, evaluation, llm, emit)
         self.rewriter = rewriter
         self._fidelity: int | None = None
+
+    @classmethod
+    def create(cls, config, evaluation, llm, emit, context: RunContext):
+        return cls(config, evaluation, llm, emit, rewriter=context.models.neuro)
 
     def fidelity(self) -> int:
         """`fidelity`, else 20 questions in debug runs, else OPRO's 261 capped at the split size."""
@@ -77,9 +78,6 @@ class NeuroOptimizer(Optimizer):
                 size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
                 self._fidelity = min(DEFAULT_FIDELITY, size)
         return self._fidelity
-
-    def search_steps(self) -> int:
-        return self.config.iterations + 1
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "checkpoint": ""}

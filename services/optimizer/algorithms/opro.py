@@ -9,51 +9,50 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import ClassVar
 
+from services.common.settings import Settings, setting
 from services.llm_eval.types import DecodingParams
 from services.optimizer.algorithms.base import (
+    DEBUG,
+    DEBUG_FIDELITY,
     DEFAULT_FIDELITY,
-    DEFAULT_INITIAL_PROMPT,
+    INITIAL_PROMPTS,
     Optimizer,
     best_comparable,
+    check_prompts,
     extract_tagged,
     load_template,
     unique_new,
 )
-
-DEBUG_DEFAULTS = {"iterations": 2, "candidates_per_step": 2}
-DEBUG_FIDELITY = 20
+from services.optimizer.algorithms.registry import register
 
 
 @dataclasses.dataclass(frozen=True)
-class OproConfig:
-    iterations: int = 10
-    candidates_per_step: int = 8
-    top_k: int = 20
-    num_buckets: int = 20
-    meta_temperature: float = 1.0
-    num_exemplars: int = 3
-    meta_max_tokens: int = 256
-    initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
-    debug: bool = False
+class OproConfig(Settings):
+    """OPRO's settings (Yang et al. 2023)."""
 
-    @classmethod
-    def from_fields(cls, fields: dict) -> OproConfig:
-        """With debug, unset fields take the debug sizes (2 steps x 2 candidates)."""
-        if fields.get("debug"):
-            fields = {**DEBUG_DEFAULTS, **fields}
-        return cls(**fields)
+    section: ClassVar[str] = "opro"
 
-    def __post_init__(self):
-        for name in ("iterations", "candidates_per_step", "top_k", "num_buckets"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"opro.{name} must be positive, got {getattr(self, name)}")
-        if self.num_exemplars < 0:
-            raise ValueError(f"opro.num_exemplars must be >= 0, got {self.num_exemplars}")
-        if not 0.0 <= self.meta_temperature <= 2.0:
-            raise ValueError(f"opro.meta_temperature must be in [0, 2], got {self.meta_temperature}")
-        if not self.initial_prompts or any(not p.strip() for p in self.initial_prompts):
-            raise ValueError("opro.initial_prompts must be non-empty strings")
+    iterations: int = setting(
+        10, "optimisation steps: meta-LLM proposal rounds after scoring the initial prompts", low=1, debug=2
+    )
+    candidates_per_step: int = setting(8, "instructions the meta-LLM proposes per step", low=1, debug=2)
+    top_k: int = setting(20, "best scored instructions shown to the meta-LLM", low=1)
+    num_buckets: int = setting(20, "score buckets the meta-prompt rounds scores to (20: multiples of 5)", low=1)
+    meta_temperature: float = setting(1.0, "meta-LLM sampling temperature", low=0.0, high=2.0)
+    num_exemplars: int = setting(3, "exemplar problems shown in the meta-prompt", low=0)
+    meta_max_tokens: int = setting(256, "max tokens of one meta-LLM proposal", low=1)
+    initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
+    debug: bool = DEBUG.field(
+        help=f"small run: 2 steps of 2 proposals scored on {DEBUG_FIDELITY} questions (unset fields only)"
+    )
+
+    def validate(self):
+        check_prompts(self.section, self.initial_prompts)
+
+    def search_steps(self) -> int:
+        return self.iterations + 1
 
 
 def bucketize(score: float, num_buckets: int) -> int:
@@ -73,8 +72,8 @@ def meta_prompt(history: list[dict], exemplars: list[tuple[str, str]], top_k: in
     return load_template("opro_meta").format(history=history_text, exemplars=exemplar_text)
 
 
+@register("opro", OproConfig, summary="a meta-LLM proposes instructions from the scored history (Yang et al. 2023)")
 class OproOptimizer(Optimizer):
-    name = "opro"
     _default_fidelity: int | None = None
 
     def fidelity(self) -> int:
@@ -88,9 +87,6 @@ class OproOptimizer(Optimizer):
             size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
             self._default_fidelity = min(DEFAULT_FIDELITY, size)
         return self._default_fidelity
-
-    def search_steps(self) -> int:
-        return self.config.iterations + 1
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "exemplars": []}

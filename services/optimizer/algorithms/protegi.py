@@ -14,75 +14,72 @@ import dataclasses
 import math
 import random
 from collections.abc import Callable
+from typing import ClassVar
 
+from services.common.settings import Settings, setting
 from services.llm_eval.types import DecodingParams, EvaluationRequest
 from services.optimizer.algorithms.base import (
     DEFAULT_FIDELITY,
-    DEFAULT_INITIAL_PROMPT,
+    INITIAL_PROMPTS,
     Optimizer,
     best_comparable,
+    check_prompts,
     extract_tagged,
     load_template,
     unique_new,
 )
+from services.optimizer.algorithms.registry import register
 
 BANDITS = ("ucb", "successive-rejects")
 PULLS_PER_CANDIDATE = 4  # default bandit budget: this many pulls per candidate
 
 
 @dataclasses.dataclass(frozen=True)
-class ProtegiConfig:
-    iterations: int = 6
-    beam_width: int = 4
-    minibatch_size: int = 64
-    num_gradients: int = 4
-    errors_per_gradient: int = 4
-    edits_per_gradient: int = 1
-    paraphrases_per_edit: int = 2
-    bandit: str = "ucb"
-    bandit_budget: int = 0
-    bandit_sample_size: int = 8
-    ucb_c: float = 1.0
-    meta_temperature: float = 1.0
-    meta_max_tokens: int = 256
-    gradient_model: str = ""
-    edit_model: str = ""
-    initial_prompts: tuple[str, ...] = (DEFAULT_INITIAL_PROMPT,)
+class ProtegiConfig(Settings):
+    """ProTeGi's settings (Pryzant et al. 2023)."""
 
-    def __post_init__(self):
-        for name in (
-            "iterations",
-            "beam_width",
-            "minibatch_size",
-            "num_gradients",
-            "errors_per_gradient",
-            "edits_per_gradient",
-            "bandit_sample_size",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"protegi.{name} must be positive, got {getattr(self, name)}")
-        if self.paraphrases_per_edit < 0 or self.bandit_budget < 0:
-            raise ValueError("protegi.paraphrases_per_edit and protegi.bandit_budget must be >= 0")
-        if self.bandit not in BANDITS:
-            raise ValueError(f"protegi.bandit must be one of {BANDITS}, got {self.bandit!r}")
-        if self.ucb_c < 0:
-            raise ValueError(f"protegi.ucb_c must be >= 0, got {self.ucb_c}")
-        if not self.initial_prompts or any(not p.strip() for p in self.initial_prompts):
-            raise ValueError("protegi.initial_prompts must be non-empty strings")
+    section: ClassVar[str] = "protegi"
+
+    iterations: int = setting(6, "beam search steps", low=1)
+    beam_width: int = setting(4, "prompts kept in the beam after each step", low=1)
+    minibatch_size: int = setting(64, "questions per minibatch on which a beam prompt's errors are collected", low=1)
+    num_gradients: int = setting(4, "textual gradients (critiques) asked for per beam prompt", low=1)
+    errors_per_gradient: int = setting(4, "failed questions shown to the gradient LLM per critique", low=1)
+    edits_per_gradient: int = setting(1, "edited prompts written along each gradient", low=1)
+    paraphrases_per_edit: int = setting(2, "Monte-Carlo paraphrases of each edited prompt", low=0)
+    bandit: str = setting("ucb", "best-arm selection among the candidates", choices=BANDITS)
+    bandit_budget: int = setting(
+        0, f"bandit pulls per selection (0: {PULLS_PER_CANDIDATE} per candidate; at least one each)", low=0
+    )
+    bandit_sample_size: int = setting(8, "fresh questions one bandit pull scores a candidate on", low=1)
+    ucb_c: float = setting(1.0, "UCB exploration constant (the bonus counts questions, as in the paper)", low=0.0)
+    meta_temperature: float = setting(1.0, "temperature of the gradient and edit LLMs", low=0.0, high=2.0)
+    meta_max_tokens: int = setting(256, "max tokens of one gradient, edit or paraphrase", low=1)
+    gradient_model: str = setting("", "model that writes the textual gradients ('': the run's meta model)")
+    edit_model: str = setting("", "model that edits and paraphrases prompts ('': the run's meta model)")
+    initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
+
+    def validate(self):
+        check_prompts(self.section, self.initial_prompts)
+
+    def search_steps(self) -> int:
+        return self.iterations + 1
+
+    def named_models(self) -> dict[str, str]:
+        return {"protegi.gradient_model": self.gradient_model, "protegi.edit_model": self.edit_model}
 
     def budget(self, candidates: int) -> int:
         """Pulls for one selection over `candidates` arms: every arm at least once."""
         return max(self.bandit_budget or PULLS_PER_CANDIDATE * candidates, candidates)
 
     @classmethod
-    def from_fields(cls, fields: dict) -> ProtegiConfig:
-        """The config from proto fields or a stored run's config (older runs stored `ucb_rounds`,
-        now `bandit_budget`'s job, and `ucb_sample_size`, now `bandit_sample_size`)."""
-        fields = dict(fields)
+    def upgrade(cls, fields: dict) -> dict:
+        """Older runs stored `ucb_rounds` (now `bandit_budget`'s job) and `ucb_sample_size` (now
+        `bandit_sample_size`)."""
         fields.pop("ucb_rounds", None)
         if "ucb_sample_size" in fields:
             fields["bandit_sample_size"] = fields.pop("ucb_sample_size")
-        return cls(**fields)
+        return fields
 
 
 # pull(arm, k) -> the arm's reward on its k-th pull (k = 0, 1, ...)
@@ -145,12 +142,8 @@ def successive_rejects(arms: int, budget: int, keep: int, pull: Pull) -> tuple[l
     return stats.top(active, keep), stats
 
 
+@register("protegi", ProtegiConfig, summary="textual gradients, edits and paraphrases, beam search with a bandit")
 class ProtegiOptimizer(Optimizer):
-    name = "protegi"
-
-    def search_steps(self) -> int:
-        return self.config.iterations + 1
-
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "beam": list(self.config.initial_prompts)}
 

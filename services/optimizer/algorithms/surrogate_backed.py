@@ -9,11 +9,9 @@ from pathlib import Path
 
 from services.common.errors import NotFoundError
 from services.common.text import EncodeMemo
-from services.optimizer.algorithms.base import Optimizer
+from services.optimizer.algorithms.base import DEBUG_FIDELITY, Optimizer, RunContext
 
 log = logging.getLogger(__name__)
-
-DEBUG_FIDELITY = 20
 
 
 class SurrogateBackedOptimizer(Optimizer):
@@ -31,7 +29,13 @@ class SurrogateBackedOptimizer(Optimizer):
         self.owner = owner  # the run id: the surrogate's models made for this run belong to it
         self.state_dir = Path(state_dir)
         self._nvalid: int | None = None
-        self._encode = EncodeMemo(models.encoder.encode) if models else None
+        self._encode = EncodeMemo(models.encoder.encode) if models and models.encoder else None
+
+    @classmethod
+    def create(cls, config, evaluation, llm, emit, context: RunContext):
+        return cls(
+            config, evaluation, llm, emit, models=context.models, state_dir=context.state_dir, owner=context.owner
+        )
 
     @abc.abstractmethod
     def phase(self, step: int) -> str:
