@@ -70,7 +70,7 @@ class Setting:
         """The help line with its bounds and default, as the CLI shows it."""
         bounds = ""
         if self.choices:
-            bounds = f" One of: {', '.join(map(str, self.choices))}."
+            bounds = f" (one of: {', '.join(map(str, self.choices))})"
         elif self.low is not None or self.above is not None or self.high is not None:
             left = f"> {self.above}" if self.above is not None else (f">= {self.low}" if self.low is not None else "")
             right = f"<= {self.high}" if self.high is not None else ""

@@ -17,7 +17,6 @@ import sys
 
 import grpc
 import yaml
-from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
@@ -26,10 +25,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from services.common.config import ClientConfig
+from services.common.settings import Setting
 from services.common.types import Usage
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import DecodingParams, EvaluationRequest
 from services.optimizer import flow_cli, neuro_cli
+from services.optimizer.algorithms import registry
 from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
 from services.optimizer.results import write_results
@@ -38,20 +39,42 @@ from services.tuner.client import TunerClient
 console = Console()
 
 
-def algorithm_flags() -> dict[str, list[tuple[str, type]]]:
-    """Each algorithm of StartRunRequest's `algorithm` oneof -> its scalar config fields and types.
-
-    Read from the proto, so a field (or an algorithm) added there gets its CLI flag.
-    """
-    oneof = optimizer_pb2.StartRunRequest.DESCRIPTOR.oneofs_by_name["algorithm"]
-    kinds = {FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_BOOL: bool, FieldDescriptor.TYPE_STRING: str}
+def algorithm_flags() -> dict[str, dict[str, Setting]]:
+    """Each registered optimiser -> its settings that StartRunRequest carries (scalar fields of its
+    config message), with their declarations: a setting declared beside its algorithm gets its
+    flag, help and default here."""
+    messages = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name
     return {
-        field.name: [(f.name, kinds.get(f.type, int)) for f in field.message_type.fields if not f.is_repeated]
-        for field in oneof.fields
+        name: {
+            field: declared
+            for field, declared in spec.settings.declared().items()
+            if field in messages[name].message_type.fields_by_name
+            and not messages[name].message_type.fields_by_name[field].is_repeated
+        }
+        for name, spec in registry.algorithms().items()
+        if name in messages
     }
 
 
 ALGORITHM_FLAGS = algorithm_flags()
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, settings: dict[str, Setting]) -> None:
+    """One flag per setting, with its help, bounds and default, grouped by the setting's group."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name, declared in settings.items():
+        group = declared.group or "algorithm settings"
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(declared.default, bool):
+            groups[group].add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=declared.describe()
+            )
+        else:
+            kind = type(declared.default)
+            metavar = "|".join(declared.choices) if declared.choices else kind.__name__.upper()
+            groups[group].add_argument(flag, type=kind, default=None, metavar=metavar, help=declared.describe())
 
 
 def _client_config(address: str, args) -> ClientConfig:
@@ -88,7 +111,7 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     config.SetInParent()
     if args.config:
         apply_config_file(config, algorithm, args.config)
-    for flag, _ in ALGORITHM_FLAGS[algorithm]:
+    for flag in ALGORITHM_FLAGS[algorithm]:
         value = getattr(args, flag)
         if value is not None:
             setattr(config, flag, value)
@@ -124,7 +147,7 @@ def apply_config_file(config, algorithm: str, path: str) -> None:
         document = document[algorithm]
     if not isinstance(document, dict):
         raise ValueError(f"--config {path}: expected a mapping of {algorithm} fields")
-    fields = dict(ALGORITHM_FLAGS[algorithm])
+    fields = {name: type(declared.default) for name, declared in ALGORITHM_FLAGS[algorithm].items()}
     for name, value in document.items():
         if name not in fields:
             raise ValueError(f"--config {path}: {algorithm} has no field {name!r}")
@@ -360,17 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a run and watch it")
     algos = run.add_subparsers(dest="algorithm", required=True)
     for algorithm, flags in ALGORITHM_FLAGS.items():
-        p = algos.add_parser(algorithm.replace("_", "-"))
+        summary = registry.spec(algorithm).summary
+        p = algos.add_parser(algorithm.replace("_", "-"), help=summary, description=summary)
         # LIPO-E's exemplar pool is train[:6154]: it validates on the seed's other 1319 train questions.
         evaluation_flags(p, "train[6154:]" if algorithm == "lipo_e" else "train")
         p.add_argument("--test-split", default="test", help="held-out split the winner is reported on")
         p.add_argument("--test-fidelity", type=int, default=0, help="held-out questions (0: the whole split)")
         p.add_argument("--meta-model", default="", help="meta-LLM served by llm_eval (default: its meta model)")
-        for flag, kind in flags:
-            if kind is bool:
-                p.add_argument("--" + flag.replace("_", "-"), action=argparse.BooleanOptionalAction, default=None)
-            else:
-                p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None)
+        add_setting_flags(p, flags)
         if algorithm == "lipo":
             p.add_argument("--skip-hbbops", action="store_true", help="mode skip-hbbops (with --hyperband-evals-path)")
             p.add_argument("--hyperband-only", action="store_true", help="mode hyperband-only (no InvBO)")

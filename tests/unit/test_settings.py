@@ -1,0 +1,152 @@
+"""One source per setting: the registry, the settings' validation and debug presets, the CLI flags
+built from them, and the proto config messages held to them by a drift test."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from promptopt.optimizer.v1 import optimizer_pb2
+
+from services.common.settings import Settings, setting
+from services.optimizer.algorithms import registry
+from services.optimizer.cli import ALGORITHM_FLAGS, build_parser
+
+PROTO = Path(__file__).resolve().parents[2] / "protos/promptopt/optimizer/v1/optimizer.proto"
+KINDS = {
+    int: (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64),
+    float: (FieldDescriptor.TYPE_DOUBLE,),
+    bool: (FieldDescriptor.TYPE_BOOL,),
+    str: (FieldDescriptor.TYPE_STRING,),
+    tuple: (FieldDescriptor.TYPE_STRING,),
+}
+
+
+def proto_defaults(message: str) -> dict[str, str]:
+    """`field -> the token after 'default'` in each field's comment of `message` in the .proto."""
+    block = re.search(rf"message {message} {{(.*?)\n}}", PROTO.read_text(), re.S).group(1)
+    out, comment = {}, ""
+    for line in block.splitlines():
+        line = line.strip()
+        if line.startswith("//"):
+            comment += " " + line[2:]
+            continue
+        field = re.match(r"(?:optional |repeated )?\w+ (\w+) = \d+;", line)
+        if field:
+            found = re.search(r"default:? ([^\s;,]+)", comment)
+            if found:
+                out[field.group(1)] = found.group(1).rstrip(".").strip('"')
+        comment = ""
+    return out
+
+
+def same_default(token: str, default) -> bool:
+    if isinstance(default, bool):
+        return token == str(default).lower()
+    if isinstance(default, int | float):
+        try:
+            return float(token) == float(default)
+        except ValueError:
+            return False
+    if isinstance(default, tuple):
+        return True  # repeated fields: the comment names the value in words
+    return token == default or (default == "" and token in ("the", "<state", "<none>"))
+
+
+@pytest.mark.parametrize("name", sorted(registry.algorithms()))
+def test_the_proto_config_matches_the_settings_names_types_and_defaults(name):
+    spec = registry.spec(name)
+    message = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name[name].message_type
+    declared = spec.settings.declared()
+    assert set(message.fields_by_name) == set(declared), "a setting and the proto differ in their fields"
+    hints = {f.name: f.type for f in dataclasses.fields(spec.settings)}
+    defaults = proto_defaults(message.name)
+    for field, setting_ in declared.items():
+        proto = message.fields_by_name[field]
+        kind = tuple if "tuple" in str(hints[field]) else type(setting_.default)
+        assert proto.type in KINDS[kind] and proto.is_repeated == (kind is tuple), f"{name}.{field}: type differs"
+        if field in defaults:
+            assert same_default(defaults[field], setting_.default), (
+                f"{name}.{field}: the proto says default {defaults[field]}, the settings {setting_.default!r}"
+            )
+
+
+def test_the_drift_test_catches_a_changed_default():
+    spec = registry.spec("opro")
+    changed = dataclasses.replace(spec.settings.declared()["top_k"], default=21)
+    assert same_default(proto_defaults("OproConfig")["top_k"], spec.settings.declared()["top_k"].default)
+    assert not same_default(proto_defaults("OproConfig")["top_k"], changed.default)
+
+
+def test_registering_a_name_twice_is_refused():
+    with pytest.raises(ValueError, match="'opro' is already registered"):
+        registry.register("opro", registry.spec("opro").settings)(type("Again", (), {}))
+    with pytest.raises(ValueError, match="unknown services"):
+        registry.register("x", registry.spec("opro").settings, requires=("gpu",))
+    with pytest.raises(ValueError, match="'nope' is not registered"):
+        registry.spec("nope")
+
+
+def test_every_flag_has_help_with_its_default():
+    parser = build_parser()
+    runs = next(a for a in parser._actions if getattr(a, "choices", None) and "run" in a.choices).choices["run"]
+    algos = next(a for a in runs._actions if getattr(a, "choices", None))
+    for name, flags in ALGORITHM_FLAGS.items():
+        sub = algos.choices[name.replace("_", "-")]
+        by_dest = {a.dest: a for a in sub._actions}
+        for field, declared in flags.items():
+            text = by_dest[field].help
+            assert "(default: " in text and repr(declared.default) in text, f"{name} --{field}: {text}"
+            words = set(re.findall(r"[a-z0-9]+", text.rsplit(" (default:", 1)[0].lower()))
+            assert words - set(field.split("_")), f"{name} --{field}: the help only repeats the flag's name"
+
+
+@dataclasses.dataclass(frozen=True)
+class Toy(Settings):
+    section: ClassVar[str] = "toy"
+    count: int = setting(5, "how many", low=1, debug=2)
+    rate: float = setting(0.5, "a probability", low=0.0, high=1.0)
+    kind: str = setting("a", "which", choices=("a", "b"))
+    debug: bool = setting(False, "small run")
+
+    def search_steps(self) -> int:
+        return self.count
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"count": 0}, "toy.count must be positive, got 0"),
+        ({"rate": 1.5}, r"toy.rate must be in \[0.0, 1.0\], got 1.5"),
+        ({"rate": float("nan")}, "toy.rate must be a finite number"),
+        ({"kind": "c"}, r"toy.kind must be one of \['a', 'b'\], got 'c'"),
+        ({"count": "5"}, "toy.count must be a int, got '5'"),
+        ({"count": True}, "toy.count must be a int, got True"),
+        ({"colour": "red"}, r"toy: unknown settings \['colour'\]"),
+    ],
+)
+def test_bounds_types_and_names_are_checked_naming_the_field(fields, message):
+    with pytest.raises(ValueError, match=message):
+        Toy.from_fields(fields)
+
+
+def test_debug_values_fill_only_unset_fields():
+    assert Toy.from_fields({"debug": True}).count == 2
+    assert Toy.from_fields({"debug": True, "count": 7}).count == 7
+    assert Toy.from_fields({}).count == 5
+    assert Toy.from_fields({"rate": 1}).rate == 1.0 and isinstance(Toy.from_fields({"rate": 1}).rate, float)
+
+
+def test_stored_configs_of_old_runs_still_load():
+    """ProTeGi's runs stored `ucb_sample_size` and `ucb_rounds` before they were renamed."""
+    config = registry.spec("protegi").settings.from_fields({"ucb_sample_size": 3, "ucb_rounds": 9})
+    assert config.bandit_sample_size == 3
+    for name, spec in registry.algorithms().items():
+        if name == "ecoflow":
+            continue  # needs a flow checkpoint named
+        stored = spec.settings().as_fields()
+        assert spec.settings.from_fields(stored) == spec.settings(), name
