@@ -40,7 +40,7 @@ console = Console()
 
 
 def algorithm_flags() -> dict[str, dict[str, Setting]]:
-    """Each registered optimiser -> its settings that StartRunRequest carries (scalar fields of its
+    """Each registered optimiser -> its settings that StartRunRequest carries (the fields of its
     config message), with their declarations: a setting declared beside its algorithm gets its
     flag, help and default here."""
     messages = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name
@@ -49,7 +49,6 @@ def algorithm_flags() -> dict[str, dict[str, Setting]]:
             field: declared
             for field, declared in spec.settings.declared().items()
             if field in messages[name].message_type.fields_by_name
-            and not messages[name].message_type.fields_by_name[field].is_repeated
         }
         for name, spec in registry.algorithms().items()
         if name in messages
@@ -67,7 +66,11 @@ def add_setting_flags(parser: argparse.ArgumentParser, settings: dict[str, Setti
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
         flag = "--" + name.replace("_", "-")
-        if isinstance(declared.default, bool):
+        if isinstance(declared.default, tuple):  # repeated: --initial-prompt A --initial-prompt B
+            groups[group].add_argument(
+                flag.removesuffix("s"), dest=name, action="append", metavar="TEXT", help=declared.describe()
+            )
+        elif isinstance(declared.default, bool):
             groups[group].add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, help=declared.describe()
             )
@@ -112,11 +115,7 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
     if args.config:
         apply_config_file(config, algorithm, args.config)
     for flag in ALGORITHM_FLAGS[algorithm]:
-        value = getattr(args, flag)
-        if value is not None:
-            setattr(config, flag, value)
-    if hasattr(config, "initial_prompts"):
-        config.initial_prompts.extend(args.initial_prompt or [])
+        set_field(config, flag, getattr(args, flag))
     if args.algorithm == "lipo":  # the seed's run flags
         if args.skip_hbbops:
             config.mode = "skip-hbbops"
@@ -134,6 +133,16 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
         if args.exemplar_sets:
             config.mode, config.exemplar_sets_path = "grid", args.exemplar_sets
     return request
+
+
+def set_field(config, name: str, value) -> None:
+    """Set a config message's field (a repeated one is extended); None leaves it unset."""
+    if value is None:
+        return
+    if isinstance(value, list | tuple):
+        getattr(config, name).extend(value)
+    else:
+        setattr(config, name, value)
 
 
 def apply_config_file(config, algorithm: str, path: str) -> None:
@@ -154,7 +163,7 @@ def apply_config_file(config, algorithm: str, path: str) -> None:
         if fields[name] is bool and not isinstance(value, bool):
             raise ValueError(f"--config {path}: {algorithm}.{name} must be true or false, got {value!r}")
         try:
-            setattr(config, name, value if fields[name] is bool else fields[name](value))
+            set_field(config, name, value if fields[name] in (bool, tuple) else fields[name](value))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"--config {path}: {algorithm}.{name}: {exc}") from exc
 
@@ -401,8 +410,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--exemplar-sets", metavar="JSON", help="grid mode: select among --instructions x these exemplar sets"
             )
-        else:
-            p.add_argument("--initial-prompt", action="append", help="starting instruction (repeatable)")
         p.add_argument(
             "--config", metavar="YAML", help="algorithm fields from a file (e.g. the tuner's best_config.yaml)"
         )

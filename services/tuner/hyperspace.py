@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 import optuna
 
+from services.optimizer.types import settings_of
+
 
 @dataclasses.dataclass(frozen=True)
 class Param:
@@ -157,31 +159,23 @@ PHASES: dict[str, Phase] = {
 }
 ORDER = ("vae", "scorer", "gp", "inference")
 
-# The pipeline the phases start from: LIPO-E's seed-001 defaults inside the seed-004 space,
-# with BOLT's parts on (the scorer, UCB); values outside a range start at its low end.
-BASELINE: dict = {
-    "vae_beta": 0.005,
-    "vae_mse_weight": 0.1,
-    "instruction_latent_dim": 16,
-    "exemplar_latent_dim": 16,
-    "ucb_beta": 8.0,
-    "mmr_lambda": 0.6,
-    "selection_weight": 0.1,
-    "set_transformer_heads": 4,
-    "set_transformer_hidden": 128,
-    "num_inducing_points": 4,
-    "gp_lr": 0.01,
-    "use_deep_kernel": False,
-    "vae_lr": 0.001,
-    "vae_epochs": 50000,
-    "num_restarts": 64,
-    "raw_samples": 2048,
-    "cosine_sim_threshold": 0.85,
-    "distance_weight": 1.0,
-    "latent_noise_scale": 0.05,
-    "use_scorer": True,
-    "acquisition": "ucb",
-}
+# BOLT's switches on top of LIPO-E: the Set Transformer scorer and UCB (seed 004).
+BOLT_SWITCHES = {"use_scorer": True, "acquisition": "ucb"}
+
+
+def baseline() -> dict:
+    """The pipeline the phases start from: LIPO-E's declared defaults (seed 001) inside the seed-004
+    space, with BOLT's switches on; a default outside a range starts at its low end (its first
+    choice)."""
+    declared = settings_of("lipo_e").declared()
+    config = {}
+    for name, param in BY_NAME.items():
+        default = declared[name].default
+        config[name] = default if param.contains(default) else (param.choices[0] if param.choices else param.low)
+    return {**config, **BOLT_SWITCHES}
+
+
+BASELINE: dict = baseline()
 
 
 def parse_phases(names: Sequence[str]) -> tuple[str, ...]:

@@ -100,7 +100,8 @@ def test_every_flag_has_help_with_its_default():
         by_dest = {a.dest: a for a in sub._actions}
         for field, declared in flags.items():
             text = by_dest[field].help
-            assert "(default: " in text and repr(declared.default) in text, f"{name} --{field}: {text}"
+            default = list(declared.default) if isinstance(declared.default, tuple) else declared.default
+            assert "(default: " in text and repr(default) in text.replace("\n", " "), f"{name} --{field}: {text}"
             words = set(re.findall(r"[a-z0-9]+", text.rsplit(" (default:", 1)[0].lower()))
             assert words - set(field.split("_")), f"{name} --{field}: the help only repeats the flag's name"
 

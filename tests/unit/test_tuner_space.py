@@ -149,3 +149,22 @@ def test_tiers_are_tuned_in_priority_order_with_the_others_held(tmp_path):
     assert all(trial.params[name] == best[name] for name in tier1)
     study.tell(trial, 0.1)
     assert counts(study)["complete"] == 3 and study.best_trial.params == best
+
+
+def test_every_tuned_name_is_a_lipo_e_setting_and_the_baseline_comes_from_its_defaults(tmp_path):
+    from services.optimizer.types import settings_of
+    from services.tuner.hyperspace import BOLT_SWITCHES
+    from services.tuner.settings import TuningSettings
+    from services.tuner.trials import TrialRunner
+
+    declared = settings_of("lipo_e").declared()
+    assert set(BY_NAME) <= set(declared) and set(BOLT_SWITCHES) <= set(declared)
+    for name, param in BY_NAME.items():  # a default inside the space is the baseline's value
+        if param.contains(declared[name].default):
+            assert BASELINE[name] == declared[name].default, name
+    assert BASELINE["raw_samples"] == 2048 and BASELINE["cosine_sim_threshold"] == 0.85  # LIPO-E's lie outside
+    # the LIPO-E run an inference trial starts is a valid config (every field it sets exists)
+    settings = TuningSettings.from_json("{}", "t", state_dir=tmp_path)
+    fields = TrialRunner(settings, None, None, None, "t").lipo_e_fields(dict(BASELINE), 0)
+    config = settings_of("lipo_e").from_fields(fields)
+    assert (config.mode, config.acquisition, config.ucb_beta) == ("grid", "ucb", BASELINE["ucb_beta"])

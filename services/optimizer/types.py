@@ -1,0 +1,13 @@
+"""The optimizer's contract beside its client: each registered algorithm's settings class (the
+StartRun config its proto message mirrors), for the CLI and the tuner to read defaults, help and
+bounds from."""
+
+from __future__ import annotations
+
+from services.common.settings import Settings
+from services.optimizer.algorithms import registry
+
+
+def settings_of(algorithm: str) -> type[Settings]:
+    """The settings class of `algorithm` (e.g. "lipo_e"); ValueError naming the known ones."""
+    return registry.spec(algorithm).settings
