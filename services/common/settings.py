@@ -108,6 +108,7 @@ class Settings(abc.ABC):
     """
 
     section: ClassVar[str] = ""
+    debug = False  # a class attribute: settings with a debug preset declare a `debug` field
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))

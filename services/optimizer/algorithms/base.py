@@ -317,6 +317,7 @@ class Optimizer(Job):
         self.evaluation = evaluation
         self.llm = llm
         self.emit = emit
+        self._split_size: int | None = None
 
     @classmethod
     def create(cls, config, evaluation: EvaluationSettings, llm: MeteredLlm, emit: Emit, context: RunContext):
@@ -326,6 +327,17 @@ class Optimizer(Job):
     def search_steps(self) -> int:
         """Steps of the search, before the held-out step (the settings say how many)."""
         return self.config.search_steps()
+
+    def validation_questions(self, cap: int | None = None) -> int:
+        """Questions every comparable candidate is scored on: `evaluation.fidelity`, else 20 in a
+        debug run, else the whole validation split (at most `cap`, when given)."""
+        if self.evaluation.fidelity:
+            return self.evaluation.fidelity
+        if self.config.debug:
+            return DEBUG_FIDELITY
+        if self._split_size is None:
+            self._split_size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
+        return self._split_size if cap is None else min(cap, self._split_size)
 
     @abc.abstractmethod
     def search_step(self, state: dict) -> None:

@@ -61,7 +61,6 @@ class NeuroOptimizer(Optimizer):
     def __init__(self, config, evaluation, llm, emit, rewriter=None):
         super().__init__(config, evaluation, llm, emit)
         self.rewriter = rewriter
-        self._fidelity: int | None = None
 
     @classmethod
     def create(cls, config, evaluation, llm, emit, context: RunContext):
@@ -69,15 +68,7 @@ class NeuroOptimizer(Optimizer):
 
     def fidelity(self) -> int:
         """`fidelity`, else 20 questions in debug runs, else OPRO's 261 capped at the split size."""
-        if self._fidelity is None:
-            if self.evaluation.fidelity:
-                self._fidelity = self.evaluation.fidelity
-            elif self.config.debug:
-                self._fidelity = DEBUG_FIDELITY
-            else:
-                size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
-                self._fidelity = min(DEFAULT_FIDELITY, size)
-        return self._fidelity
+        return self.validation_questions(DEFAULT_FIDELITY)
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "checkpoint": ""}

@@ -74,19 +74,10 @@ def meta_prompt(history: list[dict], exemplars: list[tuple[str, str]], top_k: in
 
 @register("opro", OproConfig, summary="a meta-LLM proposes instructions from the scored history (Yang et al. 2023)")
 class OproOptimizer(Optimizer):
-    _default_fidelity: int | None = None
-
     def fidelity(self) -> int:
         """Questions of the fixed evaluation minibatch: `fidelity`, else 20 in debug runs, else 261
         capped at the split size."""
-        if self.evaluation.fidelity:
-            return self.evaluation.fidelity
-        if self.config.debug:
-            return DEBUG_FIDELITY
-        if self._default_fidelity is None:
-            size = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
-            self._default_fidelity = min(DEFAULT_FIDELITY, size)
-        return self._default_fidelity
+        return self.validation_questions(DEFAULT_FIDELITY)
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "exemplars": []}

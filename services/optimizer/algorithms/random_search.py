@@ -92,18 +92,9 @@ class RandomSearchConfig(Settings):
 class RandomSearchOptimizer(Optimizer):
     """Step 0 draws the candidates; step k scores candidate k; the held-out step reports the best."""
 
-    _nvalid: int | None = None
-
     def nvalid(self) -> int:
         """Full fidelity: `fidelity`, else 20 questions in debug runs, else the whole validation split."""
-        if self._nvalid is None:
-            if self.evaluation.fidelity:
-                self._nvalid = self.evaluation.fidelity
-            elif self.config.debug:
-                self._nvalid = DEBUG_FIDELITY
-            else:
-                self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
-        return self._nvalid
+        return self.validation_questions()
 
     def initial_state(self) -> dict:
         return {"step": 0, "history": [], "candidates": []}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.common.errors import NotFoundError
 from services.common.text import EncodeMemo
-from services.optimizer.algorithms.base import DEBUG_FIDELITY, Optimizer, RunContext
+from services.optimizer.algorithms.base import Optimizer, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ class SurrogateBackedOptimizer(Optimizer):
         self.models = models
         self.owner = owner  # the run id: the surrogate's models made for this run belong to it
         self.state_dir = Path(state_dir)
-        self._nvalid: int | None = None
         self._encode = EncodeMemo(models.encoder.encode) if models and models.encoder else None
 
     @classmethod
@@ -51,14 +50,7 @@ class SurrogateBackedOptimizer(Optimizer):
 
     def nvalid(self) -> int:
         """Full fidelity: `fidelity`, else 20 questions in debug runs, else the whole validation split."""
-        if self._nvalid is None:
-            if self.evaluation.fidelity:
-                self._nvalid = self.evaluation.fidelity
-            elif self.config.debug:
-                self._nvalid = DEBUG_FIDELITY
-            else:
-                self._nvalid = self.llm.split_size(self.evaluation.dataset, self.evaluation.split)
-        return self._nvalid
+        return self.validation_questions()
 
     def gpu_memory_peak(self) -> int | None:
         """GPU memory (bytes) of the models behind the run: the high-water marks the model services
