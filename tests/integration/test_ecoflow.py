@@ -171,12 +171,13 @@ def test_bad_configs_name_the_field(parts, tmp_path):
         ({"flow_checkpoint": ""}, "ecoflow.flow_checkpoint must name"),
         ({"batch_size": 0}, "ecoflow.batch_size must be in"),
         ({"method": "rk4"}, "ecoflow.method must be one of"),
-        ({"zero_init_fraction": 2.0}, "ecoflow.zero_init_fraction must lie in"),
+        ({"zero_init_fraction": 2.0}, r"ecoflow.zero_init_fraction must be in \[0.0, 1.0\], got 2.0"),
         ({"n_initial": 1}, "ecoflow.n_initial must be >= 2"),
         ({"initial_pool_path": str(tmp_path / "none.json")}, "ecoflow.initial_pool_path .* not a readable file"),
         ({"initial_pool_path": str(not_json)}, "ecoflow.initial_pool_path .* is not JSON"),
         ({"initial_pool_path": str(not_a_list)}, "ecoflow.initial_pool_path .* must be a JSON list of non-empty"),
-        ({"guidance_strength": float("inf")}, "ecoflow.guidance_strength must be a finite number >= 0"),
+        ({"guidance_strength": float("inf")}, "ecoflow.guidance_strength must be a finite number, got inf"),
+        ({"alpha": -1.0}, "ecoflow.alpha must be >= 0.0, got -1.0"),
         ({"num_steps": 1001}, r"ecoflow.num_steps must be in \[1, 1000\]"),
     ]:
         with pytest.raises(ValueError, match=message):
