@@ -11,6 +11,7 @@ tuner's baseline.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import typing
@@ -82,6 +83,16 @@ class Setting:
 def setting(default, help: str, **bounds) -> Any:
     """A field of a `Settings` class: `count: int = setting(10, "what it does", low=1)`."""
     return Setting(default, help, **bounds).field()
+
+
+@contextlib.contextmanager
+def named_section(section: str):
+    """Prefix `section.` to a ValueError raised inside (checks of a nested settings type, e.g. the
+    surrogate's `raw_samples must be >= num_restarts`), so the message names the run's field."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ValueError(f"{section}.{exc}") from exc
 
 
 def _coerce(value, kind, name: str):

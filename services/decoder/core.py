@@ -199,7 +199,9 @@ def load_vec2text_model(model_cls, name_or_path: str):
     else:
         raise RuntimeError(f"vec2text model {name_or_path!r}: no model.safetensors or pytorch_model.bin")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = ("lm_head.weight", "embed_tokens.weight")  # T5 ties these to `shared`
+    tied = ("embed_tokens.weight",)  # T5's encoder and decoder embeddings are `shared`
+    if getattr(model.encoder_decoder.config, "tie_word_embeddings", True):
+        tied += ("lm_head.weight",)  # and its output layer too, unless the config unties it
     untied = [key for key in missing if not key.endswith(tied)]
     if untied:
         raise RuntimeError(f"vec2text model {name_or_path!r} lacks weights for {untied[:5]} ({len(untied)} in all)")
@@ -210,6 +212,34 @@ def load_vec2text_model(model_cls, name_or_path: str):
     if generation.length_penalty is None:  # unset in transformers 5; vec2text's corrector divides by it
         generation.length_penalty = 1.0  # transformers 4's default, which vec2text was written against
     return model
+
+
+def vec2text_corrector(inversion, corrector):
+    """vec2text's `Corrector` over a loaded inversion and corrector model, as `vec2text.api.load_corrector`
+    builds it, but with its trainers' scratch folder in a temporary directory (not `tmp_trainer/` in
+    the working directory, which is read-only in the deployments) and without the evaluation
+    metrics they would fetch from the hub."""
+    import tempfile
+
+    import transformers
+    import vec2text
+
+    with tempfile.TemporaryDirectory(prefix="vec2text-") as scratch, metrics_left_unloaded():
+        args = transformers.TrainingArguments(output_dir=scratch, report_to=[], save_strategy="no")
+        inversion_trainer = vec2text.trainers.InversionTrainer(
+            model=inversion,
+            args=args,
+            train_dataset=None,
+            eval_dataset=None,
+            data_collator=transformers.DataCollatorForSeq2Seq(inversion.tokenizer, label_pad_token_id=-100),
+        )
+        corrector.config.dispatch_batches = None  # as load_corrector does, for older checkpoints
+        return vec2text.trainers.Corrector(
+            model=corrector,
+            inversion_trainer=inversion_trainer,
+            args=args,
+            data_collator=vec2text.collator.DataCollatorForCorrection(tokenizer=inversion.tokenizer),
+        )
 
 
 @contextlib.contextmanager
@@ -258,8 +288,7 @@ class Vec2TextInverter(Inverter):
         inversion = load_vec2text_model(vec2text.models.InversionModel, model.inversion).to(self.device).eval()
         if model.corrector:
             corrector = load_vec2text_model(vec2text.models.CorrectorEncoderModel, model.corrector)
-            with metrics_left_unloaded():
-                self.corrector = vec2text.api.load_corrector(inversion, corrector.to(self.device).eval())
+            self.corrector = vec2text_corrector(inversion, corrector.to(self.device).eval())
         else:
             self.inversion = inversion
 

@@ -136,10 +136,11 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
 
 
 def set_field(config, name: str, value) -> None:
-    """Set a config message's field (a repeated one is extended); None leaves it unset."""
+    """Set a config message's field (a repeated one is replaced by the list); None leaves it as it is."""
     if value is None:
         return
     if isinstance(value, list | tuple):
+        config.ClearField(name)
         getattr(config, name).extend(value)
     else:
         setattr(config, name, value)
@@ -162,6 +163,8 @@ def apply_config_file(config, algorithm: str, path: str) -> None:
             raise ValueError(f"--config {path}: {algorithm} has no field {name!r}")
         if fields[name] is bool and not isinstance(value, bool):
             raise ValueError(f"--config {path}: {algorithm}.{name} must be true or false, got {value!r}")
+        if fields[name] is tuple and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ValueError(f"--config {path}: {algorithm}.{name} must be a list of strings, got {value!r}")
         try:
             set_field(config, name, value if fields[name] in (bool, tuple) else fields[name](value))
         except (TypeError, ValueError) as exc:

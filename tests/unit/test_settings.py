@@ -69,17 +69,21 @@ def test_the_proto_config_matches_the_settings_names_types_and_defaults(name):
         proto = message.fields_by_name[field]
         kind = tuple if "tuple" in str(hints[field]) else type(setting_.default)
         assert proto.type in KINDS[kind] and proto.is_repeated == (kind is tuple), f"{name}.{field}: type differs"
-        if field in defaults:
-            assert same_default(defaults[field], setting_.default), (
-                f"{name}.{field}: the proto says default {defaults[field]}, the settings {setting_.default!r}"
-            )
+        if kind is tuple:
+            continue  # a repeated field's comment names its default in words
+        assert field in defaults, f"{name}.{field}: its proto comment states no 'default X'"
+        assert same_default(defaults[field], setting_.default), (
+            f"{name}.{field}: the proto says default {defaults[field]}, the settings {setting_.default!r}"
+        )
 
 
-def test_the_drift_test_catches_a_changed_default():
-    spec = registry.spec("opro")
-    changed = dataclasses.replace(spec.settings.declared()["top_k"], default=21)
-    assert same_default(proto_defaults("OproConfig")["top_k"], spec.settings.declared()["top_k"].default)
-    assert not same_default(proto_defaults("OproConfig")["top_k"], changed.default)
+def test_the_drift_test_catches_a_changed_default(monkeypatch):
+    spec = registry.spec("lipo_e")
+    declared = spec.settings.declared()
+    changed = {**declared, "vae_beta": dataclasses.replace(declared["vae_beta"], default=0.004)}
+    monkeypatch.setattr(spec.settings, "declared", classmethod(lambda cls: changed))
+    with pytest.raises(AssertionError, match="lipo_e.vae_beta: the proto says default 0.005, the settings 0.004"):
+        test_the_proto_config_matches_the_settings_names_types_and_defaults("lipo_e")
 
 
 def test_registering_a_name_twice_is_refused():
@@ -102,7 +106,7 @@ def test_every_flag_has_help_with_its_default():
             text = by_dest[field].help
             default = list(declared.default) if isinstance(declared.default, tuple) else declared.default
             assert "(default: " in text and repr(default) in text.replace("\n", " "), f"{name} --{field}: {text}"
-            words = set(re.findall(r"[a-z0-9]+", text.rsplit(" (default:", 1)[0].lower()))
+            words = set(re.findall(r"[a-z]+", declared.help.lower()))
             assert words - set(field.split("_")), f"{name} --{field}: the help only repeats the flag's name"
 
 
@@ -151,3 +155,18 @@ def test_stored_configs_of_old_runs_still_load():
             continue  # needs a flow checkpoint named
         stored = spec.settings().as_fields()
         assert spec.settings.from_fields(stored) == spec.settings(), name
+
+
+def test_a_config_file_sets_fields_and_the_flags_beside_it_win(tmp_path):
+    from services.optimizer.cli import start_request
+
+    config = tmp_path / "opro.yaml"
+    config.write_text("opro:\n  top_k: 7\n  initial_prompts: [From the file.]\n")
+    args = build_parser().parse_args(["run", "opro", "--config", str(config), "--initial-prompt", "From the flag."])
+    request = start_request(args)
+    assert request.opro.top_k == 7 and list(request.opro.initial_prompts) == ["From the flag."]
+    args = build_parser().parse_args(["run", "opro", "--config", str(config), "--top-k", "3"])
+    assert start_request(args).opro.top_k == 3 and list(start_request(args).opro.initial_prompts) == ["From the file."]
+    config.write_text("initial_prompts: Solve it.\n")
+    with pytest.raises(ValueError, match=r"opro.initial_prompts must be a list of strings, got 'Solve it.'"):
+        start_request(build_parser().parse_args(["run", "opro", "--config", str(config)]))

@@ -99,6 +99,8 @@ def test_the_load_path_restores_every_saved_weight(saved_models):
     own = model.state_dict()
     assert set(state) <= set(own)
     assert all(torch.equal(own[key], value) for key, value in state.items())
+    t5 = model.encoder_decoder  # T5's embeddings and output layer stay one tensor after loading
+    assert t5.lm_head.weight.data_ptr() == t5.shared.weight.data_ptr() == t5.encoder.embed_tokens.weight.data_ptr()
 
 
 def test_a_folder_without_weights_is_refused(tmp_path, saved_models):
@@ -129,11 +131,14 @@ def test_inversion_alone_generates_with_seed_000s_beam_settings(saved_models, en
         )
     ]
     assert len(inversions) == 2 and usage.llm_calls == 0
+    inverter.invert(targets[:1], [], beam_width=2)  # a request's beam replaces the configured one
+    assert asked[-1][1]["num_beams"] == 2
     for (text, cosine), target in zip(inversions, targets, strict=True):  # cosine to its own target
         assert isinstance(text, str) and np.isclose(cosine, float(encode([text])[0] @ target), atol=1e-4)
 
 
-def test_the_corrector_runs_the_steps_and_sequence_beam_asked_for(saved_models, encode, monkeypatch):
+def test_the_corrector_runs_the_steps_and_sequence_beam_asked_for(saved_models, encode, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the deployments' working directory is read-only: nothing may land there
     steps = []
     generate_with_beam = vec2text.trainers.Corrector._generate_with_beam
 
@@ -151,3 +156,4 @@ def test_the_corrector_runs_the_steps_and_sequence_beam_asked_for(saved_models, 
     steps.clear()
     inverter.invert(targets, [], num_steps=1, beam_width=0)  # 0: the decoder's configured beam
     assert steps == [8]
+    assert list(tmp_path.iterdir()) == []  # no tmp_trainer/ from vec2text's trainers

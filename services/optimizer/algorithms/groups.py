@@ -83,7 +83,9 @@ INVERSION_LR = Setting(InversionConfig.lr, "learning rate of the latent inversio
 INVERSION_CONVERGENCE_THRESHOLD = Setting(
     InversionConfig.convergence_threshold, "inversion stops below this cosine loss", low=0.0, group=DECODING
 )
-VEC2TEXT_BEAM = Setting(8, "beam width the decoder uses (vec2text's sequence beam)", low=1, group=DECODING)
+VEC2TEXT_BEAM = Setting(
+    8, "beam width the decoder uses (vec2text's sequence beam; 0: the decoder's default)", low=0, group=DECODING
+)
 DECODER_STEPS = Setting(0, "decoder correction steps (0: the decoder's default)", low=0, group=DECODING)
 
 # -- EcoFlow's guided sampling (seed 003) ------------------------------------------------------------

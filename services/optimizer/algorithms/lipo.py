@@ -21,7 +21,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from services.common.settings import Settings, setting
+from services.common.settings import Settings, named_section, setting
 from services.common.splits import SplitSpec
 from services.optimizer.algorithms.ape import generate_pool
 from services.optimizer.algorithms.base import DEBUG, DEBUG_FIDELITY, ModelServices
@@ -154,10 +154,11 @@ class LipoConfig(Settings):
                 raise ValueError(f"lipo.{name} must be set in mode {mode}")
             if self.mode == mode and not Path(path).is_file():
                 raise ValueError(f"lipo.{name} {path!r} is not a file on the optimizer")
-        self.vae_config()  # validates the vae_* fields together
-        self.gp_training()
-        self.acquisition()
-        self.inversion()
+        with named_section(self.section):  # the surrogate's checks across its fields
+            self.vae_config()
+            self.gp_training()
+            self.acquisition()
+            self.inversion()
 
     def search_steps(self) -> int:
         hyperband = self.mode in ("standard", "hyperband-only")

@@ -37,7 +37,7 @@ import numpy as np
 
 from services.common.errors import NotFoundError
 from services.common.relevance import relevance_from_evaluations
-from services.common.settings import Settings, setting
+from services.common.settings import Settings, named_section, setting
 from services.common.splits import SplitSpec
 from services.llm_eval.types import MAX_EXEMPLARS, Exemplar
 from services.optimizer.algorithms.ape import generate_pool
@@ -156,7 +156,7 @@ class LipoEConfig(Settings):
     instruction_latent_dim: int = setting(16, "z_inst width", low=1, group=VAE)
     exemplar_latent_dim: int = setting(16, "z_ex width", low=1, group=VAE)
     use_scorer: bool = setting(False, "BOLT: Hyperband's proposals pick exemplars with the Set Transformer scorer")
-    selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", low=0.0)
+    selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", above=0.0)
     mmr_lambda: float = setting(0.6, "BOLT scorer: MMR relevance-diversity balance", low=0.0, high=1.0)
     set_transformer_heads: int = setting(4, "BOLT scorer: attention heads", low=1)
     set_transformer_hidden: int = setting(128, "BOLT scorer: hidden width", low=1)
@@ -207,10 +207,11 @@ class LipoEConfig(Settings):
             load_exemplar_sets(self.exemplar_sets_path, self.num_slots)
         if self.use_scorer and self.mode == "grid":
             raise ValueError("lipo_e.use_scorer picks exemplars from the pool: it needs mode standard, not grid")
-        self.vae_config()
-        self.gp_config()
-        self.acquisition_config()
-        self.scorer_config()
+        with named_section(self.section):  # the surrogate's checks across its fields
+            self.vae_config()
+            self.gp_config()
+            self.acquisition_config()
+            self.scorer_config()
 
     def search_steps(self) -> int:
         return 3 + self.iterations

@@ -73,7 +73,7 @@ class SurrogateBackedOptimizer(Optimizer):
 
     def release(self) -> None:
         """Free this run's models in the surrogate (the run has ended)."""
-        if self.owner and self.models is not None:
+        if self.owner and self.models is not None and self.models.surrogate is not None:
             deleted = self.models.surrogate.delete_owned(self.owner)
             self.forget_models()
             log.info("run %s: freed %d surrogate models", self.owner, deleted)
