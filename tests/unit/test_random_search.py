@@ -41,7 +41,9 @@ def test_candidates_are_drawn_without_replacement_and_seeded():
 
     assert drawn(1, 5) == drawn(1, 5) and drawn(1, 5) != drawn(2, 5)
     assert len(set(drawn(1, 5))) == 5
-    assert sorted(drawn(3, 50)) == sorted(POOL)  # more than the pool: each once
+    assert sorted(drawn(3, 50)) == sorted(POOL)  # more than the pool: each once, in as many steps
+    optimizer, _ = make(RandomSearchOptimizer, RandomSearchConfig(num_candidates=50, instructions=tuple(POOL)), service)
+    assert optimizer.total_steps() == 1 + len(POOL) + 1
 
 
 def test_defaults_and_debug_values():
@@ -66,7 +68,8 @@ def test_a_grid_run_scores_pairs_with_their_exemplars():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"num_candidates": 0}, "random.num_candidates must be positive"),
+        ({"num_candidates": 0}, r"random.num_candidates must be in \[1, 10000\], got 0"),
+        ({"num_candidates": 2**31 - 1}, r"random.num_candidates must be in \[1, 10000\]"),
         ({"grid": "../etc"}, "random.grid '../etc': no such grid"),
         ({"grid": "hbbops_dev", "instructions": ["x"]}, "exclude each other"),
         ({"instructions": [" "]}, "random.instructions must be non-empty strings"),

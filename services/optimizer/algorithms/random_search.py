@@ -61,7 +61,9 @@ class RandomSearchConfig(Settings):
 
     section: ClassVar[str] = "random"
 
-    num_candidates: int = setting(20, "candidates drawn from the pool, each scored at full fidelity", low=1, debug=4)
+    num_candidates: int = setting(
+        20, "candidates drawn from the pool, each scored at full fidelity", low=1, high=MAX_INSTRUCTIONS, debug=4
+    )
     instructions: tuple[str, ...] = setting((), "candidate instructions (repeatable; none: the shipped APE pool)")
     grid: str = setting("", "a recorded grid under the datasets directory: draw instruction x exemplar-set pairs")
     debug: bool = DEBUG.field(help=f"small run: 4 candidates scored on {DEBUG_FIDELITY} questions (unset fields)")
@@ -78,7 +80,7 @@ class RandomSearchConfig(Settings):
             load_grid(self.grid)
 
     def search_steps(self) -> int:
-        return 1 + self.num_candidates  # the draw, then one candidate per step
+        return 1 + min(self.num_candidates, len(self.pool()))  # the draw, then one candidate per step
 
     def pool(self) -> list[tuple[str, int | None]]:
         """Every candidate: (instruction, exemplar set index or None)."""
@@ -116,8 +118,6 @@ class RandomSearchOptimizer(Optimizer):
             state["candidates"] = [list(pool[i]) for i in picks]
             self.emit("progress", {"message": f"drew {len(picks)} of {len(pool)} candidates"})
             return
-        if step > len(state["candidates"]):
-            return  # the pool held fewer candidates than asked for
         instruction, set_index = state["candidates"][step - 1]
         sets = load_grid(self.config.grid)[1] if set_index is not None else []
         exemplars = tuple(Exemplar(**e) for e in sets[set_index]) if sets else ()
