@@ -135,15 +135,17 @@ def from_fields(cls, fields: dict, source: str) -> dict:
     unknown = sorted(set(fields) - set(hints))
     if unknown:
         raise ValueError(f"{source}: unknown fields {unknown}; known: {sorted(hints)}")
-    checked = {}
-    for name, value in fields.items():
-        kind = hints[name]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not kind:
-            raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
-        checked[name] = value
-    return checked
+    return {name: coerced(value, hints[name], name) for name, value in fields.items()}
+
+
+def coerced(value, kind: type, name: str):
+    """`value`, which must have the type `kind` (an int passes for a float and is made one);
+    ValueError naming `name` otherwise (a bool is no int)."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
+    return value
 
 
 def confined_path(path: str, root: str | Path, field: str, base: str | Path | None = None) -> str:

@@ -18,6 +18,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from services.common.config import coerced
+
 NO_DEBUG = object()  # the setting keeps its default in debug runs
 
 
@@ -103,11 +105,7 @@ def _coerce(value, kind, name: str):
         if not isinstance(value, list | tuple) or not all(isinstance(v, item) for v in value):
             raise ValueError(f"{name} must be a list of {item.__name__}, got {value!r}")
         return tuple(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if type(value) is not kind:
-        raise ValueError(f"{name} must be a {kind.__name__}, got {value!r}")
-    return value
+    return coerced(value, kind, name)
 
 
 class Settings(abc.ABC):

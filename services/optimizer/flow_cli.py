@@ -24,7 +24,8 @@ from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
 from services.optimizer import training_cli
-from services.optimizer.algorithms.ecoflow import decode_round_trip, default_pool_path
+from services.optimizer.algorithms.base import default_pool_path
+from services.optimizer.algorithms.ecoflow import decode_round_trip
 from services.surrogate.client import FlowClient
 from services.surrogate.types import GuidanceSettings
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from services.common.config import datasets_dir
 from services.common.errors import require
 from services.common.operations import Cancelled, Job
 from services.common.settings import Setting
@@ -54,6 +55,12 @@ def check_prompts(section: str, prompts: Sequence[str], field: str = "initial_pr
     """ValueError naming `section.field` unless `prompts` are non-empty strings (and some are given)."""
     if (not prompts and not allow_empty) or any(not p.strip() for p in prompts):
         raise ValueError(f"{section}.{field} must be non-empty strings")
+
+
+def default_pool_path() -> str:
+    """The shipped APE pool (1000 instructions by Qwen2.5-7B-Instruct): EcoFlow's initial
+    instructions and the decoder's seed texts by default, random search's default candidates."""
+    return str(datasets_dir() / "prompts" / "ape_instructions_1000.json")
 
 
 def load_template(name: str) -> str:

@@ -24,9 +24,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from services.common.config import datasets_dir
 from services.common.settings import Settings, setting
-from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts
+from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts, default_pool_path
 from services.optimizer.algorithms.groups import (
     ALPHA,
     DECODER_STEPS,
@@ -40,11 +39,6 @@ from services.optimizer.algorithms.groups import (
 from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import MAX_FLOW_SAMPLES, GuidanceSettings
-
-
-def default_pool_path() -> str:
-    """The APE pool: EcoFlow's initial instructions and the decoder's seed texts by default."""
-    return str(datasets_dir() / "prompts" / "ape_instructions_1000.json")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -161,8 +161,11 @@ class LipoConfig(Settings):
             self.inversion()
 
     def search_steps(self) -> int:
-        hyperband = self.mode in ("standard", "hyperband-only")
-        return 2 + int(hyperband) + (0 if self.mode == "hyperband-only" else self.iterations)
+        return 2 + int(self.runs_hyperband()) + (0 if self.mode == "hyperband-only" else self.iterations)
+
+    def runs_hyperband(self) -> bool:
+        """Whether the run selects with Hyperband (the other modes load evaluations)."""
+        return self.mode in ("standard", "hyperband-only")
 
     def seen_splits(self) -> list[tuple[str, str]]:
         """(field, split) of data the search uses besides the validation split: the loaded
@@ -264,9 +267,6 @@ class LipoOptimizer(SurrogateBackedOptimizer):
         self._model_id: str | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _runs_hyperband(self) -> bool:
-        return self.config.mode in ("standard", "hyperband-only")
-
     def initial_state(self) -> dict:
         return {
             "step": 0,
@@ -334,7 +334,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
         return "ape" if step == 0 else "vae" if step == 1 else "hyperband" if self._is_hyperband(step) else "inference"
 
     def _is_hyperband(self, step: int) -> bool:
-        return step == 2 and self._runs_hyperband()
+        return step == 2 and self.config.runs_hyperband()
 
     def run_phase(self, phase: str, state: dict) -> None:
         if phase == "ape":

@@ -10,8 +10,10 @@ directory (e.g. `hbbops_dev`: its instructions.json x exemplar_sets.json).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
+from pathlib import Path
 from typing import ClassVar
 
 from services.common.config import datasets_dir
@@ -24,26 +26,28 @@ from services.optimizer.algorithms.base import (
     Optimizer,
     best_comparable,
     check_prompts,
+    default_pool_path,
 )
 from services.optimizer.algorithms.registry import register
 
 MAX_INSTRUCTIONS = 10_000  # instructions a request may carry
 
 
-def ape_pool() -> list[str]:
-    """The shipped APE pool (1000 instructions by Qwen2.5-7B-Instruct)."""
-    return json.loads((datasets_dir() / "prompts" / "ape_instructions_1000.json").read_text())
+@functools.lru_cache(maxsize=8)
+def read_pool(path: str) -> tuple:
+    """A JSON file of the datasets directory, read once per process (a run asks for its pool every step)."""
+    return tuple(json.loads(Path(path).read_text()))
 
 
-def load_grid(name: str) -> tuple[list[str], list[list[dict]]]:
+def load_grid(name: str) -> tuple[tuple[str, ...], list[list[dict]]]:
     """The instructions and exemplar sets of the recorded grid `name` under the datasets directory;
     ValueError naming `random.grid`."""
     folder = datasets_dir() / name
     if not name.replace("_", "").replace("-", "").isalnum() or not folder.is_dir():
         raise ValueError(f"random.grid {name!r}: no such grid under the datasets directory")
     try:
-        instructions = json.loads((folder / "instructions.json").read_text())
-        sets = json.loads((folder / "exemplar_sets.json").read_text())
+        instructions = read_pool(str(folder / "instructions.json"))
+        sets = read_pool(str(folder / "exemplar_sets.json"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"random.grid {name!r}: expected instructions.json and exemplar_sets.json ({exc})") from exc
     return instructions, [[{"question": e["question"], "answer": e["answer"]} for e in s] for s in sets]
@@ -87,7 +91,7 @@ class RandomSearchConfig(Settings):
         if self.grid:
             instructions, sets = load_grid(self.grid)
             return [(i, s) for i in instructions for s in range(len(sets))]
-        return [(i, None) for i in dict.fromkeys(self.instructions or ape_pool())]
+        return [(i, None) for i in dict.fromkeys(self.instructions or read_pool(default_pool_path()))]
 
 
 @register("random", RandomSearchConfig, summary="random search over an instruction list or a recorded grid")

@@ -17,9 +17,7 @@ import importlib
 import pkgutil
 
 from services.common.settings import Settings
-
-# What an optimiser may ask for besides llm_eval (fields of `ModelServices`).
-MODEL_SERVICES = ("encoder", "decoder", "surrogate", "flow", "neuro")
+from services.optimizer.algorithms.base import MODEL_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +37,9 @@ _REGISTRY: dict[str, AlgorithmSpec] = {}
 
 def register(name: str, settings: type[Settings], requires: tuple[str, ...] = (), summary: str = ""):
     """Class decorator registering an `Optimizer` subclass under `name`."""
-    unknown = [r for r in requires if r not in MODEL_SERVICES]
+    unknown = [r for r in requires if r not in MODEL_FIELDS]  # what it may ask for besides llm_eval
     if unknown:
-        raise ValueError(f"algorithm {name!r} requires unknown services {unknown}; known: {list(MODEL_SERVICES)}")
+        raise ValueError(f"algorithm {name!r} requires unknown services {unknown}; known: {list(MODEL_FIELDS)}")
 
     def decorate(cls):
         if name in _REGISTRY:
