@@ -281,6 +281,8 @@ def test_protegi_resumes_checkpoints_written_before_scores_were_marked():
         (OproConfig, {"num_buckets": 0}, "opro.num_buckets must be positive"),
         (OproConfig, {"num_exemplars": -1}, "opro.num_exemplars must be >= 0"),
         (OproConfig, {"meta_temperature": 2.1}, "opro.meta_temperature must be in"),
+        (OproConfig, {"meta_max_tokens": 2**31 - 1}, "opro.meta_max_tokens must be in [1, 4096]"),
+        (ProtegiConfig, {"meta_max_tokens": 0}, "protegi.meta_max_tokens must be in [1, 4096], got 0"),
         (OproConfig, {"meta_temperature": -0.1}, "opro.meta_temperature must be in"),
         (OproConfig, {"initial_prompts": (" ",)}, "opro.initial_prompts"),
         (OproConfig, {"initial_prompts": ()}, "opro.initial_prompts"),

@@ -40,6 +40,7 @@ from services.llm_eval.types import (
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 DEFAULT_INITIAL_PROMPT = "Let's solve the problem."
 MAX_PROMPT_CHARS = 1000
+MAX_META_TOKENS = 4096  # tokens one meta-LLM answer may ask for (a client sets it)
 # 3.5% of the GSM8K training set, the OPRO paper's evaluation subset: the default number of
 # validation questions every comparable candidate is scored on (OPRO, ProTeGi).
 DEFAULT_FIDELITY = 261

@@ -18,6 +18,7 @@ from services.optimizer.algorithms.base import (
     DEBUG_FIDELITY,
     DEFAULT_FIDELITY,
     INITIAL_PROMPTS,
+    MAX_META_TOKENS,
     Optimizer,
     best_comparable,
     check_prompts,
@@ -42,7 +43,7 @@ class OproConfig(Settings):
     num_buckets: int = setting(20, "score buckets the meta-prompt rounds scores to (20: multiples of 5)", low=1)
     meta_temperature: float = setting(1.0, "meta-LLM sampling temperature", low=0.0, high=2.0)
     num_exemplars: int = setting(3, "exemplar problems shown in the meta-prompt", low=0)
-    meta_max_tokens: int = setting(256, "max tokens of one meta-LLM proposal", low=1)
+    meta_max_tokens: int = setting(256, "max tokens of one meta-LLM proposal", low=1, high=MAX_META_TOKENS)
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
     debug: bool = DEBUG.field(
         help=f"small run: 2 steps of 2 proposals scored on {DEBUG_FIDELITY} questions (unset fields only)"

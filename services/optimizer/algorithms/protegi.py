@@ -21,6 +21,7 @@ from services.llm_eval.types import DecodingParams, EvaluationRequest
 from services.optimizer.algorithms.base import (
     DEFAULT_FIDELITY,
     INITIAL_PROMPTS,
+    MAX_META_TOKENS,
     Optimizer,
     best_comparable,
     check_prompts,
@@ -54,7 +55,7 @@ class ProtegiConfig(Settings):
     bandit_sample_size: int = setting(8, "fresh questions one bandit pull scores a candidate on", low=1)
     ucb_c: float = setting(1.0, "UCB exploration constant (the bonus counts questions, as in the paper)", low=0.0)
     meta_temperature: float = setting(1.0, "temperature of the gradient and edit LLMs", low=0.0, high=2.0)
-    meta_max_tokens: int = setting(256, "max tokens of one gradient, edit or paraphrase", low=1)
+    meta_max_tokens: int = setting(256, "max tokens of one gradient, edit or paraphrase", low=1, high=MAX_META_TOKENS)
     gradient_model: str = setting("", "model that writes the textual gradients ('': the run's meta model)")
     edit_model: str = setting("", "model that edits and paraphrases prompts ('': the run's meta model)")
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
