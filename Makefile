@@ -38,16 +38,17 @@ model: install
 	$(PY) -m services.common.shipped
 
 demo: install protos
-	$(PY) -m services.optimizer.demo $(ARGS)
+	$(PY) -m services.cli.demo $(ARGS)
 
 # BOLT tuning (seed 004) on the replay of the recorded grid: `make tune` (ARGS="--phases vae,gp" ...).
 tune: install protos
-	$(PY) -m services.optimizer.demo tune $(or $(ARGS),--quick)
+	$(PY) -m services.cli.demo tune $(or $(ARGS),--quick)
 
-# The quick tier (the README's test command): everything but the tests marked slow (the live CPU
-# LLM, whole stacks, the tuner) and gpu. `make test-all` runs every test (CI runs it).
+# The quick tier (the README's test command): everything but the tests marked slow (whole stacks
+# beyond one live OPRO run on the CPU LLM, the tuner, the fault sweep) and gpu, with the RPC
+# fuzzing at 25 examples per RPC (100 in `make test-all`, which CI runs).
 test: install protos
-	$(PY) -m pytest -m "not slow"
+	PROMPTOPT_FUZZ_EXAMPLES=25 $(PY) -m pytest -m "not slow"
 
 test-all: install protos
 	$(PY) -m pytest
@@ -87,9 +88,17 @@ replay-table: install
 	$(PY) -m services.llm_eval.replay convert $(PROMPTOPT_DATASETS_DIR)/prompts/gsm8k_100_instructions_qwen2.5-7b.json \
 	  state/replay/gsm8k_100_qwen2.5-7b.jsonl
 
+# The v1 protos as last released: `buf breaking` refuses any incompatible change to them (a field
+# renumbered or retyped, an RPC or message removed, an idempotency level changed).
+PROTO_RELEASE ?= 81978dd0822e4c7d1da745f5521676ceb71853fd
+BUF := npx --yes @bufbuild/buf@1.47.2
+
 lint: install
 	$(VENV)/bin/ruff check services tests
-	npx --yes @bufbuild/buf@1.47.2 lint protos
+	$(BUF) lint protos
+	@if git cat-file -e $(PROTO_RELEASE)^{commit} 2>/dev/null; then \
+	  $(BUF) breaking protos --against ".git#ref=$(PROTO_RELEASE),subdir=protos" && echo "buf breaking: v1 compatible with $(PROTO_RELEASE)"; \
+	else echo "buf breaking skipped: this clone lacks release commit $(PROTO_RELEASE) (a shallow clone?)"; fi
 
 # Download the official GSM8K files (the same as datasets/gsm8k) into data/.
 gsm8k: install

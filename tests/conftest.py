@@ -60,12 +60,12 @@ def evaluator(llm_backend, datasets_dir, tmp_path):
     )
 
 
-def start_server(binding, load=None):
-    """Serve one binding on a free loopback port (no metrics port, no signal handlers)."""
+def start_server(*bindings, load=None):
+    """Serve the bindings on a free loopback port (no metrics port, no signal handlers)."""
     from services.common.config import ServerConfig
     from services.common.server import serve
 
-    running = serve(ServerConfig(port=0, metrics_port=-1), [binding], load=load, install_signal_handlers=False)
+    running = serve(ServerConfig(port=0, metrics_port=-1), list(bindings), load=load, install_signal_handlers=False)
     assert running.ready.wait(60), "server did not become ready"
     return running
 

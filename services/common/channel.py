@@ -3,50 +3,58 @@
 Channels ride out restarts and overload: a unary call that fails with UNAVAILABLE or
 RESOURCE_EXHAUSTED (overload, not gRPC's own message-size limit) is retried with exponential
 backoff and jitter until `ClientConfig.retry_seconds` have passed since its first failure.
-DEADLINE_EXCEEDED is retried only on `RETRIED_ON_DEADLINE`, the calls whose repeat pays for
-nothing twice (reads, pure computations, and EvaluatePrompt, whose answers are cached as they
-come); a late Generate, StartRun or model fit may still have done its work. Channels carry the
-bearer token when configured and use TLS when a CA is given; clients set a deadline on every
-attempt. Each service's typed client lives beside it (`services/<service>/client.py`).
+DEADLINE_EXCEEDED is retried only on the calls whose protos declare them safe to repeat
+(`idempotency_level`: reads, pure computations, CancelRun, and EvaluatePrompt, whose answers are
+cached as they come); a late Generate, StartRun or model fit may still have done its work.
+Channels carry the bearer token when configured and use TLS when a CA is given; clients set a
+deadline on every attempt. Each service's typed client lives beside it (`services/<service>/client.py`).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import random
 import time
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common.config import ClientConfig
+from services.common.errors import NotFoundError
 from services.common.metrics import GPU_PEAK_KEY
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-RETRIED_ON_DEADLINE = frozenset(
-    {
-        "EvaluatePrompt",
-        "Encode",
-        "GetDatasetInfo",
-        "GetExemplars",
-        "GetUsage",
-        "GetModelInfo",
-        "GetRun",
-        "ListRuns",
-        "Predict",
-        "ComputeAcquisition",
-        "OptimizeAcquisition",
-        "OptimizeJoint",
-        "ProposeExemplars",
-        "EncodeJoint",
-        "DecodeJoint",
-        "DecodeLatent",
-        "Check",
-    }
-)
+SAFE_LEVELS = frozenset({descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT})
+
+
+@functools.cache
+def safe_to_repeat(method: str) -> bool:
+    """Whether `method` ("/package.Service/Method") may be sent again after its deadline passed:
+    its proto declares an idempotency_level of NO_SIDE_EFFECTS or IDEMPOTENT (a health check is
+    a read). Unknown methods are not."""
+    service, _, name = method.lstrip("/").partition("/")
+    if service == "grpc.health.v1.Health":
+        return True
+    try:
+        found = descriptor_pool.Default().FindServiceByName(service).methods_by_name[name]
+    except KeyError:
+        return False
+    return found.GetOptions().idempotency_level in SAFE_LEVELS
+
+
+def call(rpc, request, timeout):
+    """`rpc(request)`; NOT_FOUND raises NotFoundError (a typed client's 'no such id')."""
+    try:
+        return rpc(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFoundError(exc.details()) from exc
+        raise
 
 
 def transient(code: grpc.StatusCode | None, details: str | None) -> bool:
@@ -63,7 +71,7 @@ class _RetryInterceptor(grpc.UnaryUnaryClientInterceptor):
 
     def retryable(self, method: str, code: grpc.StatusCode, details: str | None) -> bool:
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return method.rsplit("/", 1)[-1] in RETRIED_ON_DEADLINE
+            return safe_to_repeat(method)
         return transient(code, details)
 
     def intercept_unary_unary(self, continuation, details, request):

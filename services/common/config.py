@@ -160,3 +160,9 @@ def confined_path(path: str, root: str | Path, field: str, base: str | Path | No
     if not resolved.is_relative_to(root):
         raise ValueError(f"{field} {shown(path)!r} must lie under {root}")
     return str(resolved)
+
+
+def default_pool_path() -> str:
+    """The shipped APE pool (1000 instructions by Qwen2.5-7B-Instruct): EcoFlow's initial
+    instructions and the decoder's seed texts by default, random search's default candidates."""
+    return str(datasets_dir() / "prompts" / "ape_instructions_1000.json")

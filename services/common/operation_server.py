@@ -1,8 +1,10 @@
-"""gRPC transport for the operation pattern (StartRun/WatchRun/GetRun/ListRuns/CancelRun).
+"""gRPC transport for the operation pattern: each run-hosting service's own StartRun, and the one
+OperationsService (`promptopt.operations.v1`: WatchRun, GetRun, ListRuns, CancelRun, ResumeRun)
+over every service its process hosts.
 
-Run and event messages are shared (`promptopt.operations.v1`); the optimizer and tuner each
-wrap them in their own request/response messages. `OperationServicer` serves either, given
-the service's generated module and a StartRun request parser.
+`RunOperations` is the logic over one service's RunStore and RunManager. `OperationServicer`
+serves a service's StartRun and, as deprecated v1 aliases in its own messages, the five
+operation RPCs; `operations_binding` serves OperationsService over the hosted services.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ import json
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from promptopt.operations.v1 import operations_pb2
+from promptopt.operations.v1 import operations_pb2, operations_pb2_grpc
 
 from services.common.convert import usage_to_proto
-from services.common.errors import require
+from services.common.errors import NotFoundError, require
 from services.common.operations import RunEvent, RunManager, RunRecord, RunStore
+from services.common.server import ServiceBinding
 
 # parse(request) -> (algorithm, display_name, resolved config dict, total_steps)
 Parser = Callable[[object], tuple[str, str, dict, int]]
@@ -27,63 +30,61 @@ def _timestamp(seconds: float) -> Timestamp:
     return ts
 
 
-class OperationServicer:
-    """Implements the six operation RPCs over a RunStore and RunManager."""
+def run_to_proto(record: RunRecord) -> operations_pb2.Run:
+    return operations_pb2.Run(
+        run_id=record.run_id,
+        algorithm=record.algorithm,
+        display_name=record.display_name,
+        state=int(record.state),
+        step=record.step,
+        total_steps=record.total_steps,
+        best_prompt=record.best_prompt,
+        best_score=record.best_score,
+        usage=usage_to_proto(record.usage),
+        create_time=_timestamp(record.create_time),
+        update_time=_timestamp(record.update_time),
+        error=record.error,
+        config_json=json.dumps(record.config, sort_keys=True),
+        last_sequence=record.last_sequence,
+    )
 
-    def __init__(self, pb2, store: RunStore, manager: RunManager, parse: Parser, poll_seconds: float = 1.0):
-        self.pb2 = pb2
-        self.store = store
-        self.manager = manager
-        self.parse = parse
-        self.poll_seconds = poll_seconds
 
-    @staticmethod
-    def run_to_proto(record: RunRecord) -> operations_pb2.Run:
-        return operations_pb2.Run(
-            run_id=record.run_id,
-            algorithm=record.algorithm,
-            display_name=record.display_name,
-            state=int(record.state),
-            step=record.step,
-            total_steps=record.total_steps,
-            best_prompt=record.best_prompt,
-            best_score=record.best_score,
-            usage=usage_to_proto(record.usage),
-            create_time=_timestamp(record.create_time),
-            update_time=_timestamp(record.update_time),
-            error=record.error,
-            config_json=json.dumps(record.config, sort_keys=True),
-            last_sequence=record.last_sequence,
-        )
+def event_to_proto(event: RunEvent) -> operations_pb2.RunEvent:
+    pb2, p = operations_pb2, {k: v for k, v in event.payload.items() if v is not None}
+    body = {
+        "progress": lambda: {"progress": pb2.Progress(**p)},
+        "candidate": lambda: {"candidate": pb2.Candidate(**p)},
+        "result": lambda: {"result": pb2.Result(**p)},
+        "error": lambda: {"error": pb2.Error(**p)},
+    }[event.kind]()
+    return pb2.RunEvent(
+        sequence=event.sequence,
+        run_id=event.run_id,
+        time=_timestamp(event.time),
+        usage=usage_to_proto(event.usage),
+        **body,
+    )
 
-    @staticmethod
-    def event_to_proto(event: RunEvent) -> operations_pb2.RunEvent:
-        pb2, p = operations_pb2, {k: v for k, v in event.payload.items() if v is not None}
-        body = {
-            "progress": lambda: {"progress": pb2.Progress(**p)},
-            "candidate": lambda: {"candidate": pb2.Candidate(**p)},
-            "result": lambda: {"result": pb2.Result(**p)},
-            "error": lambda: {"error": pb2.Error(**p)},
-        }[event.kind]()
-        return pb2.RunEvent(
-            sequence=event.sequence,
-            run_id=event.run_id,
-            time=_timestamp(event.time),
-            usage=usage_to_proto(event.usage),
-            **body,
-        )
 
-    def StartRun(self, request, context):
-        algorithm, display_name, config, total_steps = self.parse(request)
-        record = self.store.create(algorithm, display_name, config, total_steps)
-        self.manager.start(record.run_id)
-        return self.pb2.StartRunResponse(run=self.run_to_proto(record))
+class RunOperations:
+    """The five operation RPCs' logic over one service's runs (`name`: how ListRuns names it)."""
 
-    def GetRun(self, request, context):
+    def __init__(self, name: str, store: RunStore, manager: RunManager, poll_seconds: float = 1.0):
+        self.name, self.store, self.manager, self.poll_seconds = name, store, manager, poll_seconds
+
+    def has(self, run_id: str) -> bool:
+        try:
+            self.store.get(run_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def get(self, request) -> operations_pb2.Run:
         require(bool(request.run_id), "run_id must be set")
-        return self.pb2.GetRunResponse(run=self.run_to_proto(self.store.get(request.run_id)))
+        return run_to_proto(self.store.get(request.run_id))
 
-    def ListRuns(self, request, context):
+    def list(self, request) -> tuple[list[operations_pb2.Run], str]:
+        """(a page of runs, the next page's token or "")."""
         require(request.page_size >= 0, "page_size must be >= 0")
         size = request.page_size or 50
         try:
@@ -93,17 +94,18 @@ class OperationServicer:
         require(offset >= 0, "page_token must not be negative")
         records = self.store.list(size + 1, offset)
         token = str(offset + size) if len(records) > size else ""
-        return self.pb2.ListRunsResponse(runs=[self.run_to_proto(r) for r in records[:size]], next_page_token=token)
+        return [run_to_proto(r) for r in records[:size]], token
 
-    def CancelRun(self, request, context):
+    def cancel(self, request) -> operations_pb2.Run:
         require(bool(request.run_id), "run_id must be set")
-        return self.pb2.CancelRunResponse(run=self.run_to_proto(self.manager.cancel(request.run_id)))
+        return run_to_proto(self.manager.cancel(request.run_id))
 
-    def ResumeRun(self, request, context):
+    def resume(self, request) -> operations_pb2.Run:
         require(bool(request.run_id), "run_id must be set")
-        return self.pb2.ResumeRunResponse(run=self.run_to_proto(self.manager.resume(request.run_id)))
+        return run_to_proto(self.manager.resume(request.run_id))
 
-    def WatchRun(self, request, context):
+    def watch(self, request, context):
+        """The run's events after `after_sequence`, until it ends or the caller leaves."""
         require(bool(request.run_id), "run_id must be set")
         require(request.after_sequence >= 0, "after_sequence must be >= 0")
         sequence = request.after_sequence
@@ -111,8 +113,87 @@ class OperationServicer:
         while context.is_active():
             for event in self.store.events(request.run_id, sequence):
                 sequence = event.sequence
-                yield self.pb2.WatchRunResponse(event=self.event_to_proto(event))
+                yield event_to_proto(event)
             record = self.store.get(request.run_id)
             if record.state.terminal and record.last_sequence <= sequence:
                 return
             self.store.wait(self.poll_seconds)
+
+
+class OperationServicer:
+    """A run-hosting service's StartRun and, in its own v1 messages, the deprecated aliases of
+    OperationsService's RPCs (served by the same code)."""
+
+    def __init__(self, pb2, store: RunStore, manager: RunManager, parse: Parser, poll_seconds: float = 1.0):
+        self.pb2, self.store, self.manager, self.parse = pb2, store, manager, parse
+        self.operations = RunOperations("", store, manager, poll_seconds)
+
+    def StartRun(self, request, context):  # noqa: N802 - gRPC method name
+        algorithm, display_name, config, total_steps = self.parse(request)
+        record = self.store.create(algorithm, display_name, config, total_steps)
+        self.manager.start(record.run_id)
+        return self.pb2.StartRunResponse(run=run_to_proto(record))
+
+    def GetRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.GetRunResponse(run=self.operations.get(request))
+
+    def ListRuns(self, request, context):  # noqa: N802 - gRPC method name
+        runs, token = self.operations.list(request)
+        return self.pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    def CancelRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.CancelRunResponse(run=self.operations.cancel(request))
+
+    def ResumeRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.ResumeRunResponse(run=self.operations.resume(request))
+
+    def WatchRun(self, request, context):  # noqa: N802 - gRPC method name
+        for event in self.operations.watch(request, context):
+            yield self.pb2.WatchRunResponse(event=event)
+
+
+class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+    """OperationsService over the runs of every service the process hosts."""
+
+    def __init__(self, hosted: list[RunOperations]):
+        names = [h.name for h in hosted]
+        if not hosted or len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"hosted services need distinct names, got {names}")
+        self.hosted = {h.name: h for h in hosted}
+
+    def _owner(self, request) -> RunOperations:
+        require(bool(request.run_id), "run_id must be set")
+        for operations in self.hosted.values():
+            if operations.has(request.run_id):
+                return operations
+        raise NotFoundError(f"run {request.run_id!r} not found")
+
+    def GetRun(self, request, context):  # noqa: N802 - gRPC method name
+        return operations_pb2.GetRunResponse(run=self._owner(request).get(request))
+
+    def ListRuns(self, request, context):  # noqa: N802 - gRPC method name
+        names = sorted(self.hosted)
+        if not request.service and len(names) == 1:
+            operations = self.hosted[names[0]]
+        else:
+            require(request.service in self.hosted, f"service must name one of {names}, got {request.service!r}")
+            operations = self.hosted[request.service]
+        runs, token = operations.list(request)
+        return operations_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    def CancelRun(self, request, context):  # noqa: N802 - gRPC method name
+        return operations_pb2.CancelRunResponse(run=self._owner(request).cancel(request))
+
+    def ResumeRun(self, request, context):  # noqa: N802 - gRPC method name
+        return operations_pb2.ResumeRunResponse(run=self._owner(request).resume(request))
+
+    def WatchRun(self, request, context):  # noqa: N802 - gRPC method name
+        for event in self._owner(request).watch(request, context):
+            yield operations_pb2.WatchRunResponse(event=event)
+
+
+def operations_binding(hosted: dict[str, tuple[RunStore, RunManager]]) -> ServiceBinding:
+    """OperationsService over the hosted services' runs ({name: (store, manager)})."""
+    servicer = OperationsServicer([RunOperations(name, *parts) for name, parts in hosted.items()])
+    add = operations_pb2_grpc.add_OperationsServiceServicer_to_server
+    return ServiceBinding.of(operations_pb2, "OperationsService", add, servicer)

@@ -10,14 +10,17 @@ import logging
 from pathlib import Path
 
 from services.common.config import ClientConfig, ServerConfig, from_env
+from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import run_service, serve
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
-from services.llm_eval.client import LlmEvalClient
-from services.optimizer.algorithms.base import Chunking, ModelServices
+from services.flow.client import FlowClient
+from services.llm_eval.client import Chunking, LlmEvalClient
+from services.neuro.client import NeuroClient
+from services.optimizer.algorithms.base import ModelServices
 from services.optimizer.server import optimizer_service
-from services.surrogate.client import FlowClient, NeuroClient, SurrogateClient
+from services.surrogate.client import SurrogateClient
 
 PREFIX = "PROMPTOPT_OPTIMIZER_"
 
@@ -73,7 +76,8 @@ def main() -> None:
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs
     binding, manager = optimizer_service(store, llm, models, Path(config.store_path).parent, chunking)
-    serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
+    operations = operations_binding({"optimizer": (store, manager)})
+    serve(from_env(ServerConfig, PREFIX), [binding, operations], load=manager.resume_unfinished).wait()
 
 
 if __name__ == "__main__":

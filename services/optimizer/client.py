@@ -12,3 +12,4 @@ class OptimizerClient(OperationClient):
 
     pb2 = optimizer_pb2
     stub_class = optimizer_pb2_grpc.OptimizerServiceStub
+    service = "optimizer"

@@ -13,15 +13,9 @@ from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
 from services.common.types import Usage
+from services.llm_eval.client import Chunking, MeteredLlm
 from services.optimizer.algorithms import registry
-from services.optimizer.algorithms.base import (
-    Chunking,
-    EvaluationSettings,
-    MeteredLlm,
-    ModelServices,
-    Optimizer,
-    RunContext,
-)
+from services.optimizer.algorithms.base import EvaluationSettings, ModelServices, Optimizer, RunContext
 
 
 def set_fields(message, name: str) -> dict:

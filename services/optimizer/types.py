@@ -1,11 +1,14 @@
-"""The optimizer's contract beside its client: each registered algorithm's settings class (the
-StartRun config its proto message mirrors), for the CLI and the tuner to read defaults, help and
-bounds from."""
+"""The optimizer's contract beside its client: the registered algorithms (name, summary, required
+services) and each one's settings class (the StartRun config its proto message mirrors), for the
+CLI and the tuner to read defaults, help and bounds from."""
 
 from __future__ import annotations
 
 from services.common.settings import Settings
 from services.optimizer.algorithms import registry
+
+algorithm_specs = registry.algorithms
+algorithm_spec = registry.spec
 
 
 def settings_of(algorithm: str) -> type[Settings]:

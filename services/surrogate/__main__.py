@@ -12,13 +12,14 @@ from prometheus_client import REGISTRY
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
 from services.common.config import ServerConfig, from_env
+from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import ServiceBinding, run_service, serve
 from services.encoder.types import EMBEDDED_MODEL
-from services.surrogate.flow_service import flow_service
-from services.surrogate.neuro_service import NEURO_DIR, neuro_service
+from services.flow.server import flow_service
+from services.neuro.server import NEURO_DIR, neuro_service
+from services.neuro.types import NeuroConfig
 from services.surrogate.server import RegistryCollector, SurrogateServicer
-from services.surrogate.types import NeuroConfig
 
 PREFIX = "PROMPTOPT_SURROGATE_"
 EMBEDDED_GENERATOR = "embedded:Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"  # the project's CPU LLM, through transformers
@@ -69,7 +70,8 @@ def main() -> None:
         servicer.engine = SurrogateEngine(ModelRegistry(config.max_model_mb * 1024 * 1024), config.device)
 
     store = RunStore(str(Path(config.state_dir) / "runs.sqlite"), exclusive=True)
-    flows, manager = flow_service(store, config.state_dir, lambda: servicer.engine, config.device)
+    guide_of = lambda model_id: servicer.engine.error_gp(model_id)  # noqa: E731 - the engine loads later
+    flows, manager = flow_service(store, config.state_dir, guide_of, config.device)
 
     defaults = NeuroConfig(encoder=config.neuro_encoder, generator=config.neuro_generator)
     neuro_store = RunStore(str(Path(config.state_dir) / NEURO_DIR / "runs.sqlite"), exclusive=True)
@@ -87,7 +89,8 @@ def main() -> None:
         manager.resume_unfinished()  # flow training runs left unfinished by a previous process
         threading.Thread(target=start_neuro, name="neuro-start", daemon=True).start()
 
-    serve(from_env(ServerConfig, PREFIX), [binding, flows, neuro], load=load_and_resume).wait()
+    operations = operations_binding({"flow": (store, manager), "neuro": (neuro_store, neuro_manager)})
+    serve(from_env(ServerConfig, PREFIX), [binding, flows, neuro, operations], load=load_and_resume).wait()
 
 
 if __name__ == "__main__":

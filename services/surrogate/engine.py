@@ -1,10 +1,10 @@
 """The surrogate service's domain API over the model registry: VAE training, GP fits, acquisition
-optimisation, latent decoding and inversion. The gRPC servicer and in-process callers (bench,
-unit tests) use this class; `SurrogateClient` mirrors its methods over gRPC."""
+optimisation, latent decoding and inversion, and the GPs of errors that guide EcoFlow's flows.
+The gRPC servicer and in-process callers (bench, unit tests) use this class; `SurrogateClient`
+mirrors its methods over gRPC."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -13,7 +13,6 @@ import torch
 from services.surrogate.acquisition import latent_bounds
 from services.surrogate.core import ExactGP, ModelRegistry, SonarGPSurrogate, Surrogate
 from services.surrogate.deep_kernel import DeepKernelSurrogate
-from services.surrogate.flow import FlowCache, GuidedFlowSampler, nearest_l2
 from services.surrogate.joint import (
     JointPromptGP,
     StructureAwareVAE,
@@ -25,7 +24,6 @@ from services.surrogate.scorer import ExemplarScorer, select, train_scorer
 from services.surrogate.types import (
     AcquisitionConfig,
     FitResult,
-    FlowSamples,
     GpTraining,
     InversionConfig,
     JointGpConfig,
@@ -56,7 +54,6 @@ class SurrogateEngine:
 
     def __init__(self, registry: ModelRegistry | None = None, device: str = "cpu"):
         self.registry = registry or ModelRegistry()
-        self._flows = FlowCache(device)  # flows sample on the device; GPs stay on the CPU
 
     def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:
         """Train an InstructionVAE, stored for `owner` (the run that frees it)."""
@@ -250,49 +247,13 @@ class SurrogateEngine:
             raise ValueError("instructions must have at least one row")
         return select(model, x, k, mmr_lambda)
 
-    def sample_flow(
-        self,
-        checkpoint: str,
-        n: int,
-        model_id: str = "",
-        guidance_strength: float = 1.0,
-        alpha: float = 1.0,
-        num_steps: int = 50,
-        method: str = "heun",
-        zero_init_fraction: float = 0.04,
-        zero_init: str = "guidance",
-        seed: int = 0,
-        manifold_distance: bool = False,
-    ) -> FlowSamples:
-        """EcoFlow's samples from a flow checkpoint. With `model_id` (an exact GP of errors over
-        the same embeddings) and guidance_strength > 0 the ODE is guided by -grad LCB (in
-        standardised units); the LCB is reported as an error rate. `manifold_distance` measures
-        each sample's L2 to its nearest training embedding of the checkpoint's data."""
-        flow, _ = self._flows.get(checkpoint)
-        gp = self.registry.get(model_id, Surrogate, "model_id") if model_id else None
-        if gp is not None and not isinstance(gp, SonarGPSurrogate):
+    def error_gp(self, model_id: str) -> SonarGPSurrogate:
+        """The exact GP of errors `model_id` names (EcoFlow's guide: FitModel with minimize, no
+        vae_id); NotFoundError or ValueError naming model_id."""
+        gp = self.registry.get(model_id, Surrogate, "model_id")
+        if not isinstance(gp, SonarGPSurrogate):
             raise ValueError(f"model_id {model_id!r} is not an exact GP of errors (FitModel with minimize, no vae_id)")
-        if gp is not None and gp.dim != flow.dim:
-            raise ValueError(f"model_id's GP is over {gp.dim}-D inputs but the flow samples {flow.dim}-D embeddings")
-
-        def lcb(x):  # guidance follows the LCB in standardised units
-            return gp.lcb(x.cpu(), alpha, standardized=True).to(x.device)
-
-        sampler = GuidedFlowSampler(
-            flow, lcb if gp else None, guidance_strength, num_steps, method, zero_init_fraction, zero_init
-        )
-        samples = sampler.sample(n, torch.Generator(self._flows.device).manual_seed(int(seed)))
-        values = None
-        if gp is not None:
-            with torch.no_grad():
-                values = gp.lcb(samples.cpu(), alpha).numpy()  # reported as an error rate
-        result = FlowSamples(samples.cpu().numpy(), values, len(sampler.guided_steps))
-        if manifold_distance:
-            train, reference = self._flows.manifold(checkpoint)
-            result = dataclasses.replace(
-                result, nearest_train_l2=nearest_l2(samples, train).cpu().numpy(), heldout_nearest_l2=reference
-            )
-        return result
+        return gp
 
     def delete(self, model_id: str) -> None:
         self.registry.delete(model_id)

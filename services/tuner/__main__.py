@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from services.common.config import ServerConfig, from_env
+from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import run_service, serve
 from services.tuner.config import PREFIX, TunerConfig
@@ -21,7 +22,8 @@ def main() -> None:
     config = from_env(TunerConfig, PREFIX)
     store = RunStore(config.store_path, exclusive=True)
     binding, manager = tuner_service(store, config, Path(config.store_path).parent)
-    serve(from_env(ServerConfig, PREFIX), [binding], load=manager.resume_unfinished).wait()
+    operations = operations_binding({"tuner": (store, manager)})
+    serve(from_env(ServerConfig, PREFIX), [binding, operations], load=manager.resume_unfinished).wait()
 
 
 if __name__ == "__main__":

@@ -12,3 +12,4 @@ class TunerClient(OperationClient):
 
     pb2 = tuner_pb2
     stub_class = tuner_pb2_grpc.TunerServiceStub
+    service = "tuner"

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from services.optimizer import cli
+from services.cli import main as cli
 
 
 def newest(directory: Path, pattern: str) -> dict:

@@ -25,9 +25,9 @@ from services.common.config import datasets_dir
 from services.encoder.__main__ import EncoderConfig
 from services.encoder.core import make_embedder
 from services.encoder.corpus import SOURCES, corpus_texts
+from services.flow.core import FlowConfig, FlowTrainer, GuidedFlowSampler, nearest_l2
 from services.optimizer.algorithms.lipo import load_evaluations
 from services.surrogate.core import SonarGPSurrogate
-from services.surrogate.flow import FlowConfig, FlowTrainer, GuidedFlowSampler, nearest_l2
 
 EPOCHS = int(os.environ.get("ECOFLOW_BENCH_EPOCHS", "30"))
 SAMPLES = 200

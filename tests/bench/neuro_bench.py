@@ -3,7 +3,7 @@
 The frozen parts are the CPU defaults (the shipped MiniLM encoder, 384-D; the project's Qwen2.5
 0.5B GGUF as the generator through transformers). The 100 recorded Qwen2.5-7B instructions are
 split 70/30 (seed 0): the training file is exported from the 70 (their worst quarter paired with
-similar instructions of their best quarter, `services.optimizer.neuro_export`), and the worst
+similar instructions of their best quarter, `services.cli.neuro_export`), and the worst
 HELD_OUT of the 30 are rewritten before training (the untrained head) and after, with the same
 sampling seed. Printed: seconds per epoch of each phase, and for both sets of rewrites the mean
 cosine of their embedding to the centroid of the 70's best quarter (what the best-scoring
@@ -26,10 +26,10 @@ import time
 
 import torch.nn.functional as F
 
+from services.cli.neuro_export import RECORDED, from_scores, similarity
 from services.common.config import datasets_dir
-from services.optimizer.neuro_export import RECORDED, from_scores, similarity
-from services.surrogate.neuro import FrozenEncoder, NeuroRewriter, TrainingData, load_generator
-from services.surrogate.types import NeuroConfig
+from services.neuro.core import FrozenEncoder, NeuroRewriter, TrainingData, load_generator
+from services.neuro.types import NeuroConfig
 
 PHASE1, PHASE2 = int(os.environ.get("NEURO_BENCH_PHASE1", "2")), int(os.environ.get("NEURO_BENCH_PHASE2", "2"))
 HELD_OUT = int(os.environ.get("NEURO_BENCH_HELD_OUT", "8"))

@@ -22,10 +22,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from services.cli.results import best_so_far
 from services.common.config import datasets_dir
 from services.common.launcher import LocalStack
 from services.common.plotting import pyplot
-from services.optimizer.results import best_so_far
 from tests.bench.cli_runs import newest, timed
 
 FIDELITY = int(os.environ.get("NEURO_RUN_BENCH_FIDELITY", "20"))

@@ -88,8 +88,9 @@ def test_flow_trains_and_samples_on_the_gpu(tmp_path):
     cuda with a CPU GP guiding it; the loss falls and the samples come back finite on the host."""
     import torch
 
+    from services.flow.core import FlowConfig, FlowSampling, FlowTrainer, save_flow
+    from services.flow.types import GuidanceSettings
     from services.surrogate.engine import SurrogateEngine
-    from services.surrogate.flow import FlowConfig, FlowTrainer, save_flow
 
     data = torch.randn(4096, 64) * 0.3 + 1.0
     config = FlowConfig(hidden_dim=128, num_blocks=2, epochs=5, batch_size=256, normalize=True)
@@ -104,7 +105,9 @@ def test_flow_trains_and_samples_on_the_gpu(tmp_path):
     engine = SurrogateEngine(device="cuda")
     x = data[:12].numpy()
     gp = engine.fit(x, (x[:, 0] - 1.0) ** 2 * 0.1 + 0.3, minimize=True)
-    result = engine.sample_flow(str(tmp_path / "flow.pt"), 32, gp.model_id, num_steps=20, manifold_distance=True)
+    settings = GuidanceSettings(num_steps=20)
+    guide = engine.error_gp(gp.model_id)
+    result = FlowSampling("cuda").sample(str(tmp_path / "flow.pt"), 32, guide, settings, manifold_distance=True)
     assert result.embeddings.shape == (32, 64) and np.isfinite(result.embeddings).all()
     assert result.lcb.shape == (32,) and result.nearest_train_l2.shape == (32,)
 
@@ -114,8 +117,8 @@ def test_neuro_latent_trains_and_rewrites_with_the_seeds_models_on_the_gpu():
     (512-D), the head on the GPU; only the head learns, and the trained rewriter writes text."""
     import torch
 
-    from services.surrogate.neuro import FrozenEncoder, NeuroRewriter, TrainingData, load_generator
-    from services.surrogate.types import NeuroConfig
+    from services.neuro.core import FrozenEncoder, NeuroRewriter, TrainingData, load_generator
+    from services.neuro.types import NeuroConfig
 
     config = NeuroConfig(phase1_epochs=2, phase2_epochs=1)  # roberta-base, t5-small
     encoder, generator = FrozenEncoder(config.encoder, "cuda"), load_generator(config.generator, "cuda")

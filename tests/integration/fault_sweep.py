@@ -24,9 +24,9 @@ from pathlib import Path
 
 from promptopt.operations.v1 import operations_pb2
 
+from services.cli import main as cli
 from services.common.config import datasets_dir
 from services.common.launcher import LocalStack, Stack
-from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
 from tests.integration.harness import metric, scrape
 

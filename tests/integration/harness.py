@@ -3,16 +3,15 @@ reading a service's Prometheus metrics."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import urllib.request
 
+from services.cli import main as cli
 from services.decoder.core import NearestTextInverter
-from services.optimizer import cli
+from services.flow.core import FlowSampling
 from services.optimizer.algorithms.base import ModelServices
 from services.surrogate.engine import SurrogateEngine
-from services.surrogate.types import GuidanceSettings
 
 
 class InProcessDecoder:
@@ -26,16 +25,14 @@ class InProcessDecoder:
 
 
 class InProcessFlow:
-    """The flow client's `sample` over an in-process SurrogateEngine."""
+    """The flow client's `sample` over in-process flow sampling, guided by an engine's GPs."""
 
     def __init__(self, engine: SurrogateEngine):
-        self.engine = engine
+        self.engine, self.sampling = engine, FlowSampling()
 
     def sample(self, checkpoint, n, model_id="", settings=None, seed=0, manifold_distance=False):
-        fields = dataclasses.asdict(settings or GuidanceSettings())
-        return self.engine.sample_flow(
-            checkpoint, n, model_id, seed=seed, manifold_distance=manifold_distance, **fields
-        )
+        guide = self.engine.error_gp(model_id) if model_id else None
+        return self.sampling.sample(checkpoint, n, guide, settings, seed, manifold_distance)
 
 
 def nearest_text_models(embedder) -> ModelServices:

@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from services.common.types import Usage
+from services.flow.core import FlowConfig, FlowTrainer, save_flow
+from services.flow.types import decode_round_trip
 from services.llm_eval.cache import AnswerCache
+from services.llm_eval.client import MeteredLlm
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
-from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
-from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer, decode_round_trip
-from services.surrogate.flow import FlowConfig, FlowTrainer, save_flow
+from services.optimizer.algorithms.base import EvaluationSettings
+from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer
 from tests.integration.harness import nearest_text_models
 
 SMALL_FLOW = FlowConfig(hidden_dim=128, num_blocks=2, time_embed_dim=32, batch_size=128, lr=2e-3, normalize=True)

@@ -10,10 +10,10 @@ import json
 
 import pytest
 
+from services.cli import main as cli
 from services.common.launcher import LocalStack
 from services.encoder import corpus
 from services.llm_eval.replay import convert_results, load_table
-from services.optimizer import cli
 from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow

@@ -16,32 +16,41 @@ from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from services.common.channel import make_channel
 from services.common.config import ClientConfig, ServerConfig
 from services.common.errors import CallerGoneError, FailedPreconditionError, UnavailableError, describe, status_for
-from services.common.operation_server import OperationServicer
+from services.common.operation_server import OperationServicer, operations_binding
 from services.common.operations import Cancelled, RunManager, RunState, RunStore
 from services.common.server import ServiceBinding, serve
 from services.common.types import Usage
 from services.llm_eval.backends import LlamaCppBackend, OpenAIBackend
 from services.llm_eval.cache import AnswerCache
-from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.client import Chunking, LlmEvalClient, MeteredLlm
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.llm_eval.types import DecodingParams, EvaluationRequest
-from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
 from tests.conftest import start_server
 from tests.contract.conftest import llm_eval_binding
 
+# the real RPCs' paths, so the client's retry policy reads their protos' idempotency levels
+FLAKY_PATHS = {
+    "EvaluatePrompt": "/promptopt.llm_eval.v1.LlmEvalService/EvaluatePrompt",
+    "StartRun": "/promptopt.optimizer.v1.OptimizerService/StartRun",
+}
+
 
 class FlakyServer:
-    """A generic gRPC server whose methods fail with `codes` (in order) before answering b'ok'."""
+    """A generic gRPC server whose EvaluatePrompt and StartRun fail with `codes` (in order) before
+    answering b'ok'."""
 
     def __init__(self, codes, delay: float = 0.0):
         self.codes, self.delay, self.attempts = list(codes), delay, 0
         handler = grpc.unary_unary_rpc_method_handler(self._handle)
-        generic = grpc.method_handlers_generic_handler("test.Flaky", {"EvaluatePrompt": handler, "StartRun": handler})
-        binding = ServiceBinding("test.Flaky", lambda server: server.add_generic_rpc_handlers((generic,)))
-        self.running = start_server(binding)
+        bindings = []
+        for method, path in FLAKY_PATHS.items():
+            service = path.split("/")[1]
+            generic = grpc.method_handlers_generic_handler(service, {method: handler})
+            bindings.append(ServiceBinding(service, lambda server, g=generic: server.add_generic_rpc_handlers((g,))))
+        self.running = start_server(*bindings)
 
     def _handle(self, request, context):
         self.attempts += 1
@@ -56,7 +65,7 @@ class FlakyServer:
     def call(self, method: str, retry_seconds: float, timeout: float = 5.0):
         channel = make_channel(ClientConfig(f"127.0.0.1:{self.running.port}", retry_seconds=retry_seconds))
         try:
-            return channel.unary_unary(f"/test.Flaky/{method}")(b"hi", timeout=timeout)
+            return channel.unary_unary(FLAKY_PATHS[method])(b"hi", timeout=timeout)
         finally:
             channel.close()
 
@@ -115,7 +124,7 @@ def test_a_message_over_the_size_limit_is_not_retried(flaky):
     server = flaky([])
     channel = make_channel(ClientConfig(f"127.0.0.1:{server.running.port}", max_message_mb=1, retry_seconds=30))
     with pytest.raises(grpc.RpcError) as err:
-        channel.unary_unary("/test.Flaky/EvaluatePrompt")(b"x" * (2 * 1024 * 1024), timeout=5)
+        channel.unary_unary(FLAKY_PATHS["EvaluatePrompt"])(b"x" * (2 * 1024 * 1024), timeout=5)
     channel.close()
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and server.attempts == 0
 
@@ -379,7 +388,8 @@ def test_watch_reopens_a_stream_broken_by_a_restart_after_a_quiet_spell(tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = ServerConfig(port=port, metrics_port=-1)
-    first = serve(config, [binding], install_signal_handlers=False)
+    bindings = [binding, operations_binding({"optimizer": (store, manager)})]
+    first = serve(config, bindings, install_signal_handlers=False)
     run_id = store.create("quiet", "", {}, 2).run_id
     manager.start(run_id)
     seen = []
@@ -390,7 +400,7 @@ def test_watch_reopens_a_stream_broken_by_a_restart_after_a_quiet_spell(tmp_path
                 time.sleep(2.5)
                 first.server.stop(0)
                 time.sleep(0.3)
-                second = serve(config, [binding], install_signal_handlers=False)
+                second = serve(config, bindings, install_signal_handlers=False)
     second.server.stop(0)
     assert seen == list(range(1, store.get(run_id).last_sequence + 1))  # every event once, in order
     assert store.get(run_id).state == RunState.SUCCEEDED

@@ -14,13 +14,15 @@ from promptopt.flow.v1 import flow_pb2
 from promptopt.operations.v1 import operations_pb2
 
 from services.common.config import ServerConfig
+from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import serve
-from services.surrogate.client import FlowClient, SurrogateClient
+from services.flow.client import FlowClient
+from services.flow.core import FlowConfig, nearest_l2, split
+from services.flow.server import flow_service
+from services.flow.types import GuidanceSettings
+from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
-from services.surrogate.flow import FlowConfig, nearest_l2, split
-from services.surrogate.flow_service import flow_service
-from services.surrogate.types import GuidanceSettings
 from tests.contract.conftest import surrogate_binding
 
 SMALL = {"hidden_dim": 64, "num_blocks": 2, "time_embed_dim": 32, "batch_size": 128, "lr": 2e-3, "normalize": True}
@@ -38,9 +40,11 @@ def served(tmp_path_factory):
     torch.save({"embeddings": known_embeddings(), "source": "a known Gaussian"}, data)
     engine = SurrogateEngine()
     store = RunStore(root / "runs.sqlite")
-    flows, manager = flow_service(store, root, lambda: engine)
+    flows, manager = flow_service(store, root, engine.error_gp)
     running = serve(
-        ServerConfig(port=0, metrics_port=-1), [surrogate_binding(engine), flows], install_signal_handlers=False
+        ServerConfig(port=0, metrics_port=-1),
+        [surrogate_binding(engine), flows, operations_binding({"flow": (store, manager)})],
+        install_signal_handlers=False,
     )
     assert running.ready.wait(60)
     address = f"127.0.0.1:{running.port}"

@@ -11,10 +11,11 @@ import pytest
 from services.common.errors import NotFoundError
 from services.common.types import Usage
 from services.llm_eval.cache import AnswerCache
+from services.llm_eval.client import MeteredLlm
 from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_grid, load_table
-from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
+from services.optimizer.algorithms.base import EvaluationSettings
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from tests.integration.harness import nearest_text_models
 

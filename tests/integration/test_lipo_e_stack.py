@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from services.cli import main as cli
 from services.common.launcher import LocalStack
 from services.llm_eval.replay import convert_grid
-from services.optimizer import cli
 from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow

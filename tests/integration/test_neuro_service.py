@@ -14,13 +14,15 @@ import pytest
 from promptopt.neuro.v1 import neuro_pb2
 from promptopt.operations.v1 import operations_pb2
 
+from services.cli import main as cli
 from services.common.config import ServerConfig
+from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import serve
-from services.optimizer import cli
-from services.surrogate.client import NeuroClient
-from services.surrogate.neuro_service import ModelParts, neuro_service
-from services.surrogate.types import Feedback, NeuroConfig
+from services.neuro.client import NeuroClient
+from services.neuro.server import neuro_service
+from services.neuro.training import ModelParts
+from services.neuro.types import Feedback, NeuroConfig
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,10 @@ class Served:
         store = RunStore(self.root / "neuro" / "runs.sqlite")  # a new process opens the same files
         binding, self.manager, rewriters = neuro_service(store, self.root, DEFAULTS, parts=self.parts)
         rewriters.load_newest()
-        self.running = serve(ServerConfig(port=0, metrics_port=-1), [binding], install_signal_handlers=False)
+        operations = operations_binding({"neuro": (store, self.manager)})
+        self.running = serve(
+            ServerConfig(port=0, metrics_port=-1), [binding, operations], install_signal_handlers=False
+        )
         assert self.running.ready.wait(60)
         self.address = f"127.0.0.1:{self.running.port}"
         self.client = NeuroClient(self.address)

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
+from services.cli import main as cli
 from services.common.launcher import LocalStack
-from services.optimizer import cli
 from tests.integration.harness import run_cli
 
 pytestmark = pytest.mark.slow

@@ -20,18 +20,16 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 
+from services.cli import main as cli
 from services.common.launcher import LocalStack
 from services.encoder.client import EncoderClient
 from services.llm_eval.client import LlmEvalClient
 from services.llm_eval.types import EvaluationRequest
-from services.optimizer import cli
 from services.optimizer.client import OptimizerClient
 from tests.deploy.validate import dashboard_metrics, dashboard_queries, exported_metrics
 from tests.integration import prometheus
 from tests.integration.compose_stack import ComposeStack
 from tests.integration.harness import metric, run_cli, scrape
-
-pytestmark = pytest.mark.slow
 
 EXPECTED = {
     "encoder": "promptopt.encoder.v1.EncoderService",
@@ -77,6 +75,8 @@ def test_reflection_health_and_metrics(stack):
     for name, full in EXPECTED.items():
         address = stack.address(name)
         assert full in list_services(address)
+        runs_operations = name in ("optimizer", "tuner", "surrogate")  # the surrogate's process: flow, neuro
+        assert ("promptopt.operations.v1.OperationsService" in list_services(address)) is runs_operations
         assert "grpc.health.v1.Health" in list_services(address)
         with LlmEvalClient(address) as client:
             assert client.health() == "SERVING"
@@ -107,6 +107,7 @@ def test_opro_end_to_end(stack, tmp_path, capsys):
     assert code == 2 and "meta_model 'gpt-9' is not served" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_protegi_end_to_end(stack, tmp_path):
     doc = run_cli(
         stack,
@@ -146,6 +147,7 @@ def test_protegi_end_to_end(stack, tmp_path):
     assert doc["best_score"] == max(c["score"] for c in fixed)
 
 
+@pytest.mark.slow
 def test_lipo_debug_end_to_end(stack, tmp_path):
     """`promptopt run lipo --debug` on the CPU stack: an APE pool written by the real LLM, the VAE,
     Hyperband with BO proposals, one InvBO iteration decoded by LLM-guided inversion; the seed's
@@ -188,6 +190,7 @@ def test_lipo_debug_end_to_end(stack, tmp_path):
     assert doc["held_out"]["test_questions"] == 2 and doc["held_out"]["validation_questions"] == 4
 
 
+@pytest.mark.slow
 def test_dashboard_metrics_are_exported(stack):
     """Runs after the OPRO and ProTeGi tests, so the run and LLM series carry samples."""
     with EncoderClient(stack.address("encoder")) as client:
@@ -203,6 +206,7 @@ def test_dashboard_metrics_are_exported(stack):
     assert {m for m in used if not m.startswith(WHILE_WORKING)} - sampled == set()
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_the_stack_and_every_dashboard_query_has_samples(stack, tmp_path):
     """A real Prometheus with deploy/prometheus/prometheus.yml (targets mapped to loopback) evaluates
     each Grafana expression ($__rate_interval as 1m) through its HTTP API while the stack works."""
@@ -266,6 +270,7 @@ def task_calls_and_cached(stack) -> tuple[float, int]:
         return metric(text, "promptopt_llm_eval_llm_calls_total", 'role="task"'), client.usage().cached_answers
 
 
+@pytest.mark.slow
 def test_killed_optimizer_resumes_without_repaying(stack):
     request = optimizer_pb2.StartRunRequest(
         evaluation=optimizer_pb2.EvaluationSettings(fidelity=4, seed=11, test_fidelity=2),
@@ -284,6 +289,7 @@ def test_killed_optimizer_resumes_without_repaying(stack):
     assert calls == cached
 
 
+@pytest.mark.slow
 def test_run_rides_out_an_llm_eval_crash(stack):
     request = optimizer_pb2.StartRunRequest(
         evaluation=optimizer_pb2.EvaluationSettings(fidelity=24, seed=12, test_fidelity=2),
@@ -301,6 +307,7 @@ def test_run_rides_out_an_llm_eval_crash(stack):
     assert calls == cached - answered > 0
 
 
+@pytest.mark.slow
 def test_cancelled_run_resumes_through_the_cli(stack, tmp_path, capsys):
     address = stack.address("optimizer")
     args = ["run", "opro", "--iterations", "2", "--candidates-per-step", "1", "--fidelity", "3"]
@@ -323,6 +330,7 @@ def test_cancelled_run_resumes_through_the_cli(stack, tmp_path, capsys):
     assert "only FAILED or CANCELLED runs resume" in " ".join(capsys.readouterr().out.split())
 
 
+@pytest.mark.slow
 def test_sigterm_drains_and_exits_cleanly(stack):
     assert stack.stop("tuner") == 0
     stack.start("tuner")

@@ -23,10 +23,10 @@ from optuna.trial import TrialState
 from promptopt.operations.v1 import operations_pb2
 from promptopt.tuner.v1 import tuner_pb2
 
+from services.cli import main as cli
 from services.common.config import ClientConfig
 from services.common.launcher import LocalStack
 from services.llm_eval.replay import convert_grid
-from services.optimizer import cli
 from services.tuner.client import TunerClient
 from tests.integration.harness import metric, scrape
 

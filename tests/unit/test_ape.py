@@ -4,8 +4,8 @@ import json
 
 from services.common.text import instruction_lines
 from services.common.types import Usage
+from services.llm_eval.client import MeteredLlm
 from services.optimizer.algorithms.ape import STYLE_CATEGORIES, generate_pool
-from services.optimizer.algorithms.base import MeteredLlm
 
 
 class ScriptedLlm:

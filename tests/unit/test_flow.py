@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from services.optimizer.cli import build_parser
-from services.surrogate.core import SonarGPSurrogate
-from services.surrogate.flow import (
+from services.cli.main import build_parser
+from services.flow.core import (
     FlowCache,
     FlowConfig,
     FlowTrainer,
@@ -21,8 +20,9 @@ from services.surrogate.flow import (
     save_flow,
     zero_init_steps,
 )
-from services.surrogate.flow_service import FlowTrainingJob, FlowTrainingSettings
-from services.surrogate.types import GuidanceSettings
+from services.flow.training import FlowTrainingJob, FlowTrainingSettings
+from services.flow.types import GuidanceSettings
+from services.surrogate.core import SonarGPSurrogate
 
 DIM = 4
 CONFIG = FlowConfig(hidden_dim=64, num_blocks=2, time_embed_dim=32, batch_size=128, lr=2e-3, normalize=True)

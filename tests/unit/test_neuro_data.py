@@ -3,10 +3,10 @@ weak instructions with strong similar ones and a run's incumbent with the propos
 it; feedback teaches what users rated well and contrasts it with what they rated badly. Each
 test fails if the better/worse direction is flipped."""
 
-from services.optimizer.neuro_export import SAMPLE, export_training_data, from_run, from_scores
-from services.surrogate.neuro import TrainingData
-from services.surrogate.neuro_service import feedback_training_data
-from services.surrogate.types import Feedback
+from services.cli.neuro_export import SAMPLE, export_training_data, from_run, from_scores
+from services.neuro.core import TrainingData
+from services.neuro.feedback import feedback_training_data
+from services.neuro.types import Feedback
 
 
 def test_recorded_scores_pair_the_worst_quarter_with_similar_instructions_of_the_best():

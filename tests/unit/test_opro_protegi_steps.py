@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from services.common.types import Usage
-from services.optimizer.algorithms.base import EvaluationSettings, MeteredLlm
+from services.llm_eval.client import MeteredLlm
+from services.optimizer.algorithms.base import EvaluationSettings
 from services.optimizer.algorithms.opro import OproConfig, OproOptimizer
 from services.optimizer.algorithms.protegi import (
     ProtegiConfig,

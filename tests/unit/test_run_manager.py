@@ -89,7 +89,7 @@ def test_gauge_and_best_follow_the_winner_not_screening_flukes(tmp_path):
 def test_plot_draws_the_best_line_from_comparable_scores_only(tmp_path, monkeypatch):
     import matplotlib.axes
 
-    from services.optimizer.results import best_so_far, plot_scores
+    from services.cli.results import best_so_far, plot_scores
 
     candidates = [
         {"llm_calls": 10, "score": 0.4, "comparable": True, "num_evaluated": 100},

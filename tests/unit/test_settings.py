@@ -12,9 +12,9 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from promptopt.optimizer.v1 import optimizer_pb2
 
+from services.cli.main import ALGORITHM_FLAGS, build_parser
 from services.common.settings import Settings, setting
 from services.optimizer.algorithms import registry
-from services.optimizer.cli import ALGORITHM_FLAGS, build_parser
 
 PROTO = Path(__file__).resolve().parents[2] / "protos/promptopt/optimizer/v1/optimizer.proto"
 KINDS = {
@@ -158,7 +158,7 @@ def test_stored_configs_of_old_runs_still_load():
 
 
 def test_a_config_file_sets_fields_and_the_flags_beside_it_win(tmp_path):
-    from services.optimizer.cli import start_request
+    from services.cli.main import start_request
 
     config = tmp_path / "opro.yaml"
     config.write_text("opro:\n  top_k: 7\n  initial_prompts: [From the file.]\n")

@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.text import instruction_lines
+from services.llm_eval.client import MeteredLlm
 from services.llm_eval.types import DecodingParams
-from services.optimizer.algorithms.base import MeteredLlm, load_template
+from services.optimizer.algorithms.base import load_template
 
 STYLE_CATEGORIES = {
     "minimalist": {

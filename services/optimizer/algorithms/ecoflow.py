@@ -24,8 +24,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from services.common.config import default_pool_path
 from services.common.settings import Settings, setting
-from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts, default_pool_path
+from services.flow.types import MAX_FLOW_SAMPLES, GuidanceSettings, decode_round_trip
+from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts
 from services.optimizer.algorithms.groups import (
     ALPHA,
     DECODER_STEPS,
@@ -38,7 +40,6 @@ from services.optimizer.algorithms.groups import (
 )
 from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
-from services.surrogate.types import MAX_FLOW_SAMPLES, GuidanceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,9 +265,3 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
             "total_llm_calls": sum(state["calls"].values()) + (state.get("held_out") or {}).get("llm_calls", 0),
             "gpu_memory_peak_bytes": self.gpu_memory_peak(),
         }
-
-
-def decode_round_trip(sampled: np.ndarray, reencoded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: (cosine, L2) between a sampled embedding and its decoded text's re-encoding."""
-    norms = np.maximum(np.linalg.norm(sampled, axis=1) * np.linalg.norm(reencoded, axis=1), 1e-12)
-    return np.sum(sampled * reencoded, axis=1) / norms, np.linalg.norm(sampled - reencoded, axis=1)

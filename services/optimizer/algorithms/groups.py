@@ -9,17 +9,8 @@ so a seed default lives in one place. The tuner's baseline reads LIPO-E's declar
 from __future__ import annotations
 
 from services.common.settings import Setting
-from services.surrogate.types import (
-    ACQUISITIONS,
-    MAX_FLOW_STEPS,
-    ODE_METHODS,
-    ZERO_INIT_MODES,
-    AcquisitionConfig,
-    GpTraining,
-    GuidanceSettings,
-    InversionConfig,
-    VaeConfig,
-)
+from services.flow.types import MAX_FLOW_STEPS, ODE_METHODS, ZERO_INIT_MODES, GuidanceSettings
+from services.surrogate.types import ACQUISITIONS, AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 
 # -- APE (seed 000): the instruction pool ---------------------------------------------------------
 APE = "APE instruction pool"

@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import ClassVar
 
-from services.common.config import datasets_dir
+from services.common.config import datasets_dir, default_pool_path
 from services.common.settings import Settings, setting
 from services.llm_eval.types import Exemplar
 from services.optimizer.algorithms.base import (
@@ -26,7 +26,6 @@ from services.optimizer.algorithms.base import (
     Optimizer,
     best_comparable,
     check_prompts,
-    default_pool_path,
 )
 from services.optimizer.algorithms.registry import register
 

@@ -1,25 +1,15 @@
-"""EcoFlow's flow service in the surrogate process: flow-matching training as resumable runs (one
-step per epoch; `last_flow.pt` every epoch, `best_flow.pt` at each best validation loss, under
-the run's directory) and guided sampling (SampleFlow) by the engine. torch loads lazily, after
-the server is up (as the surrogate's engine does)."""
+"""EcoFlow's flow-matching training as a resumable run: one step per epoch, `last_flow.pt` (with
+the trainer's state) every epoch and `best_flow.pt` at each best validation loss, under the
+run's directory (state_dir/flows/<run id> by default)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
-import numpy as np
-from promptopt.flow.v1 import flow_pb2, flow_pb2_grpc
-
-from services.common.codec import encode_tensor
 from services.common.config import confined_path, from_fields, json_object
-from services.common.errors import require
-from services.common.operation_server import OperationServicer
-from services.common.operations import Cancelled, Job, RunManager, RunStore
-from services.common.server import ServiceBinding
-from services.surrogate.types import MAX_FLOW_SAMPLES, MAX_FLOW_STEPS, GuidanceSettings
+from services.common.operations import Cancelled, Job
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +23,7 @@ class FlowTrainingSettings:
     @classmethod
     def from_json(cls, text: str, run_id: str, state_dir: str | Path) -> FlowTrainingSettings:
         """Parsed and validated; ValueError naming the field."""
-        from services.surrogate.flow import FlowConfig
+        from services.flow.core import FlowConfig
 
         fields = json_object(text, "config_json")
         data, output_dir = fields.pop("data", ""), fields.pop("output_dir", "")
@@ -69,7 +59,7 @@ class FlowTrainingJob(Job):
     def checkpoint(self):
         """(model, facts) of this run's `last_flow.pt`, None before its first epoch; ValueError
         when the file belongs to another run."""
-        from services.surrogate.flow import load_flow
+        from services.flow.core import load_flow
 
         if not self.last.is_file():
             return None
@@ -79,7 +69,7 @@ class FlowTrainingJob(Job):
         return model, facts
 
     def initial_state(self) -> dict:
-        from services.surrogate.flow import load_embeddings
+        from services.flow.core import load_embeddings
 
         self.checkpoint()  # this run's own (it died after saving its first epoch) or none
         x = load_embeddings(self.settings.data, finite=False)  # checked when the run started
@@ -88,7 +78,7 @@ class FlowTrainingJob(Job):
     def trainer(self, step: int):
         """The FlowTrainer at epoch `step` (or one past it, when the process died between saving
         the epoch and checkpointing the run), from this run's last checkpoint."""
-        from services.surrogate.flow import FlowTrainer, load_embeddings
+        from services.flow.core import FlowTrainer, load_embeddings
 
         if self._trainer is None:
             data = load_embeddings(self.settings.data, finite=False)  # checked when the run started
@@ -101,7 +91,7 @@ class FlowTrainingJob(Job):
         return self._trainer
 
     def step(self, state: dict) -> dict:
-        from services.surrogate.flow import save_flow
+        from services.flow.core import save_flow
 
         trainer = self.trainer(state["step"])
         if trainer.epoch == state["step"]:  # else this epoch ran and was saved before a crash
@@ -154,75 +144,3 @@ class FlowTrainingJob(Job):
             "best_val_loss": state["best_val_loss"],
             "history": state["history"],
         }
-
-
-def parse_sample(request) -> dict:
-    """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset field takes the
-    seed's value (GuidanceSettings)."""
-    require(bool(request.checkpoint), "checkpoint must name a flow checkpoint on the surrogate")
-    require(1 <= request.n_samples <= MAX_FLOW_SAMPLES, f"n_samples must be in [1, {MAX_FLOW_SAMPLES}]")
-    seed = GuidanceSettings()
-    fields = {  # unset: the seed's
-        name: getattr(request, name) if request.HasField(name) else getattr(seed, name)
-        for name in ("guidance_strength", "alpha", "num_steps", "zero_init_fraction")
-    }
-    for name in ("guidance_strength", "alpha", "zero_init_fraction"):
-        require(math.isfinite(fields[name]), f"{name} must be a finite number")
-    require(1 <= fields["num_steps"] <= MAX_FLOW_STEPS, f"num_steps must be in [1, {MAX_FLOW_STEPS}] (the seed's 50)")
-    require(fields["guidance_strength"] == 0 or bool(request.model_id), "guidance_strength > 0 needs model_id (a GP)")
-    settings = GuidanceSettings(
-        method=request.method or seed.method, zero_init=request.zero_init or seed.zero_init, **fields
-    )
-    return {
-        "checkpoint": request.checkpoint,
-        "n": request.n_samples,
-        "model_id": request.model_id,
-        "seed": request.seed,
-        "manifold_distance": request.manifold_distance,
-        **dataclasses.asdict(settings),
-    }
-
-
-class FlowServicer(OperationServicer):
-    """The six run RPCs over the flow training runs, and SampleFlow through the engine."""
-
-    def __init__(self, store: RunStore, manager: RunManager, state_dir: Path, engine_of):
-        super().__init__(flow_pb2, store, manager, lambda request: self._parse_start(request))
-        self.state_dir, self.engine_of = state_dir, engine_of
-
-    def _parse_start(self, request):
-        settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
-        fields = json.loads(request.config_json or "{}")
-        if fields.get("output_dir") and (Path(settings.output_dir) / "last_flow.pt").is_file():
-            raise ValueError(f"output_dir {settings.output_dir!r} holds another training run's checkpoints")
-        from services.surrogate.flow import load_embeddings
-
-        load_embeddings(settings.data)  # refused now, not at the first epoch
-        return "flow", request.display_name, fields, settings.flow.epochs
-
-    def SampleFlow(self, request, context):  # noqa: N802 - gRPC method name
-        result = self.engine_of().sample_flow(**parse_sample(request))
-        return flow_pb2.SampleFlowResponse(
-            samples=encode_tensor(np.asarray(result.embeddings, dtype=np.float32)),
-            lcb=[] if result.lcb is None else [float(v) for v in result.lcb],
-            guided_steps=result.guided_steps,
-            nearest_train_l2=[] if result.nearest_train_l2 is None else [float(v) for v in result.nearest_train_l2],
-            heldout_nearest_l2=result.heldout_nearest_l2 or 0.0,
-        )
-
-
-def flow_service(
-    store: RunStore, state_dir: str | Path, engine_of, device: str = "cpu"
-) -> tuple[ServiceBinding, RunManager]:
-    """The FlowService (runs under `state_dir`/flows/<run id>, trained on `device`) and its run
-    manager; `engine_of()` returns the surrogate's engine once it has loaded."""
-    state_dir = Path(state_dir)
-
-    def factory(record, emit, usage, cancelled):
-        settings = FlowTrainingSettings.from_json(json.dumps(record.config), record.run_id, state_dir)
-        return FlowTrainingJob(settings, emit, cancelled, record.run_id, device)
-
-    manager = RunManager(store, factory)
-    servicer = FlowServicer(store, manager, state_dir, engine_of)
-    add = flow_pb2_grpc.add_FlowServiceServicer_to_server
-    return ServiceBinding.of(flow_pb2, "FlowService", add, servicer), manager

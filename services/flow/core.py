@@ -11,12 +11,13 @@ import pickle
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from services.common.cancellation import check_caller
-from services.surrogate.types import ODE_METHODS, ZERO_INIT_MODES
+from services.flow.types import ODE_METHODS, ZERO_INIT_MODES, FlowSamples, GuidanceSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -415,6 +416,66 @@ class FlowCache:
             with self._lock:
                 self._data = {key: cached}  # one corpus at a time: they can be large
         return cached
+
+
+class ErrorModel(Protocol):
+    """What guides sampling: a GP of errors over `dim`-D embeddings with a differentiable LCB
+    (the surrogate's exact GP of errors, in the process that hosts both services)."""
+
+    dim: int
+
+    def lcb(self, x: torch.Tensor, alpha: float = 1.0, standardized: bool = False) -> torch.Tensor: ...
+
+
+class FlowSampling:
+    """EcoFlow's samples from flow checkpoints (cached on `device`), guided by an ErrorModel."""
+
+    def __init__(self, device: str = "cpu"):
+        self.flows = FlowCache(device)  # flows sample on the device; GPs stay on the CPU
+
+    def sample(
+        self,
+        checkpoint: str,
+        n: int,
+        guide: ErrorModel | None = None,
+        settings: GuidanceSettings | None = None,
+        seed: int = 0,
+        manifold_distance: bool = False,
+    ) -> FlowSamples:
+        """`n` samples of `checkpoint`. With `guide` and guidance_strength > 0 the ODE is guided
+        by -grad LCB (in standardised units); the LCB is reported as an error rate.
+        `manifold_distance` measures each sample's L2 to its nearest training embedding of the
+        checkpoint's data."""
+        settings = settings or GuidanceSettings()
+        flow, _ = self.flows.get(checkpoint)
+        if guide is not None and guide.dim != flow.dim:
+            raise ValueError(f"model_id's GP is over {guide.dim}-D inputs but the flow samples {flow.dim}-D embeddings")
+        alpha = settings.alpha
+
+        def lcb(x):  # guidance follows the LCB in standardised units
+            return guide.lcb(x.cpu(), alpha, standardized=True).to(x.device)
+
+        sampler = GuidedFlowSampler(
+            flow,
+            lcb if guide is not None else None,
+            settings.guidance_strength,
+            settings.num_steps,
+            settings.method,
+            settings.zero_init_fraction,
+            settings.zero_init,
+        )
+        samples = sampler.sample(n, torch.Generator(self.flows.device).manual_seed(int(seed)))
+        values = None
+        if guide is not None:
+            with torch.no_grad():
+                values = guide.lcb(samples.cpu(), alpha).numpy()  # reported as an error rate
+        result = FlowSamples(samples.cpu().numpy(), values, len(sampler.guided_steps))
+        if manifold_distance:
+            train, reference = self.flows.manifold(checkpoint)
+            result = dataclasses.replace(
+                result, nearest_train_l2=nearest_l2(samples, train).cpu().numpy(), heldout_nearest_l2=reference
+            )
+        return result
 
 
 def save_flow(path: str | Path, model: FlowMatchingModel, config: FlowConfig, **extra) -> None:

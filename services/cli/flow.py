@@ -20,14 +20,13 @@ from promptopt.flow.v1 import flow_pb2
 from rich.console import Console
 from rich.table import Table
 
+from services.cli import training
+from services.common.config import default_pool_path
 from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
 from services.encoder.client import EncoderClient
-from services.optimizer import training_cli
-from services.optimizer.algorithms.base import default_pool_path
-from services.optimizer.algorithms.ecoflow import decode_round_trip
-from services.surrogate.client import FlowClient
-from services.surrogate.types import GuidanceSettings
+from services.flow.client import FlowClient
+from services.flow.types import GuidanceSettings, decode_round_trip
 
 console = Console()
 TRAIN_FLAGS = (("lr", float), ("hidden_dim", int), ("num_blocks", int), ("seed", int), ("val_fraction", float))
@@ -89,12 +88,12 @@ def training_settings(args) -> dict:
 def train(args, client_config) -> int:
     with FlowClient(client_config(args.surrogate, args)) as client:
         request = flow_pb2.StartRunRequest(config_json=json.dumps(training_settings(args)), display_name=args.name)
-        return training_cli.start(client, request, "flow", args, described, write_training)
+        return training.start(client, request, "flow", args, described, write_training)
 
 
 def resume(args, client_config) -> int:
     with FlowClient(client_config(args.surrogate, args)) as client:
-        return training_cli.resume(client, args.run_id, "flow", Path(args.results_dir), described, write_training)
+        return training.resume(client, args.run_id, "flow", Path(args.results_dir), described, write_training)
 
 
 def described(report: dict) -> str:

@@ -33,7 +33,7 @@ from torch import nn
 from services.common.cancellation import check_caller
 from services.common.errors import shown
 from services.common.shipped import EMBEDDED_MODELS, ensure_model, resolve_pypi_model
-from services.surrogate.types import NeuroConfig
+from services.neuro.types import NeuroConfig
 
 REWRITE_INSTRUCTION = (
     "Rewrite the following prompt so that a language model answers it better. "

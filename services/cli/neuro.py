@@ -7,7 +7,7 @@ progress bar; its loss curves are written as results/<run>.{json,png}. `--create
 writes a small sample file in that format instead. resume continues a run from its last epoch.
 optimize: rewrites of a prompt by the newest trained model (or --checkpoint).
 feedback: stores a rating of a rewrite (and optionally a better prompt) for the next run.
-export: the training file made from the platform's own records (see services.optimizer.neuro_export).
+export: the training file made from the platform's own records (see services.cli.neuro_export).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 from promptopt.neuro.v1 import neuro_pb2
 from rich.console import Console
 
+from services.cli import training
+from services.cli.neuro_export import SAMPLE, export_training_data
 from services.common.plotting import pyplot
-from services.optimizer import training_cli
-from services.optimizer.neuro_export import SAMPLE, export_training_data
-from services.surrogate.client import NeuroClient
-from services.surrogate.types import Feedback
+from services.neuro.client import NeuroClient
+from services.neuro.types import Feedback
 
 console = Console()
 SAMPLE_PATH = "data/neuro_training_data.json"  # the seed's --data_path default
@@ -116,12 +116,12 @@ def train(args, client_config) -> int:
         return 0
     with NeuroClient(client_config(args.surrogate, args)) as client:
         request = neuro_pb2.StartRunRequest(config_json=json.dumps(training_settings(args)), display_name=args.name)
-        return training_cli.start(client, request, "neuro", args, described, write_training)
+        return training.start(client, request, "neuro", args, described, write_training)
 
 
 def resume(args, client_config) -> int:
     with NeuroClient(client_config(args.surrogate, args)) as client:
-        return training_cli.resume(client, args.run_id, "neuro", Path(args.results_dir), described, write_training)
+        return training.resume(client, args.run_id, "neuro", Path(args.results_dir), described, write_training)
 
 
 def described(report: dict) -> str:

@@ -24,16 +24,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.cli import flow, neuro
+from services.cli.results import write_results
 from services.common.config import ClientConfig
 from services.common.settings import Setting
 from services.common.types import Usage
-from services.llm_eval.client import LlmEvalClient
+from services.llm_eval.client import Chunking, LlmEvalClient, MeteredLlm
 from services.llm_eval.types import DecodingParams, EvaluationRequest
-from services.optimizer import flow_cli, neuro_cli
-from services.optimizer.algorithms import registry
-from services.optimizer.algorithms.base import Chunking, MeteredLlm
 from services.optimizer.client import OptimizerClient
-from services.optimizer.results import write_results
+from services.optimizer.types import algorithm_spec, algorithm_specs
 from services.tuner.client import TunerClient
 
 console = Console()
@@ -50,7 +49,7 @@ def algorithm_flags() -> dict[str, dict[str, Setting]]:
             for field, declared in spec.settings.declared().items()
             if field in messages[name].message_type.fields_by_name
         }
-        for name, spec in registry.algorithms().items()
+        for name, spec in algorithm_specs().items()
         if name in messages
     }
 
@@ -395,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start a run and watch it")
     algos = run.add_subparsers(dest="algorithm", required=True)
     for algorithm, flags in ALGORITHM_FLAGS.items():
-        summary = registry.spec(algorithm).summary
+        summary = algorithm_spec(algorithm).summary
         p = algos.add_parser(algorithm.replace("_", "-"), help=summary, description=summary)
         # LIPO-E's exemplar pool is train[:6154]: it validates on the seed's other 1319 train questions.
         evaluation_flags(p, "train[6154:]" if algorithm == "lipo_e" else "train")
@@ -444,8 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "watch":
             p.add_argument("--after", type=int, default=0, help="resume after this event sequence")
         p.set_defaults(func=func)
-    flow_cli.add_commands(sub, _client_config)
-    neuro_cli.add_commands(sub, _client_config)
+    flow.add_commands(sub, _client_config)
+    neuro.add_commands(sub, _client_config)
     p = sub.add_parser("list", help="list runs")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_list)

@@ -1,11 +1,11 @@
 """`make demo`: start the six services on loopback, run a short OPRO job on the CPU model (selected
 on 8 train questions, the winner reported on 20 held-out test questions), stop.
 
-`python -m services.optimizer.demo lipo --debug` (or `make demo ARGS="lipo --debug"`) runs
+`python -m services.cli.demo lipo --debug` (or `make demo ARGS="lipo --debug"`) runs
 those `promptopt run` arguments instead. State (answer cache, runs, the APE pool) stays in
 `state/demo`, so a second demo reuses cached answers.
 
-`python -m services.optimizer.demo tune --quick` (`make tune`) runs `promptopt tune` instead, on
+`python -m services.cli.demo tune --quick` (`make tune`) runs `promptopt tune` instead, on
 llm_eval's replay backend over the recorded hbbops_dev grid (state in `state/tune`).
 """
 
@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
+from services.cli import main as cli
 from services.common.config import datasets_dir
 from services.common.launcher import LocalStack
-from services.optimizer import cli
 
 DEFAULT_RUN = [
     "opro",

@@ -1,0 +1,1 @@
+"""The `promptopt` command line: runs, results and plots, the demo, flow and Neuro-Latent commands."""

@@ -1,0 +1,1 @@
+"""EcoFlow's flow service: flow-matching training runs and guided sampling."""

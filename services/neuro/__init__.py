@@ -1,0 +1,1 @@
+"""The Neuro-Latent service: soft-prompt rewriter training runs, rewrites and feedback."""

@@ -1,0 +1,103 @@
+"""One operations contract: OperationsService serves the runs of every service its process hosts,
+the per-service v1 RPCs stay as aliases answering the same, and which calls a client repeats
+after a deadline comes from the protos' idempotency levels."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from promptopt.flow.v1 import flow_pb2, flow_pb2_grpc
+from promptopt.neuro.v1 import neuro_pb2, neuro_pb2_grpc
+from promptopt.operations.v1 import operations_pb2, operations_pb2_grpc
+
+from services.common.channel import safe_to_repeat
+from services.common.operation_server import OperationServicer, operations_binding
+from services.common.operations import RunManager, RunState, RunStore
+from services.common.server import ServiceBinding
+from tests.conftest import start_server
+
+
+@pytest.fixture
+def hosted(tmp_path):
+    """A process hosting the flow and neuro services (as the surrogate's does), one finished run each."""
+    stores = {name: RunStore(tmp_path / f"{name}.sqlite") for name in ("flow", "neuro")}
+    managers = {name: RunManager(store, factory=None) for name, store in stores.items()}
+    runs = {}
+    for name, store in stores.items():
+        runs[name] = store.create(name, f"a {name} run", {"epochs": 1}, 1).run_id
+        store.append_event(runs[name], "progress", {"message": f"{name} epoch 1"}, store.get(runs[name]).usage)
+        store.update(runs[name], state=RunState.SUCCEEDED, step=1)
+    aliases = []
+    for name, pb2, grpc_module, service in (
+        ("flow", flow_pb2, flow_pb2_grpc, "FlowService"),
+        ("neuro", neuro_pb2, neuro_pb2_grpc, "NeuroService"),
+    ):  # the run RPCs of each service (its other RPCs answer UNIMPLEMENTED here)
+        servicer_class = type("Runs", (OperationServicer, getattr(grpc_module, f"{service}Servicer")), {})
+        servicer = servicer_class(pb2, stores[name], managers[name], parse=None)
+        add = getattr(grpc_module, f"add_{service}Servicer_to_server")
+        aliases.append(ServiceBinding.of(pb2, service, add, servicer))
+    server = start_server(*aliases, operations_binding({n: (stores[n], managers[n]) for n in stores}))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield runs, channel
+    channel.close()
+    server.server.stop(0)
+
+
+def test_one_operations_service_finds_each_hosted_services_runs(hosted):
+    runs, channel = hosted
+    operations = operations_pb2_grpc.OperationsServiceStub(channel)
+    for name, run_id in runs.items():
+        run = operations.GetRun(operations_pb2.GetRunRequest(run_id=run_id)).run
+        assert (run.run_id, run.algorithm, run.state) == (run_id, name, operations_pb2.RUN_STATE_SUCCEEDED)
+        events = list(operations.WatchRun(operations_pb2.WatchRunRequest(run_id=run_id)))
+        assert [e.event.progress.message for e in events] == [f"{name} epoch 1"]
+        listed = operations.ListRuns(operations_pb2.ListRunsRequest(service=name)).runs
+        assert [r.run_id for r in listed] == [run_id]
+    with pytest.raises(grpc.RpcError) as refused:
+        operations.ListRuns(operations_pb2.ListRunsRequest())  # two hosted services: say which
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "service must name one of ['flow', 'neuro']" in refused.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        operations.GetRun(operations_pb2.GetRunRequest(run_id="flow-none"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_deprecated_per_service_rpcs_answer_as_operations_service_does(hosted):
+    runs, channel = hosted
+    operations = operations_pb2_grpc.OperationsServiceStub(channel)
+    for name, pb2, stub in (
+        ("flow", flow_pb2, flow_pb2_grpc.FlowServiceStub(channel)),
+        ("neuro", neuro_pb2, neuro_pb2_grpc.NeuroServiceStub(channel)),
+    ):
+        alias = stub.GetRun(pb2.GetRunRequest(run_id=runs[name])).run
+        assert alias == operations.GetRun(operations_pb2.GetRunRequest(run_id=runs[name])).run
+        assert list(stub.ListRuns(pb2.ListRunsRequest()).runs) == [alias]
+        assert pb2.DESCRIPTOR.services_by_name[service_name(pb2)].methods_by_name["GetRun"].GetOptions().deprecated
+
+
+def service_name(pb2) -> str:
+    (name,) = pb2.DESCRIPTOR.services_by_name
+    return name
+
+
+@pytest.mark.parametrize(
+    ("method", "safe"),
+    [
+        ("/promptopt.llm_eval.v1.LlmEvalService/EvaluatePrompt", True),  # answers are cached as they come
+        ("/promptopt.llm_eval.v1.LlmEvalService/Generate", False),  # sampled: a repeat pays again
+        ("/promptopt.operations.v1.OperationsService/GetRun", True),
+        ("/promptopt.operations.v1.OperationsService/CancelRun", True),
+        ("/promptopt.operations.v1.OperationsService/ResumeRun", False),
+        ("/promptopt.optimizer.v1.OptimizerService/StartRun", False),
+        ("/promptopt.surrogate.v1.SurrogateService/Predict", True),
+        ("/promptopt.surrogate.v1.SurrogateService/FitModel", False),
+        ("/grpc.health.v1.Health/Check", True),
+        ("/promptopt.nothing.v1.Nothing/Get", False),
+    ],
+)
+def test_calls_repeated_after_a_deadline_are_those_the_protos_declare_safe(method, safe):
+    import promptopt.llm_eval.v1.llm_eval_pb2  # noqa: F401 - registers the services' descriptors
+    import promptopt.optimizer.v1.optimizer_pb2  # noqa: F401
+    import promptopt.surrogate.v1.surrogate_pb2  # noqa: F401
+
+    assert safe_to_repeat(method) is safe
