@@ -90,7 +90,7 @@ replay-table: install
 
 # The v1 protos as last released: `buf breaking` refuses any incompatible change to them (a field
 # renumbered or retyped, an RPC or message removed, an idempotency level changed).
-PROTO_RELEASE ?= 81978dd0822e4c7d1da745f5521676ceb71853fd
+PROTO_RELEASE ?= 515972ca0c9a9444f79dec210dea6693424c72ee
 BUF := npx --yes @bufbuild/buf@1.47.2
 
 lint: install
