@@ -385,11 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def evaluation_flags(p, split):
-        p.add_argument("--dataset", default="gsm8k")
-        p.add_argument("--split", default=split)
-        p.add_argument("--fidelity", type=int, default=0, help="questions per evaluation (0: default)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--max-tokens", type=int, default=0, help="task answer length (0: service default)")
+        p.add_argument("--dataset", default="gsm8k", help="dataset llm_eval scores on (default: 'gsm8k')")
+        p.add_argument(
+            "--split",
+            default=split,
+            help=f"validation split candidates are selected on, or a slice (default: {split!r})",
+        )
+        p.add_argument(
+            "--fidelity", type=int, default=0, help="questions per evaluation (0: the algorithm's) (default: 0)"
+        )
+        p.add_argument("--seed", type=int, default=0, help="seed of the question shuffle and the search (default: 0)")
+        p.add_argument(
+            "--max-tokens", type=int, default=0, help="task answer length in tokens (0: the service's) (default: 0)"
+        )
 
     run = sub.add_parser("run", help="start a run and watch it")
     algos = run.add_subparsers(dest="algorithm", required=True)
@@ -398,9 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
         p = algos.add_parser(algorithm.replace("_", "-"), help=summary, description=summary)
         # LIPO-E's exemplar pool is train[:6154]: it validates on the seed's other 1319 train questions.
         evaluation_flags(p, "train[6154:]" if algorithm == "lipo_e" else "train")
-        p.add_argument("--test-split", default="test", help="held-out split the winner is reported on")
-        p.add_argument("--test-fidelity", type=int, default=0, help="held-out questions (0: the whole split)")
-        p.add_argument("--meta-model", default="", help="meta-LLM served by llm_eval (default: its meta model)")
+        p.add_argument(
+            "--test-split", default="test", help="held-out split the winner is reported on (default: 'test')"
+        )
+        p.add_argument(
+            "--test-fidelity", type=int, default=0, help="held-out questions (0: the whole split) (default: 0)"
+        )
+        p.add_argument(
+            "--meta-model", default="", help="meta-LLM served by llm_eval ('': its meta model) (default: '')"
+        )
         add_setting_flags(p, flags)
         if algorithm == "lipo":
             p.add_argument("--skip-hbbops", action="store_true", help="mode skip-hbbops (with --hyperband-evals-path)")
@@ -415,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config", metavar="YAML", help="algorithm fields from a file (e.g. the tuner's best_config.yaml)"
         )
-        p.add_argument("--name", default="", help="display name")
-        p.add_argument("--no-watch", action="store_true", help="print the run id and return")
+        p.add_argument("--name", default="", help="the run's display name (default: '')")
+        p.add_argument("--no-watch", action="store_true", help="print the run id and return (default: watch)")
         p.set_defaults(func=cmd_run)
     p = sub.add_parser("tune", help="BOLT coordinate-descent tuning of LIPO-E (seed 004) on the tuner")
     p.add_argument("--quick", action="store_true", help="5 trials per phase, CPU-sized trials")

@@ -108,6 +108,14 @@ def test_every_flag_has_help_with_its_default():
             assert "(default: " in text and repr(default) in text.replace("\n", " "), f"{name} --{field}: {text}"
             words = set(re.findall(r"[a-z]+", declared.help.lower()))
             assert words - set(field.split("_")), f"{name} --{field}: the help only repeats the flag's name"
+        for action in sub._actions:  # the evaluation, file and run flags beside the settings
+            if action.dest == "help":
+                continue
+            flag = max(action.option_strings, key=len)
+            switch = action.nargs == 0 and action.default is False  # a plain switch: off unless given
+            assert action.help and ("(default: " in action.help or action.default is None or switch), f"{name} {flag}"
+            words = set(re.findall(r"[a-z]+", action.help.split("(default")[0].lower()))
+            assert words - set(flag.strip("-").split("-")), f"{name} {flag}: the help only repeats the flag's name"
 
 
 @dataclasses.dataclass(frozen=True)
