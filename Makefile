@@ -88,9 +88,9 @@ replay-table: install
 	$(PY) -m services.llm_eval.replay convert $(PROMPTOPT_DATASETS_DIR)/prompts/gsm8k_100_instructions_qwen2.5-7b.json \
 	  state/replay/gsm8k_100_qwen2.5-7b.jsonl
 
-# The v1 protos as last released: `buf breaking` refuses any incompatible change to them (a field
-# renumbered or retyped, an RPC or message removed, an idempotency level changed).
-PROTO_RELEASE ?= 515972ca0c9a9444f79dec210dea6693424c72ee
+# The v1 protos as last released (81978dd, before OperationsService): `buf breaking` refuses any
+# incompatible change to them (a field renumbered or retyped, an RPC or message removed).
+PROTO_RELEASE ?= 81978dd0822e4c7d1da745f5521676ceb71853fd
 BUF := npx --yes @bufbuild/buf@1.47.2
 
 lint: install

@@ -13,7 +13,6 @@ deadline on every attempt. Each service's typed client lives beside it (`service
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import random
 import time
@@ -32,7 +31,6 @@ TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXH
 SAFE_LEVELS = frozenset({descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT})
 
 
-@functools.cache
 def safe_to_repeat(method: str) -> bool:
     """Whether `method` ("/package.Service/Method") may be sent again after its deadline passed:
     its proto declares an idempotency_level of NO_SIDE_EFFECTS or IDEMPOTENT (a health check is

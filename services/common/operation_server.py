@@ -10,17 +10,19 @@ operation RPCs; `operations_binding` serves OperationsService over the hosted se
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from promptopt.operations.v1 import operations_pb2, operations_pb2_grpc
 
 from services.common.convert import usage_to_proto
-from services.common.errors import NotFoundError, require
+from services.common.errors import NotFoundError, require, shown
 from services.common.operations import RunEvent, RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
 
 # parse(request) -> (algorithm, display_name, resolved config dict, total_steps)
+MAX_PAGE = 1000  # runs one ListRuns page may ask for
 Parser = Callable[[object], tuple[str, str, dict, int]]
 
 
@@ -85,13 +87,13 @@ class RunOperations:
 
     def list(self, request) -> tuple[list[operations_pb2.Run], str]:
         """(a page of runs, the next page's token or "")."""
-        require(request.page_size >= 0, "page_size must be >= 0")
+        require(0 <= request.page_size <= MAX_PAGE, f"page_size must be in [0, {MAX_PAGE}], got {request.page_size}")
         size = request.page_size or 50
-        try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            raise ValueError(f"page_token {request.page_token!r} is not a token from ListRuns") from None
-        require(offset >= 0, "page_token must not be negative")
+        require(
+            re.fullmatch(r"[0-9]{0,9}", request.page_token) is not None,
+            f"page_token {shown(request.page_token)!r} is not a token from ListRuns",
+        )
+        offset = int(request.page_token or 0)
         records = self.store.list(size + 1, offset)
         token = str(offset + size) if len(records) > size else ""
         return [run_to_proto(r) for r in records[:size]], token
@@ -176,7 +178,7 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
         if not request.service and len(names) == 1:
             operations = self.hosted[names[0]]
         else:
-            require(request.service in self.hosted, f"service must name one of {names}, got {request.service!r}")
+            require(request.service in self.hosted, f"service must name one of {names}, got {shown(request.service)!r}")
             operations = self.hosted[request.service]
         runs, token = operations.list(request)
         return operations_pb2.ListRunsResponse(runs=runs, next_page_token=token)
@@ -192,8 +194,9 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             yield operations_pb2.WatchRunResponse(event=event)
 
 
-def operations_binding(hosted: dict[str, tuple[RunStore, RunManager]]) -> ServiceBinding:
-    """OperationsService over the hosted services' runs ({name: (store, manager)})."""
-    servicer = OperationsServicer([RunOperations(name, *parts) for name, parts in hosted.items()])
+def operations_binding(hosted: dict[str, tuple[RunStore, RunManager]], poll_seconds: float = 1.0) -> ServiceBinding:
+    """OperationsService over the hosted services' runs ({name: (store, manager)}); WatchRun looks
+    for new events every `poll_seconds` while a run is quiet."""
+    servicer = OperationsServicer([RunOperations(name, *parts, poll_seconds) for name, parts in hosted.items()])
     add = operations_pb2_grpc.add_OperationsServiceServicer_to_server
     return ServiceBinding.of(operations_pb2, "OperationsService", add, servicer)

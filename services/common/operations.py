@@ -299,7 +299,11 @@ class RunManager:
         return ids
 
     def cancel(self, run_id: str) -> RunRecord:
+        """Ask the run to stop after its current step; the record. Cancelling a cancelled run
+        changes nothing (a retried CancelRun succeeds); a run that ended otherwise refuses."""
         record = self.store.get(run_id)
+        if record.state == RunState.CANCELLED:
+            return record
         if record.state.terminal:
             raise FailedPreconditionError(f"run {run_id} already ended ({record.state.name})")
         self.store.update(run_id, cancel_requested=True)

@@ -6,6 +6,7 @@ loads lazily, after the server is up (as the surrogate's engine does)."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ class FlowServicer(OperationServicer):
         super().__init__(flow_pb2, store, manager, lambda request: self._parse_start(request))
         self.state_dir, self.guide_of, self.device = state_dir, guide_of, device
         self._sampling = None  # a FlowSampling, built at the first SampleFlow (torch loads lazily)
+        self._lock = threading.Lock()
 
     def _parse_start(self, request):
         settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir)
@@ -42,10 +44,11 @@ class FlowServicer(OperationServicer):
         fields = parse_sample(request)
         model_id = fields.pop("model_id")
         guide = self.guide_of(model_id) if model_id else None
-        if self._sampling is None:
-            from services.flow.core import FlowSampling
+        with self._lock:  # one FlowSampling: one copy of each flow on the device
+            if self._sampling is None:
+                from services.flow.core import FlowSampling
 
-            self._sampling = FlowSampling(self.device)
+                self._sampling = FlowSampling(self.device)
         result = self._sampling.sample(guide=guide, **fields)
         return flow_pb2.SampleFlowResponse(
             samples=encode_tensor(np.asarray(result.embeddings, dtype=np.float32)),

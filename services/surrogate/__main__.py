@@ -67,7 +67,7 @@ def main() -> None:
         if config.device != "cpu" and not torch.cuda.is_available():
             raise RuntimeError(f"PROMPTOPT_SURROGATE_DEVICE={config.device} but this torch sees no CUDA device")
 
-        servicer.engine = SurrogateEngine(ModelRegistry(config.max_model_mb * 1024 * 1024), config.device)
+        servicer.engine = SurrogateEngine(ModelRegistry(config.max_model_mb * 1024 * 1024))
 
     store = RunStore(str(Path(config.state_dir) / "runs.sqlite"), exclusive=True)
     guide_of = lambda model_id: servicer.engine.error_gp(model_id)  # noqa: E731 - the engine loads later

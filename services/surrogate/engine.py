@@ -52,7 +52,7 @@ def _matrix(x, field: str, cols: int | None = None) -> np.ndarray:
 class SurrogateEngine:
     """Trains and serves models stored by id (see the module docstring)."""
 
-    def __init__(self, registry: ModelRegistry | None = None, device: str = "cpu"):
+    def __init__(self, registry: ModelRegistry | None = None):
         self.registry = registry or ModelRegistry()
 
     def train_vae(self, embeddings, config: VaeConfig | None = None, owner: str = "") -> VaeResult:

@@ -72,12 +72,41 @@ def test_the_deprecated_per_service_rpcs_answer_as_operations_service_does(hoste
         alias = stub.GetRun(pb2.GetRunRequest(run_id=runs[name])).run
         assert alias == operations.GetRun(operations_pb2.GetRunRequest(run_id=runs[name])).run
         assert list(stub.ListRuns(pb2.ListRunsRequest()).runs) == [alias]
-        assert pb2.DESCRIPTOR.services_by_name[service_name(pb2)].methods_by_name["GetRun"].GetOptions().deprecated
+        (service,) = pb2.DESCRIPTOR.services_by_name.values()
+        for method in ("WatchRun", "GetRun", "ListRuns", "CancelRun", "ResumeRun"):
+            assert service.methods_by_name[method].GetOptions().deprecated, method
+        assert not service.methods_by_name["StartRun"].GetOptions().deprecated
 
 
-def service_name(pb2) -> str:
-    (name,) = pb2.DESCRIPTOR.services_by_name
-    return name
+def test_cancel_resume_and_a_single_services_listing(tmp_path):
+    store = RunStore(tmp_path / "runs.sqlite")
+    manager = RunManager(store, factory=None)
+    pending = store.create("opro", "", {}, 3).run_id
+    done = store.create("opro", "", {}, 1).run_id
+    store.update(done, state=RunState.SUCCEEDED)
+    server = start_server(operations_binding({"optimizer": (store, manager)}))
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        operations = operations_pb2_grpc.OperationsServiceStub(channel)
+        listed = operations.ListRuns(operations_pb2.ListRunsRequest()).runs  # one hosted service: no name needed
+        assert {r.run_id for r in listed} == {pending, done}
+        operations.CancelRun(operations_pb2.CancelRunRequest(run_id=pending))
+        assert store.get(pending).cancel_requested
+        store.update(pending, state=RunState.CANCELLED)
+        again = operations.CancelRun(operations_pb2.CancelRunRequest(run_id=pending)).run  # a retried cancel
+        assert again.state == operations_pb2.RUN_STATE_CANCELLED
+        for call, request in (
+            (operations.CancelRun, operations_pb2.CancelRunRequest(run_id=done)),
+            (operations.ResumeRun, operations_pb2.ResumeRunRequest(run_id=done)),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call(request)
+            assert (
+                refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SUCCEEDED" in refused.value.details()
+            )
+        with pytest.raises(grpc.RpcError) as bounded:
+            operations.ListRuns(operations_pb2.ListRunsRequest(page_token="9" * 40))
+        assert bounded.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in bounded.value.details()
+    server.server.stop(0)
 
 
 @pytest.mark.parametrize(

@@ -102,7 +102,7 @@ def test_flow_trains_and_samples_on_the_gpu(tmp_path):
     assert resumed.epoch == 5 and torch.equal(resumed.generator.get_state(), trainer.generator.get_state())
     save_flow(tmp_path / "flow.pt", trainer.model, config, data=str(tmp_path / "data.pt"))
     torch.save(data, tmp_path / "data.pt")
-    engine = SurrogateEngine(device="cuda")
+    engine = SurrogateEngine()  # its GPs stay on the CPU; the flow samples on the GPU
     x = data[:12].numpy()
     gp = engine.fit(x, (x[:, 0] - 1.0) ** 2 * 0.1 + 0.3, minimize=True)
     settings = GuidanceSettings(num_steps=20)

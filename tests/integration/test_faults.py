@@ -388,7 +388,7 @@ def test_watch_reopens_a_stream_broken_by_a_restart_after_a_quiet_spell(tmp_path
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = ServerConfig(port=port, metrics_port=-1)
-    bindings = [binding, operations_binding({"optimizer": (store, manager)})]
+    bindings = [binding, operations_binding({"optimizer": (store, manager)}, poll_seconds=0.05)]
     first = serve(config, bindings, install_signal_handlers=False)
     run_id = store.create("quiet", "", {}, 2).run_id
     manager.start(run_id)

@@ -1,1 +1,2 @@
-"""Prompt optimisers: pure algorithm code over the `LlmService` interface (no gRPC)."""
+"""Prompt optimisers: algorithm code over the `LlmService` interface (llm_eval's evaluator in
+process or its gRPC client), metered by `MeteredLlm`."""
