@@ -9,6 +9,7 @@ operation RPCs; `operations_binding` serves OperationsService over the hosted se
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections.abc import Callable
@@ -122,13 +123,49 @@ class RunOperations:
             self.store.wait(self.poll_seconds)
 
 
-class OperationServicer:
+class RunRpcs(abc.ABC):
+    """The five operation RPCs, answered in `pb2`'s messages, over the RunOperations that `owner`
+    (a call naming a run) and `listed` (ListRuns) pick."""
+
+    pb2 = operations_pb2
+
+    @abc.abstractmethod
+    def owner(self, request) -> RunOperations: ...
+
+    @abc.abstractmethod
+    def listed(self, request) -> RunOperations: ...
+
+    def GetRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.GetRunResponse(run=self.owner(request).get(request))
+
+    def ListRuns(self, request, context):  # noqa: N802 - gRPC method name
+        runs, token = self.listed(request).list(request)
+        return self.pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    def CancelRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.CancelRunResponse(run=self.owner(request).cancel(request))
+
+    def ResumeRun(self, request, context):  # noqa: N802 - gRPC method name
+        return self.pb2.ResumeRunResponse(run=self.owner(request).resume(request))
+
+    def WatchRun(self, request, context):  # noqa: N802 - gRPC method name
+        for event in self.owner(request).watch(request, context):
+            yield self.pb2.WatchRunResponse(event=event)
+
+
+class OperationServicer(RunRpcs):
     """A run-hosting service's StartRun and, in its own v1 messages, the deprecated aliases of
-    OperationsService's RPCs (served by the same code)."""
+    OperationsService's RPCs (the same RunRpcs code over this service's runs)."""
 
     def __init__(self, pb2, store: RunStore, manager: RunManager, parse: Parser, poll_seconds: float = 1.0):
         self.pb2, self.store, self.manager, self.parse = pb2, store, manager, parse
         self.operations = RunOperations("", store, manager, poll_seconds)
+
+    def owner(self, request) -> RunOperations:
+        return self.operations
+
+    def listed(self, request) -> RunOperations:
+        return self.operations
 
     def StartRun(self, request, context):  # noqa: N802 - gRPC method name
         algorithm, display_name, config, total_steps = self.parse(request)
@@ -136,25 +173,8 @@ class OperationServicer:
         self.manager.start(record.run_id)
         return self.pb2.StartRunResponse(run=run_to_proto(record))
 
-    def GetRun(self, request, context):  # noqa: N802 - gRPC method name
-        return self.pb2.GetRunResponse(run=self.operations.get(request))
 
-    def ListRuns(self, request, context):  # noqa: N802 - gRPC method name
-        runs, token = self.operations.list(request)
-        return self.pb2.ListRunsResponse(runs=runs, next_page_token=token)
-
-    def CancelRun(self, request, context):  # noqa: N802 - gRPC method name
-        return self.pb2.CancelRunResponse(run=self.operations.cancel(request))
-
-    def ResumeRun(self, request, context):  # noqa: N802 - gRPC method name
-        return self.pb2.ResumeRunResponse(run=self.operations.resume(request))
-
-    def WatchRun(self, request, context):  # noqa: N802 - gRPC method name
-        for event in self.operations.watch(request, context):
-            yield self.pb2.WatchRunResponse(event=event)
-
-
-class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
+class OperationsServicer(RunRpcs, operations_pb2_grpc.OperationsServiceServicer):
     """OperationsService over the runs of every service the process hosts."""
 
     def __init__(self, hosted: list[RunOperations]):
@@ -163,35 +183,21 @@ class OperationsServicer(operations_pb2_grpc.OperationsServiceServicer):
             raise ValueError(f"hosted services need distinct names, got {names}")
         self.hosted = {h.name: h for h in hosted}
 
-    def _owner(self, request) -> RunOperations:
+    def owner(self, request) -> RunOperations:
+        """The hosted service whose store holds the request's run."""
         require(bool(request.run_id), "run_id must be set")
         for operations in self.hosted.values():
             if operations.has(request.run_id):
                 return operations
         raise NotFoundError(f"run {request.run_id!r} not found")
 
-    def GetRun(self, request, context):  # noqa: N802 - gRPC method name
-        return operations_pb2.GetRunResponse(run=self._owner(request).get(request))
-
-    def ListRuns(self, request, context):  # noqa: N802 - gRPC method name
+    def listed(self, request) -> RunOperations:
+        """The service ListRuns names (none needed when the process hosts one)."""
         names = sorted(self.hosted)
         if not request.service and len(names) == 1:
-            operations = self.hosted[names[0]]
-        else:
-            require(request.service in self.hosted, f"service must name one of {names}, got {shown(request.service)!r}")
-            operations = self.hosted[request.service]
-        runs, token = operations.list(request)
-        return operations_pb2.ListRunsResponse(runs=runs, next_page_token=token)
-
-    def CancelRun(self, request, context):  # noqa: N802 - gRPC method name
-        return operations_pb2.CancelRunResponse(run=self._owner(request).cancel(request))
-
-    def ResumeRun(self, request, context):  # noqa: N802 - gRPC method name
-        return operations_pb2.ResumeRunResponse(run=self._owner(request).resume(request))
-
-    def WatchRun(self, request, context):  # noqa: N802 - gRPC method name
-        for event in self._owner(request).watch(request, context):
-            yield operations_pb2.WatchRunResponse(event=event)
+            return self.hosted[names[0]]
+        require(request.service in self.hosted, f"service must name one of {names}, got {shown(request.service)!r}")
+        return self.hosted[request.service]
 
 
 def operations_binding(hosted: dict[str, tuple[RunStore, RunManager]], poll_seconds: float = 1.0) -> ServiceBinding:
