@@ -1,11 +1,12 @@
 """One declaration per setting: its default, one line of help, its bounds and its debug value.
 
 An algorithm's settings are a frozen dataclass deriving from `Settings`, each field declared
-with `setting(...)`, or with a shared `Setting` of a group (APE, Hyperband, VAE, GP,
-acquisition, guidance) and a per-algorithm default where the seeds differ. From that one source
-come: validation with messages naming the field (`Settings.__post_init__`), the debug preset
-(`Settings.from_fields`), the CLI flags with help and defaults, the proto drift test and the
-tuner's baseline.
+with `setting(...)`, or a nested `SettingsGroup` shared by several algorithms (APE, Hyperband,
+VAE, GP, acquisition, guidance) declared with `nested(Group, ...)` and this algorithm's defaults
+where the seeds differ. Outside the code a setting has one flat name (`vae_epochs`): in stored
+runs, the proto, the CLI and the tuner. From that one source come: validation with messages
+naming the field (`Settings.__post_init__`), the debug preset (`Settings.from_fields`), the CLI
+flags with help and defaults, the proto drift test and the tuner's baseline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import functools
 import math
 import typing
 from collections.abc import Mapping
@@ -34,7 +36,8 @@ class Setting:
         above: an exclusive lower bound (`above=0`: positive).
         choices: the allowed values of a string (empty: any).
         debug: the value a debug run takes when the setting is unset (NO_DEBUG: the default).
-        group: the shared group it belongs to ("" for the algorithm's own settings).
+        group: the title of the group it is shown under ("" for the algorithm's own settings).
+        flat: its flat name, in a group whose prefix does not make it ('' : prefix + field name).
     """
 
     default: Any
@@ -45,6 +48,7 @@ class Setting:
     choices: tuple = ()
     debug: Any = NO_DEBUG
     group: str = ""
+    flat: str = ""
 
     def field(self, **overrides) -> Any:
         """A dataclass field carrying this declaration (`overrides`: e.g. another default)."""
@@ -97,6 +101,44 @@ def named_section(section: str):
         raise ValueError(f"{section}.{exc}") from exc
 
 
+class Slot(typing.NamedTuple):
+    """Where a setting lives in an algorithm's settings."""
+
+    group: str | None  # the attribute of its nested group (None: a field of the settings)
+    name: str  # its field name there
+    kind: Any  # its type
+    setting: Setting  # its declaration, with the algorithm's default and debug value and the group's title
+
+
+class SettingsGroup:
+    """Base of a group of settings that several algorithms nest (a frozen dataclass whose fields
+    are declared with `setting`). Its fields' flat names are `prefix` + field name unless a field
+    names its own (`flat=`); values are checked by the settings that nest it, naming the flat name."""
+
+    title: ClassVar[str] = ""  # the CLI's heading of the group
+    prefix: ClassVar[str] = ""
+
+    @classmethod
+    def declared(cls) -> dict[str, Setting]:
+        """Each field's declaration, by field name."""
+        return {f.name: f.metadata["setting"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def flat_name(cls, name: str) -> str:
+        return cls.declared()[name].flat or cls.prefix + name
+
+
+def nested(group: type[SettingsGroup], debug: Mapping | None = None, **defaults) -> Any:
+    """A `Settings` field holding `group`, with this algorithm's `defaults` and `debug` values
+    (by field name) where they differ from the group's."""
+    unknown = sorted((set(defaults) | set(debug or {})) - set(group.declared()))
+    if unknown:
+        raise TypeError(f"{group.__name__} has no settings {unknown}")
+    return dataclasses.field(
+        default_factory=lambda: group(**defaults), metadata={"group": (group, defaults, dict(debug or {}))}
+    )
+
+
 def _coerce(value, kind, name: str):
     """`value` as the field's type `kind` (an int for a float, a list for a tuple); TypeError naming it."""
     origin = typing.get_origin(kind)
@@ -112,21 +154,32 @@ class Settings(abc.ABC):
     """Base of every algorithm's frozen settings dataclass.
 
     Contract: subclasses are `@dataclasses.dataclass(frozen=True)`, set `section` (the name
-    messages use, e.g. "opro"), declare each field with `setting` or a shared `Setting`, and
-    put checks across fields in `validate`. The per-algorithm hooks below have defaults.
+    messages use, e.g. "opro"), declare each field with `setting` (or a shared `Setting`) or a
+    shared group with `nested`, and put checks across fields in `validate`. Build them with
+    `from_fields` (flat names): a group constructed by hand has the group's defaults, not the
+    algorithm's. The per-algorithm hooks below have defaults.
     """
 
     section: ClassVar[str] = ""
     debug = False  # a class attribute: settings with a debug preset declare a `debug` field
 
     def __post_init__(self):
-        hints = typing.get_type_hints(type(self))
-        for name, spec in self.declared().items():
-            value = _coerce(getattr(self, name), hints[name], f"{self.section}.{name}")
-            object.__setattr__(self, name, value)
-            problem = spec.problem(value)
+        for attr, (group, _, _) in self.nested_groups().items():
+            if not isinstance(getattr(self, attr), group):
+                raise TypeError(f"{self.section}.{attr} must be a {group.__name__}, got {getattr(self, attr)!r}")
+        coerced = {}
+        for flat, slot in self.layout().items():
+            owner = self if slot.group is None else getattr(self, slot.group)
+            value = _coerce(getattr(owner, slot.name), slot.kind, f"{self.section}.{flat}")
+            problem = slot.setting.problem(value)
             if problem:
-                raise ValueError(f"{self.section}.{name} {problem}")
+                raise ValueError(f"{self.section}.{flat} {problem}")
+            if slot.group is None:
+                object.__setattr__(self, slot.name, value)
+            else:
+                coerced.setdefault(slot.group, {})[slot.name] = value
+        for attr, values in coerced.items():  # a new group: the caller's instance stays as it was
+            object.__setattr__(self, attr, dataclasses.replace(getattr(self, attr), **values))
         self.validate()
 
     def validate(self) -> None:
@@ -134,9 +187,45 @@ class Settings(abc.ABC):
         return None
 
     @classmethod
+    @functools.cache
+    def nested_groups(cls) -> dict[str, tuple[type[SettingsGroup], dict, dict]]:
+        """Each nested group's attribute: (its type, this algorithm's defaults, its debug values)."""
+        return {f.name: f.metadata["group"] for f in dataclasses.fields(cls) if "group" in f.metadata}
+
+    @classmethod
+    @functools.cache
+    def layout(cls) -> dict[str, Slot]:
+        """Where each setting, by flat name, lives, with its declaration as this algorithm makes it;
+        TypeError on a flat name declared twice."""
+        out, hints = {}, typing.get_type_hints(cls)
+        groups = cls.nested_groups()
+        for f in dataclasses.fields(cls):
+            if "setting" in f.metadata:
+                slots = {f.name: Slot(None, f.name, hints[f.name], f.metadata["setting"])}
+            elif f.name in groups:
+                group, defaults, debug = groups[f.name]
+                group_hints, slots = typing.get_type_hints(group), {}
+                for name, spec in group.declared().items():
+                    spec = dataclasses.replace(
+                        spec,
+                        group=group.title,
+                        flat="",
+                        default=defaults.get(name, spec.default),
+                        debug=debug.get(name, spec.debug),
+                    )
+                    slots[group.flat_name(name)] = Slot(f.name, name, group_hints[name], spec)
+            else:
+                continue
+            twice = sorted(set(slots) & set(out))
+            if twice:
+                raise TypeError(f"{cls.__name__}: settings {twice} are declared twice")
+            out.update(slots)
+        return out
+
+    @classmethod
     def declared(cls) -> dict[str, Setting]:
-        """Each field's declaration, in field order."""
-        return {f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata}
+        """Each setting's declaration by flat name, in field order."""
+        return {flat: slot.setting for flat, slot in cls.layout().items()}
 
     @classmethod
     def debug_preset(cls, fields: Mapping) -> dict:
@@ -158,11 +247,25 @@ class Settings(abc.ABC):
             raise ValueError(f"{cls.section}: unknown settings {unknown}; known: {sorted(cls.declared())}")
         if fields.get("debug"):
             fields = {**cls.debug_preset(fields), **fields}
-        return cls(**fields)
+        own, grouped, layout = {}, {}, cls.layout()
+        for flat, value in fields.items():
+            slot = layout[flat]
+            if slot.group is None:
+                own[slot.name] = value
+            else:
+                grouped.setdefault(slot.group, {})[slot.name] = value
+        for attr, values in grouped.items():
+            group, defaults, _ = cls.nested_groups()[attr]
+            own[attr] = group(**{**defaults, **values})
+        return cls(**own)
 
     def as_fields(self) -> dict:
-        """The settings as JSON-ready fields (what a run stores; `from_fields` reads them back)."""
-        return {name: list(v) if isinstance(v, tuple) else v for name, v in dataclasses.asdict(self).items()}
+        """The settings by flat name, JSON-ready (what a run stores; `from_fields` reads them back)."""
+        out = {}
+        for flat, slot in self.layout().items():
+            value = getattr(self if slot.group is None else getattr(self, slot.group), slot.name)
+            out[flat] = list(value) if isinstance(value, tuple) else value
+        return out
 
     @abc.abstractmethod
     def search_steps(self) -> int:

@@ -188,6 +188,15 @@ def test_bad_configs_name_the_field(parts, tmp_path):
 
 def test_the_seeds_defaults():
     config = EcoFlowConfig(flow_checkpoint="best_flow.pt")
-    assert (config.iterations, config.batch_size, config.num_steps, config.method) == (100, 8, 50, "heun")
-    assert (config.guidance_strength, config.alpha, config.zero_init_fraction) == (1.0, 1.0, 0.04)
-    assert config.score_reencoded and config.zero_init == "guidance"
+    assert (config.iterations, config.batch_size, config.guidance.num_steps, config.guidance.method) == (
+        100,
+        8,
+        50,
+        "heun",
+    )
+    assert (config.guidance.guidance_strength, config.guidance.alpha, config.guidance.zero_init_fraction) == (
+        1.0,
+        1.0,
+        0.04,
+    )
+    assert config.score_reencoded and config.guidance.zero_init == "guidance"

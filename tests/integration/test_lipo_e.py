@@ -147,21 +147,25 @@ def test_a_resumed_run_repays_no_llm_call_and_frees_its_models(parts):
 
 def test_standard_mode_config_and_splits():
     config = LipoEConfig()
-    assert (config.num_slots, config.min_exemplars, config.qa_pool_size, config.ape_num_instructions) == (
+    assert (config.num_slots, config.min_exemplars, config.qa_pool_size, config.ape.num_instructions) == (
         8,
         0,
         6154,
         2000,
     )
-    assert (config.vae_beta, config.vae_epochs, config.gp_epochs, config.gp_lr, config.gp_patience) == (
+    assert (config.vae.beta, config.vae.epochs, config.gp.epochs, config.gp.lr, config.gp.patience) == (
         0.005,
         50000,
         1000,
         0.01,
         50,
     )
-    assert (config.bmin, config.eta, config.random_interleaving_prob) == (10, 2.0, 0.1)
-    assert (config.candidate_instructions, config.exemplar_steps, config.exemplar_restarts) == (50, 20, 5)
+    assert (config.hyperband.bmin, config.hyperband.eta, config.hyperband.random_interleaving_prob) == (10, 2.0, 0.1)
+    assert (config.acqf.candidate_instructions, config.acqf.exemplar_steps, config.acqf.exemplar_restarts) == (
+        50,
+        20,
+        5,
+    )
     assert config.pool_split() == "train[:6154]"
     assert config.seen_splits() == [("lipo_e.qa_pool_split", "train[:6154]")]
     sizes = {"train": 7473, "test": 1319}

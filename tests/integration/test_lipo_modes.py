@@ -150,4 +150,4 @@ def test_bad_modes_are_rejected():
     with pytest.raises(ValueError, match="lipo.grid_path '/nonexistent.jsonl' is not a file"):
         LipoConfig(mode="load-grid", grid_path="/nonexistent.jsonl")
     assert LipoConfig.from_fields({"debug": True, "iterations": 3}).iterations == 3  # user fields beat debug defaults
-    assert LipoConfig.from_fields({"debug": True}).ape_num_instructions == 10
+    assert LipoConfig.from_fields({"debug": True}).ape.num_instructions == 10

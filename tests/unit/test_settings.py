@@ -13,8 +13,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from promptopt.optimizer.v1 import optimizer_pb2
 
 from services.cli.main import ALGORITHM_FLAGS, build_parser
-from services.common.settings import Settings, setting
-from services.optimizer.algorithms import registry
+from services.common.settings import Settings, nested, setting
+from services.optimizer.algorithms import groups, registry
 
 PROTO = Path(__file__).resolve().parents[2] / "protos/promptopt/optimizer/v1/optimizer.proto"
 KINDS = {
@@ -63,7 +63,7 @@ def test_the_proto_config_matches_the_settings_names_types_and_defaults(name):
     message = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name[name].message_type
     declared = spec.settings.declared()
     assert set(message.fields_by_name) == set(declared), "a setting and the proto differ in their fields"
-    hints = {f.name: f.type for f in dataclasses.fields(spec.settings)}
+    hints = {flat: slot.kind for flat, slot in spec.settings.layout().items()}
     defaults = proto_defaults(message.name)
     for field, setting_ in declared.items():
         proto = message.fields_by_name[field]
@@ -163,6 +163,59 @@ def test_stored_configs_of_old_runs_still_load():
             continue  # needs a flow checkpoint named
         stored = spec.settings().as_fields()
         assert spec.settings.from_fields(stored) == spec.settings(), name
+
+
+def test_shared_groups_are_nested_with_each_algorithms_defaults_and_no_flat_copy():
+    lipo, lipo_e = registry.spec("lipo").settings(), registry.spec("lipo_e").settings()
+    assert type(lipo.ape) is type(lipo_e.ape) is groups.ApePool
+    assert isinstance(lipo.vae, groups.Vae) and isinstance(lipo_e.vae, groups.Vae)
+    assert (lipo.ape.num_instructions, lipo_e.ape.num_instructions) == (1000, 2000)  # seeds 000 and 001
+    assert (lipo.vae.epochs, lipo_e.vae.epochs, lipo.gp.epochs, lipo_e.gp.epochs) == (10000, 50000, 10000, 1000)
+    assert (lipo.vae.beta, lipo_e.vae.beta, lipo.vae.lr, lipo_e.vae.lr) == (0.003, 0.005, 3e-4, 1e-3)
+    assert issubclass(type(lipo.hyperband), groups.Hyperband) and type(lipo_e.hyperband) is groups.Hyperband
+    for name in ("lipo", "lipo_e"):  # no group field is declared a second time as a flat copy
+        settings = registry.spec(name).settings
+        own = {f.name for f in dataclasses.fields(settings) if "setting" in f.metadata}
+        grouped = {flat for flat, slot in settings.layout().items() if slot.group}
+        assert grouped and not own & grouped and "vae_epochs" in grouped
+
+
+def test_nested_groups_keep_flat_names_outside_the_code():
+    """Runs store, the proto carries and the CLI takes `vae_epochs`; the code reads `config.vae.epochs`."""
+    lipo_e = registry.spec("lipo_e").settings
+    config = lipo_e.from_fields({"vae_epochs": 7, "product_kernel": False, "acquisition": "ucb", "ape_batch_size": 3})
+    assert (config.vae.epochs, config.gp.product_kernel, config.acqf.acquisition) == (7, False, "ucb")
+    assert config.ape.batch_size == 3 and config.ape.num_instructions == 2000  # the rest keep LIPO-E's defaults
+    stored = config.as_fields()
+    assert stored["vae_epochs"] == 7 and stored["instruction_latent_dim"] == 16 and "vae" not in stored
+    assert lipo_e.from_fields(stored) == config
+    with pytest.raises(ValueError, match="lipo_e.vae_epochs must be positive, got 0"):
+        lipo_e.from_fields({"vae_epochs": 0})
+    with pytest.raises(ValueError, match="lipo_e.gp_lr must be a float, got 'fast'"):
+        lipo_e.from_fields({"gp_lr": "fast"})
+    debug = registry.spec("lipo").settings.from_fields({"debug": True, "gp_epochs": 9})
+    assert (debug.ape.num_instructions, debug.vae.epochs, debug.gp.epochs, debug.acqf.num_restarts) == (10, 300, 9, 4)
+    with pytest.raises(TypeError, match=r"ApePool has no settings \['size'\]"):
+        nested(groups.ApePool, size=3)
+    with pytest.raises(TypeError, match="lipo.gp must be a LatentGp"):
+        registry.spec("lipo").settings(gp=groups.Gp())
+    given = groups.LatentGp(lr=1)
+    assert registry.spec("lipo").settings(gp=given).gp.lr == 1.0 and given.lr == 1  # the caller's copy is not changed
+
+
+@dataclasses.dataclass(frozen=True)
+class Twice(Settings):
+    section: ClassVar[str] = "twice"
+    vae_epochs: int = setting(5, "epochs")
+    vae: groups.Vae = nested(groups.Vae)
+
+    def search_steps(self) -> int:
+        return 0
+
+
+def test_a_flat_name_declared_twice_is_refused():
+    with pytest.raises(TypeError, match=r"Twice: settings \['vae_epochs'\] are declared twice"):
+        Twice.declared()
 
 
 def test_a_config_file_sets_fields_and_the_flags_beside_it_win(tmp_path):

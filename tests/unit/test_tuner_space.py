@@ -167,4 +167,4 @@ def test_every_tuned_name_is_a_lipo_e_setting_and_the_baseline_comes_from_its_de
     settings = TuningSettings.from_json("{}", "t", state_dir=tmp_path)
     fields = TrialRunner(settings, None, None, None, "t").lipo_e_fields(dict(BASELINE), 0)
     config = settings_of("lipo_e").from_fields(fields)
-    assert (config.mode, config.acquisition, config.ucb_beta) == ("grid", "ucb", BASELINE["ucb_beta"])
+    assert (config.mode, config.acqf.acquisition, config.acqf.ucb_beta) == ("grid", "ucb", BASELINE["ucb_beta"])

@@ -25,19 +25,10 @@ from typing import ClassVar
 import numpy as np
 
 from services.common.config import default_pool_path
-from services.common.settings import Settings, setting
+from services.common.settings import Settings, nested, setting
 from services.flow.types import MAX_FLOW_SAMPLES, GuidanceSettings, decode_round_trip
 from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts
-from services.optimizer.algorithms.groups import (
-    ALPHA,
-    DECODER_STEPS,
-    DECODING,
-    GUIDANCE_STRENGTH,
-    METHOD,
-    NUM_STEPS,
-    ZERO_INIT,
-    ZERO_INIT_FRACTION,
-)
+from services.optimizer.algorithms.groups import DECODER_STEPS, Decoding, Guidance
 from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 
@@ -54,20 +45,15 @@ class EcoFlowConfig(Settings):
     )
     iterations: int = setting(100, "BO iterations: guided samples decoded, scored, added to the GP", low=0, debug=2)
     batch_size: int = setting(8, "guided samples per iteration", low=1, high=MAX_FLOW_SAMPLES, debug=2)
-    guidance_strength: float = GUIDANCE_STRENGTH.field()
-    alpha: float = ALPHA.field()
-    num_steps: int = NUM_STEPS.field()
-    method: str = METHOD.field()
-    zero_init_fraction: float = ZERO_INIT_FRACTION.field()
-    zero_init: str = ZERO_INIT.field()
+    guidance: Guidance = nested(Guidance)
     n_initial: int = setting(10, "initial design: pool instructions scored before the BO loop", low=0, debug=4)
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field(
         default=(), help="instructions added to the initial design"
     )
     initial_pool_path: str = setting("", "the instruction pool (JSON list) on the optimizer ('': the APE pool)")
     score_reencoded: bool = setting(True, "the GP learns the re-encoded embedding of each decoded prompt")
-    decoder_steps: int = DECODER_STEPS.field()
-    decoder_beam: int = setting(0, "decoder beam width (0: the decoder's default)", low=0, group=DECODING)
+    decoder_steps: int = DECODER_STEPS.field(group=Decoding.title)
+    decoder_beam: int = setting(0, "decoder beam width (0: the decoder's default)", low=0, group=Decoding.title)
 
     def validate(self):
         if not self.flow_checkpoint:
@@ -98,11 +84,6 @@ class EcoFlowConfig(Settings):
         if not isinstance(pool, list) or not pool or not all(isinstance(t, str) and t.strip() for t in pool):
             raise ValueError(f"ecoflow.initial_pool_path {path!r} must be a JSON list of non-empty strings")
         return pool
-
-    def guidance(self) -> GuidanceSettings:
-        return GuidanceSettings(
-            self.guidance_strength, self.alpha, self.num_steps, self.method, self.zero_init_fraction, self.zero_init
-        )
 
 
 @register(
@@ -189,7 +170,7 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
                 self.config.flow_checkpoint,
                 self.config.batch_size,
                 fit.model_id,
-                self.config.guidance(),
+                self.config.guidance.settings(),
                 seed=self.evaluation.seed * 100_003 + iteration,
             )
         finally:
@@ -250,7 +231,7 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
         trips = [s for it in state["iterations"] for s in it["samples"]]
         return {
             "timestamp": state["timestamp"],
-            "config": {**dataclasses.asdict(self.config), "initial_prompts": list(self.config.initial_prompts)},
+            "config": self.config.as_fields(),
             "initial": [
                 {"instruction": o["instruction"], "error": o["error"]}
                 for o in state["observations"]

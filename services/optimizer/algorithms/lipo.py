@@ -21,42 +21,17 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from services.common.settings import Settings, named_section, setting
+from services.common.settings import Settings, named_section, nested, setting
 from services.common.splits import SplitSpec
 from services.optimizer.algorithms.ape import generate_pool
 from services.optimizer.algorithms.base import DEBUG, DEBUG_FIDELITY, ModelServices
 from services.optimizer.algorithms.groups import (
-    APE_BATCH_SIZE,
-    APE_CACHE_PATH,
-    APE_MAX_LENGTH,
-    APE_MAX_TOKENS,
-    APE_NUM_INSTRUCTIONS,
-    BMIN,
-    DECODER_STEPS,
-    ETA,
-    GP,
-    GP_EPOCHS,
-    GP_LR,
-    GP_PATIENCE,
-    HYPERBAND,
-    INVERSION_CONVERGENCE_THRESHOLD,
-    INVERSION_LR,
-    INVERSION_N_STEPS,
-    LATENT_DIM,
-    LATENT_MARGIN,
-    NUM_RESTARTS,
-    RANDOM_INTERLEAVING_PROB,
-    RAW_SAMPLES,
-    VAE_ANNEALING_EPOCHS,
-    VAE_BATCH_SIZE,
-    VAE_BETA,
-    VAE_EPOCHS,
-    VAE_ETA_MIN,
-    VAE_GRAD_CLIP,
-    VAE_HIDDEN_DIM,
-    VAE_LR,
-    VAE_PATIENCE,
-    VEC2TEXT_BEAM,
+    Acquisition,
+    ApePool,
+    InstructionVae,
+    InvertedDecoding,
+    LatentGp,
+    LipoHyperband,
 )
 from services.optimizer.algorithms.hyperband import (
     Evaluation,
@@ -90,54 +65,15 @@ class LipoConfig(Settings):
         help=f"small run: 10 APE instructions, 1 iteration, short trainings, {DEBUG_FIDELITY} questions (unset fields)"
     )
     iterations: int = setting(10, "InvBO iterations after Hyperband", low=0, debug=1)
-    ape_num_instructions: int = APE_NUM_INSTRUCTIONS.field()
-    ape_cache_path: str = APE_CACHE_PATH.field()
-    ape_batch_size: int = APE_BATCH_SIZE.field()
-    ape_max_tokens: int = APE_MAX_TOKENS.field()
-    ape_max_length: int = APE_MAX_LENGTH.field()
-    vae_beta: float = VAE_BETA.field()
-    vae_epochs: int = VAE_EPOCHS.field(debug=300)
-    vae_annealing_epochs: int = VAE_ANNEALING_EPOCHS.field(debug=50)
-    vae_patience: int = VAE_PATIENCE.field(debug=50)
-    vae_lr: float = VAE_LR.field()
-    vae_batch_size: int = VAE_BATCH_SIZE.field()
-    vae_hidden_dim: int = VAE_HIDDEN_DIM.field()
-    vae_grad_clip: float = VAE_GRAD_CLIP.field()
-    vae_eta_min: float = VAE_ETA_MIN.field()
-    latent_dim: int = LATENT_DIM.field()
-    bmin: int = BMIN.field()
-    eta: float = ETA.field()
-    random_interleaving_prob: float = RANDOM_INTERLEAVING_PROB.field()
-    min_fidelity_pct: float = setting(
-        0.75,
-        "share of the full fidelity a prompt needs to count as a high-fidelity observation",
-        above=0.0,
-        high=1.0,
-        group=HYPERBAND,
-    )
-    gp_epochs: int = GP_EPOCHS.field(debug=300)
-    gp_lr: float = GP_LR.field()
-    gp_patience: int = GP_PATIENCE.field()
-    num_restarts: int = NUM_RESTARTS.field()
-    raw_samples: int = RAW_SAMPLES.field()
+    ape: ApePool = nested(ApePool)
+    vae: InstructionVae = nested(InstructionVae, debug={"epochs": 300, "annealing_epochs": 50, "patience": 50})
+    hyperband: LipoHyperband = nested(LipoHyperband)
+    gp: LatentGp = nested(LatentGp, debug={"epochs": 300})
+    acqf: Acquisition = nested(Acquisition)  # acquisition optimisation (`acquisition` is LIPO-E's function)
+    decoding: InvertedDecoding = nested(InvertedDecoding)
     use_inversion: bool = setting(True, "InvBO: invert each decoded text back to the latent and re-propose")
     max_inversion_iters: int = setting(3, "inversion rounds per InvBO iteration", low=0)
     gap_threshold: float = setting(0.1, "cosine gap above which InvBO inverts the decoded text", low=0.0)
-    vec2text_beam: int = VEC2TEXT_BEAM.field()
-    decoder_steps: int = DECODER_STEPS.field()
-    inversion_n_steps: int = INVERSION_N_STEPS.field()
-    inversion_lr: float = INVERSION_LR.field()
-    inversion_convergence_threshold: float = INVERSION_CONVERGENCE_THRESHOLD.field()
-    latent_margin: float = LATENT_MARGIN.field()
-    gp_retrain_epochs: int = setting(
-        GpTraining.for_retrain().epochs, "epochs of the GP's incremental retrain during InvBO", low=1, group=GP
-    )
-    gp_retrain_lr: float = setting(
-        GpTraining.for_retrain().lr, "learning rate of the GP's retrain", above=0.0, group=GP
-    )
-    gp_retrain_patience: int = setting(
-        GpTraining.for_retrain().patience, "patience of the GP's retrain", low=1, group=GP
-    )
     hyperband_evals_path: str = setting(
         "", "skip-hbbops: the recorded evaluations (results JSON or JSONL) on the optimizer"
     )
@@ -155,10 +91,10 @@ class LipoConfig(Settings):
             if self.mode == mode and not Path(path).is_file():
                 raise ValueError(f"lipo.{name} {path!r} is not a file on the optimizer")
         with named_section(self.section):  # the surrogate's checks across its fields
-            self.vae_config()
-            self.gp_training()
-            self.acquisition()
-            self.inversion()
+            self.vae.config()
+            self.gp.training()
+            self.acqf.config()
+            self.decoding.inversion()
 
     def search_steps(self) -> int:
         return 2 + int(self.runs_hyperband()) + (0 if self.mode == "hyperband-only" else self.iterations)
@@ -171,40 +107,6 @@ class LipoConfig(Settings):
         """(field, split) of data the search uses besides the validation split: the loaded
         evaluations in skip-hbbops and load-grid (recorded on `evaluations_split`)."""
         return [("lipo.evaluations_split", self.evaluations_split)] if self.mode in ("skip-hbbops", "load-grid") else []
-
-    def vae_config(self, seed: int = 0) -> VaeConfig:
-        return VaeConfig(
-            latent_dim=self.latent_dim,
-            hidden_dim=self.vae_hidden_dim,
-            beta=self.vae_beta,
-            epochs=self.vae_epochs,
-            annealing_epochs=self.vae_annealing_epochs,
-            patience=self.vae_patience,
-            lr=self.vae_lr,
-            eta_min=self.vae_eta_min,
-            batch_size=self.vae_batch_size,
-            grad_clip=self.vae_grad_clip,
-            seed=seed,
-        )
-
-    def gp_training(self, seed: int = 0) -> GpTraining:
-        return GpTraining(self.gp_epochs, self.gp_lr, self.gp_patience, seed)
-
-    def hyperband_training(self, seed: int = 0) -> GpTraining:
-        """The seed's `for_hyperband_gp()`, capped by gp_epochs (debug runs)."""
-        fast = GpTraining.for_hyperband(seed)
-        return dataclasses.replace(fast, epochs=min(fast.epochs, self.gp_epochs))
-
-    def retrain(self, seed: int = 0) -> GpTraining:
-        return GpTraining(self.gp_retrain_epochs, self.gp_retrain_lr, self.gp_retrain_patience, seed)
-
-    def acquisition(self) -> AcquisitionConfig:
-        return AcquisitionConfig(
-            num_restarts=self.num_restarts, raw_samples=self.raw_samples, latent_margin=self.latent_margin
-        )
-
-    def inversion(self) -> InversionConfig:
-        return InversionConfig(self.inversion_n_steps, self.inversion_lr, self.inversion_convergence_threshold)
 
 
 class SurrogateApi(Protocol):
@@ -302,7 +204,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
     def _vae(self, state: dict) -> str:
         if self._vae_id is None:
             result = self.models.surrogate.train_vae(
-                self._encode(state["pool"]), self.config.vae_config(self.evaluation.seed), self.owner
+                self._encode(state["pool"]), self.config.vae.config(self.evaluation.seed), self.owner
             )
             self._vae_id = result.vae_id
             training = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("vae_id", "quality")}
@@ -319,7 +221,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
                 [o["error"] for o in obs],
                 self._vae(state),
                 True,
-                self.config.gp_training(self.evaluation.seed),
+                self.config.gp.training(self.evaluation.seed),
                 self.owner,
             )
             self._model_id = fit.model_id
@@ -350,14 +252,14 @@ class LipoOptimizer(SurrogateBackedOptimizer):
 
     def _load(self, state: dict) -> None:
         config = self.config
-        cache = config.ape_cache_path or str(self.state_dir / "ape_instructions.json")
+        cache = config.ape.cache_path or str(self.state_dir / "ape_instructions.json")
         state["pool"] = generate_pool(
             self.llm,
-            config.ape_num_instructions,
+            config.ape.num_instructions,
             cache,
-            config.ape_batch_size,
-            config.ape_max_tokens,
-            config.ape_max_length,
+            config.ape.batch_size,
+            config.ape.max_tokens,
+            config.ape.max_length,
             self.evaluation.seed,
             self._progress,
         )
@@ -383,15 +285,15 @@ class LipoOptimizer(SurrogateBackedOptimizer):
 
     def _hyperband(self, state: dict) -> None:
         config = self.config
-        schedule = HyperbandSchedule(self.nvalid(), config.bmin, config.eta)
+        schedule = HyperbandSchedule(self.nvalid(), config.hyperband.bmin, config.hyperband.eta)
         pool = state["pool"]
         proposer = GpProposer(
             self.models.surrogate,
             self._encode(pool),
             self._vae(state),
-            config.min_fidelity_pct * schedule.nvalid,
-            config.random_interleaving_prob,
-            config.hyperband_training(self.evaluation.seed),
+            config.hyperband.min_fidelity_pct * schedule.nvalid,
+            config.hyperband.random_interleaving_prob,
+            config.gp.hyperband_training(self.evaluation.seed),
             self.owner,
         )
         history: list[Evaluation] = []
@@ -411,7 +313,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
                 ),
             )
         best = incumbent(history, schedule.nvalid)
-        top = high_fidelity(history, config.min_fidelity_pct * schedule.nvalid)
+        top = high_fidelity(history, config.hyperband.min_fidelity_pct * schedule.nvalid)
         state["observations"] = [
             {"instruction": pool[i], "error": e.error, "n": e.fidelity, "source": "hyperband"} for i, e in top.items()
         ]
@@ -431,7 +333,10 @@ class LipoOptimizer(SurrogateBackedOptimizer):
     def _decode(self, embedding, state: dict) -> tuple[str, float]:
         seeds = list(dict.fromkeys(state["pool"] + [o["instruction"] for o in state["observations"]]))
         pairs, usage = self.models.decoder.invert(
-            np.asarray([embedding], dtype=np.float32), seeds, self.config.decoder_steps, self.config.vec2text_beam
+            np.asarray([embedding], dtype=np.float32),
+            seeds,
+            self.config.decoding.decoder_steps,
+            self.config.decoding.vec2text_beam,
         )
         self.llm.usage.add(usage)
         return pairs[0]
@@ -442,14 +347,14 @@ class LipoOptimizer(SurrogateBackedOptimizer):
         model_id = self._gp(state)
         incumbent = self.winner(state)
         incumbent_error = None if incumbent is None else 1.0 - incumbent["score"]
-        point = surrogate.optimize(model_id, config.acquisition(), incumbent_error)  # improve on the winner
+        point = surrogate.optimize(model_id, config.acqf.config(), incumbent_error)  # improve on the winner
         z, embedding = point.latent, point.embedding
         text, cosine = self._decode(embedding, state)
         inversions = [{"text": text, "decoder_cosine": cosine}]
         gap = None
         if config.use_inversion:
             for _ in range(config.max_inversion_iters):
-                inverted = surrogate.invert(model_id, self._encode([text])[0], z, config.inversion())
+                inverted = surrogate.invert(model_id, self._encode([text])[0], z, config.decoding.inversion())
                 gap = 1.0 - _cosine(embedding, inverted.embedding)
                 inversions[-1].update({"inversion_loss": inverted.value, "gap": gap})
                 if gap <= config.gap_threshold:
@@ -464,7 +369,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
             error, n = self._score(state, text, self.nvalid()), self.nvalid()
         else:
             error, n = predicted, 0
-        surrogate.update(model_id, reencoded, [error], config.retrain(self.evaluation.seed))
+        surrogate.update(model_id, reencoded, [error], config.gp.retrain(self.evaluation.seed))
         state["observations"].append({"instruction": text, "error": error, "n": n, "source": "invbo"})
         entry = {
             "iteration": iteration,
@@ -510,7 +415,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
         return {
             "timestamp": state["timestamp"],
             "vae_quality_metrics": vae.get("vae_quality_metrics"),
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.as_fields(),
             "vae_training": vae.get("vae_training"),
             "hyperband": hyperband,
             "inference": inference,

@@ -37,40 +37,12 @@ import numpy as np
 
 from services.common.errors import NotFoundError
 from services.common.relevance import relevance_from_evaluations
-from services.common.settings import Settings, named_section, setting
+from services.common.settings import Settings, named_section, nested, setting
 from services.common.splits import SplitSpec
 from services.llm_eval.types import MAX_EXEMPLARS, Exemplar
 from services.optimizer.algorithms.ape import generate_pool
 from services.optimizer.algorithms.base import DEBUG, DEBUG_FIDELITY
-from services.optimizer.algorithms.groups import (
-    ACQUISITION,
-    ACQUISITION_FUNCTION,
-    APE_BATCH_SIZE,
-    APE_CACHE_PATH,
-    APE_MAX_LENGTH,
-    APE_MAX_TOKENS,
-    APE_NUM_INSTRUCTIONS,
-    BMIN,
-    DECODER_STEPS,
-    DISTANCE_WEIGHT,
-    ETA,
-    GP,
-    GP_EPOCHS,
-    GP_LR,
-    GP_PATIENCE,
-    LATENT_MARGIN,
-    NUM_RESTARTS,
-    RANDOM_INTERLEAVING_PROB,
-    RAW_SAMPLES,
-    UCB_BETA,
-    VAE,
-    VAE_BATCH_SIZE,
-    VAE_BETA,
-    VAE_EPOCHS,
-    VAE_LR,
-    VAE_PATIENCE,
-    VEC2TEXT_BEAM,
-)
+from services.optimizer.algorithms.groups import ApePool, Decoding, Hyperband, JointAcquisition, JointGpKernel, JointVae
 from services.optimizer.algorithms.hyperband import (
     MIN_GP_POINTS,
     Evaluation,
@@ -115,46 +87,16 @@ class LipoEConfig(Settings):
     qa_pool_size: int = setting(6154, "exemplar pool: the first N questions of qa_pool_split", low=1, debug=50)
     qa_pool_split: str = setting("train", "split the exemplar pool is drawn from (never the validation questions)")
     use_ape: bool = setting(True, "generate the instructions with APE (off: read instructions_path)")
-    ape_num_instructions: int = APE_NUM_INSTRUCTIONS.field(default=2000)
-    ape_cache_path: str = APE_CACHE_PATH.field()
+    ape: ApePool = nested(ApePool, num_instructions=2000)
     instructions_path: str = setting("", "instructions (JSON list) on the optimizer: grid mode, or use_ape off")
     exemplar_sets_path: str = setting("", "grid mode: the recorded exemplar sets (JSON) on the optimizer")
-    ape_batch_size: int = APE_BATCH_SIZE.field()
-    ape_max_tokens: int = APE_MAX_TOKENS.field()
-    ape_max_length: int = APE_MAX_LENGTH.field()
-    vae_beta: float = VAE_BETA.field(default=0.005)
-    vae_epochs: int = VAE_EPOCHS.field(default=50000, debug=30)
-    vae_patience: int = VAE_PATIENCE.field()
-    vae_lr: float = VAE_LR.field(default=1e-3)
-    vae_batch_size: int = VAE_BATCH_SIZE.field()
-    vae_samples: int = setting(
-        2000, "random (instruction, exemplar set) pairs the joint VAE trains on", low=1, debug=200, group=VAE
-    )
+    vae: JointVae = nested(JointVae, beta=0.005, epochs=50000, lr=1e-3, debug={"epochs": 30, "samples": 200})
     num_slots: int = setting(8, "exemplar slots per prompt", low=1, high=MAX_EXEMPLARS, debug=3)
     min_exemplars: int = setting(0, "fewest exemplars a prompt may have", low=0)
-    bmin: int = BMIN.field()
-    eta: float = ETA.field()
-    random_interleaving_prob: float = RANDOM_INTERLEAVING_PROB.field()
-    gp_epochs: int = GP_EPOCHS.field(default=1000, debug=200)
-    gp_lr: float = GP_LR.field()
-    gp_patience: int = GP_PATIENCE.field(default=50)
-    candidate_instructions: int = setting(
-        50, "instructions the two-stage proposal considers", low=1, debug=5, group=ACQUISITION
-    )
-    exemplar_steps: int = setting(20, "exemplar-search steps per candidate instruction", low=1, group=ACQUISITION)
-    exemplar_restarts: int = setting(5, "restarts of the exemplar search", low=1, debug=2, group=ACQUISITION)
-    num_restarts: int = NUM_RESTARTS.field()
-    raw_samples: int = RAW_SAMPLES.field()
-    latent_margin: float = LATENT_MARGIN.field()
-    vec2text_beam: int = VEC2TEXT_BEAM.field()
-    decoder_steps: int = DECODER_STEPS.field()
-    product_kernel: bool = setting(
-        True, "GP kernel: instruction x exemplar product (off: one kernel on the joint latent)", group=GP
-    )
-    beta_smoothing: bool = setting(True, "heteroscedastic noise from Beta-smoothed error rates", group=GP)
-    vae_mse_weight: float = setting(0.0, "BOLT: weight of the VAE's embedding MSE term", low=0.0, group=VAE)
-    instruction_latent_dim: int = setting(16, "z_inst width", low=1, group=VAE)
-    exemplar_latent_dim: int = setting(16, "z_ex width", low=1, group=VAE)
+    hyperband: Hyperband = nested(Hyperband)
+    gp: JointGpKernel = nested(JointGpKernel, epochs=1000, patience=50, debug={"epochs": 200})
+    acqf: JointAcquisition = nested(JointAcquisition)  # acquisition optimisation (`acquisition` is LIPO-E's function)
+    decoding: Decoding = nested(Decoding)
     use_scorer: bool = setting(False, "BOLT: Hyperband's proposals pick exemplars with the Set Transformer scorer")
     selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", above=0.0)
     mmr_lambda: float = setting(0.6, "BOLT scorer: MMR relevance-diversity balance", low=0.0, high=1.0)
@@ -162,10 +104,6 @@ class LipoEConfig(Settings):
     set_transformer_hidden: int = setting(128, "BOLT scorer: hidden width", low=1)
     num_inducing_points: int = setting(4, "BOLT scorer: inducing points of the Set Transformer", low=1)
     scorer_epochs: int = setting(300, "BOLT scorer: training epochs", low=1)
-    use_deep_kernel: bool = setting(False, "BOLT: a deep kernel on the instruction latent", group=GP)
-    acquisition: str = ACQUISITION_FUNCTION.field()
-    ucb_beta: float = UCB_BETA.field()
-    distance_weight: float = DISTANCE_WEIGHT.field()
     cosine_sim_threshold: float = setting(
         0.0, "BOLT: reject a realisation whose cosine to its target is below this", low=0.0, high=1.0
     )
@@ -210,7 +148,7 @@ class LipoEConfig(Settings):
         with named_section(self.section):  # the surrogate's checks across its fields
             self.vae_config()
             self.gp_config()
-            self.acquisition_config()
+            self.acqf.config()
             self.scorer_config()
 
     def search_steps(self) -> int:
@@ -225,8 +163,8 @@ class LipoEConfig(Settings):
         shares no question with the validation split (exemplars are never evaluation questions)."""
         spec = SplitSpec.parse(evaluation.split, "evaluation.split")
         nvalid = evaluation.fidelity or (DEBUG_FIDELITY if self.debug else len(spec.bounds(sizes.get(spec.base, 0))))
-        if nvalid < self.bmin:
-            raise ValueError(f"lipo_e.bmin {self.bmin} exceeds the full fidelity of {nvalid} questions")
+        if nvalid < self.hyperband.bmin:
+            raise ValueError(f"lipo_e.bmin {self.hyperband.bmin} exceeds the full fidelity of {nvalid} questions")
         if self.mode == "grid":
             return
         pool = SplitSpec.parse(self.pool_split(), "lipo_e.qa_pool_split")
@@ -252,40 +190,30 @@ class LipoEConfig(Settings):
 
     def vae_config(self, seed: int = 0) -> JointVaeConfig:
         return JointVaeConfig(
-            beta=self.vae_beta,
-            epochs=self.vae_epochs,
-            patience=self.vae_patience,
-            lr=self.vae_lr,
-            batch_size=self.vae_batch_size,
+            beta=self.vae.beta,
+            epochs=self.vae.epochs,
+            patience=self.vae.patience,
+            lr=self.vae.lr,
+            batch_size=self.vae.batch_size,
             num_slots=self.num_slots,
             min_exemplars=self.min_exemplars,
-            samples=self.vae_samples,
-            inst_dim=self.instruction_latent_dim,
-            ex_dim=self.exemplar_latent_dim,
-            mse_weight=self.vae_mse_weight,
+            samples=self.vae.samples,
+            inst_dim=self.vae.instruction_latent_dim,
+            ex_dim=self.vae.exemplar_latent_dim,
+            mse_weight=self.vae.mse_weight,
             seed=seed,
         )
 
     def gp_config(self, seed: int = 0) -> JointGpConfig:
         return JointGpConfig(
-            self.gp_epochs,
-            self.gp_lr,
-            self.gp_patience,
-            self.product_kernel,
-            self.beta_smoothing,
+            self.gp.epochs,
+            self.gp.lr,
+            self.gp.patience,
+            self.gp.product_kernel,
+            self.gp.beta_smoothing,
             seed,
-            self.instruction_latent_dim,
-            self.use_deep_kernel,
-        )
-
-    def acquisition_config(self) -> AcquisitionConfig:
-        return AcquisitionConfig(
-            num_restarts=self.num_restarts,
-            raw_samples=self.raw_samples,
-            latent_margin=self.latent_margin,
-            acquisition=self.acquisition,
-            ucb_beta=self.ucb_beta,
-            distance_weight=self.distance_weight,
+            self.vae.instruction_latent_dim,
+            self.gp.use_deep_kernel,
         )
 
     def scorer_config(self, seed: int = 0) -> ScorerConfig:
@@ -667,14 +595,14 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             )
             return
         if config.use_ape:
-            cache = config.ape_cache_path or str(self.state_dir / "ape_instructions_lipo_e.json")
+            cache = config.ape.cache_path or str(self.state_dir / "ape_instructions_lipo_e.json")
             state["instructions"] = generate_pool(
                 self.llm,
-                config.ape_num_instructions,
+                config.ape.num_instructions,
                 cache,
-                config.ape_batch_size,
-                config.ape_max_tokens,
-                config.ape_max_length,
+                config.ape.batch_size,
+                config.ape.max_tokens,
+                config.ape.max_length,
                 ev.seed,
                 self._progress,
             )
@@ -703,18 +631,18 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
     def _hyperband(self, state: dict) -> None:
         config = self.config
         space, gp = self._models(state)
-        schedule = HyperbandSchedule(self.nvalid(), config.bmin, config.eta)
+        schedule = HyperbandSchedule(self.nvalid(), config.hyperband.bmin, config.hyperband.eta)
         proposer = JointProposer(
             gp,
-            config.random_interleaving_prob,
+            config.hyperband.random_interleaving_prob,
             config.mode == "grid",
             len(state["instructions"]),
             len(self._pool(state)),
             config.num_slots,
             config.min_exemplars,
-            config.candidate_instructions,
-            config.exemplar_steps,
-            config.exemplar_restarts,
+            config.acqf.candidate_instructions,
+            config.acqf.exemplar_steps,
+            config.acqf.exemplar_restarts,
             self.evaluation.seed,
             self._scorer(state, gp) if config.use_scorer else None,
         )
@@ -773,8 +701,8 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         texts, usage = self.models.decoder.invert(
             np.asarray(embeddings, dtype=np.float32),
             state["instructions"],
-            self.config.decoder_steps,
-            self.config.vec2text_beam,
+            self.config.decoding.decoder_steps,
+            self.config.decoding.vec2text_beam,
         )
         self.llm.usage.add(usage)
         return texts[0][0], list(sets[0]), float(texts[0][1])
@@ -790,7 +718,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         model_id = gp.model_for([Evaluation(*row) for row in state["evaluations"]], min_points=2)
         if model_id is None:
             raise ValueError("InvBO needs at least 2 evaluated prompts for the GP")
-        z, value = surrogate.optimize_joint(model_id, config.acquisition_config(), self.evaluation.seed + iteration)
+        z, value = surrogate.optimize_joint(model_id, config.acqf.config(), self.evaluation.seed + iteration)
         span = np.maximum(np.ptp(space.z, axis=0), 1e-6)
         rng = np.random.default_rng(self.evaluation.seed * 1_000_003 + iteration)
         entry = {"iteration": iteration, "acquisition": value, "rejected": 0, "evaluated": False}
@@ -830,7 +758,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         )
         state["inference"].append(entry)
         self._progress(
-            f"InvBO iteration {iteration}: {config.acquisition} {value:.3f}, realised at cosine {cosine:.3f} "
+            f"InvBO iteration {iteration}: {config.acqf.acquisition} {value:.3f}, realised at cosine {cosine:.3f} "
             f"({entry['rejected']} rejected), latent gap {entry['latent_gap']:.3f}, {len(ids)} exemplars, "
             f"predicted error {entry['predicted_error']:.3f}, actual {error:.3f}:\n{text}"
         )
@@ -862,7 +790,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
         top = self.winner(state)
         return {
             "timestamp": state["timestamp"],
-            "config": dataclasses.asdict(self.config),
+            "config": self.config.as_fields(),
             "vae_quality_metrics": state.get("vae"),
             "scorer": state.get("scorer") or None,
             "hyperband": hyperband,
