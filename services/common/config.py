@@ -72,8 +72,9 @@ class ServerConfig:
     port: int = 0
     metrics_port: int = 0
     max_message_mb: int = 64
-    max_workers: int = 8
-    max_concurrent_rpcs: int = 64
+    max_workers: int = 8  # threads for unary calls
+    max_streams: int = 64  # streams (WatchRun, Health.Watch) open at once, each on its own thread
+    max_concurrent_rpcs: int = 160  # calls in flight or queued, streams included
     grace_seconds: float = 10.0
     tls_cert: str = ""
     tls_key: str = ""
@@ -90,6 +91,13 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key must be set together")
         if self.max_message_mb <= 0:
             raise ValueError("max_message_mb must be positive")
+        if self.max_workers < 1 or self.max_streams < 1:
+            raise ValueError("max_workers and max_streams must be positive")
+        if self.max_concurrent_rpcs <= self.max_streams + self.max_workers:
+            raise ValueError(
+                f"max_concurrent_rpcs {self.max_concurrent_rpcs} must exceed max_streams + max_workers "
+                f"({self.max_streams + self.max_workers}): open streams would refuse every other call"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,8 @@
 `serve()` starts a gRPC server with: grpc.health.v1 health (NOT_SERVING until the
 service's `load` finishes, NOT_SERVING again while draining), server reflection, a
 Prometheus `/metrics` HTTP port, message-size limits, a concurrency cap
-(RESOURCE_EXHAUSTED beyond it), optional TLS/mTLS and bearer-token auth, mapping of
+(RESOURCE_EXHAUSTED beyond it), streams capped apart from unary calls (open watchers never take
+the threads that health and GetRun answer on), optional TLS/mTLS and bearer-token auth, mapping of
 domain exceptions to status codes, and graceful shutdown on SIGTERM/SIGINT.
 """
 
@@ -54,9 +55,11 @@ class _Interceptor(grpc.ServerInterceptor):
     """Counts and times RPCs, checks the bearer token, maps exceptions to status codes and, on GPU,
     reports the process's peak GPU memory in each unary reply's trailing metadata."""
 
-    def __init__(self, auth_token: str, ready: threading.Event):
+    def __init__(self, auth_token: str, ready: threading.Event, max_streams: int):
         self._auth_token = auth_token
         self._ready = ready
+        self._max_streams = max_streams
+        self._streams = threading.BoundedSemaphore(max_streams)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -118,11 +121,19 @@ class _Interceptor(grpc.ServerInterceptor):
     def _wrap_stream(self, behaviour, service, method):
         def wrapped(request, context):
             start = time.perf_counter()
+            if not self._streams.acquire(blocking=False):  # the executor keeps max_workers threads for the rest
+                RPC_REQUESTS.labels(service, method, "RESOURCE_EXHAUSTED").inc()
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self._max_streams} streams are open on this service (its max_streams): close one or retry later",
+                )
             try:
                 yield from behaviour(request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status code
                 self._finish(context, service, method, start, _classify(exc))
                 raise
+            finally:
+                self._streams.release()
             self._finish(context, service, method, start, None)
 
         return wrapped
@@ -205,8 +216,8 @@ def serve(
     ready = threading.Event()
     size = config.max_message_mb * 1024 * 1024
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers),
-        interceptors=[_Interceptor(config.auth_token, ready)],
+        futures.ThreadPoolExecutor(max_workers=config.max_workers + config.max_streams),
+        interceptors=[_Interceptor(config.auth_token, ready, config.max_streams)],
         options=[("grpc.max_send_message_length", size), ("grpc.max_receive_message_length", size)],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

@@ -130,3 +130,36 @@ def test_calls_repeated_after_a_deadline_are_those_the_protos_declare_safe(metho
     import promptopt.surrogate.v1.surrogate_pb2  # noqa: F401
 
     assert safe_to_repeat(method) is safe
+
+
+def test_64_open_watchers_leave_health_and_getrun_answering_and_one_more_stream_is_refused(tmp_path):
+    """Streams hold a thread each, apart from the threads unary calls answer on (ServerConfig's
+    max_streams): 64 watchers of a running run, then health and GetRun still answer within 1 s."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    store = RunStore(tmp_path / "flow.sqlite")
+    run_id = store.create("flow", "a long run", {"epochs": 1}, 1).run_id
+    store.append_event(run_id, "progress", {"message": "epoch 1"}, store.get(run_id).usage)
+    store.update(run_id, state=RunState.RUNNING)
+    server = start_server(operations_binding({"flow": (store, RunManager(store, factory=None))}, poll_seconds=0.2))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    operations = operations_pb2_grpc.OperationsServiceStub(channel)
+    watch = operations_pb2.WatchRunRequest(run_id=run_id)
+    watchers = [operations.WatchRun(watch, timeout=60) for _ in range(64)]
+    try:
+        assert all(next(w).event.progress.message == "epoch 1" for w in watchers)  # every stream is open
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        run = operations.GetRun(operations_pb2.GetRunRequest(run_id=run_id), timeout=1).run
+        assert run.state == operations_pb2.RUN_STATE_RUNNING
+        with pytest.raises(grpc.RpcError) as refused:
+            next(operations.WatchRun(watch, timeout=5))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "64 streams are open on this service (its max_streams)" in refused.value.details()
+    finally:
+        for w in watchers:
+            w.cancel()
+    store.update(run_id, state=RunState.SUCCEEDED)
+    assert [e.event.progress.message for e in operations.WatchRun(watch, timeout=10)] == ["epoch 1"]  # freed
+    channel.close()
+    server.server.stop(0)

@@ -27,6 +27,8 @@ def test_from_env_parses_types_and_names_bad_variable():
     with pytest.raises(ConfigError, match="backend"):
         from_env(LlmEvalConfig, "P_", {"P_BACKEND": "nope"})
     assert dataclasses.is_dataclass(from_env(LlmEvalConfig, "P_", {}))
+    with pytest.raises(ConfigError, match=r"max_concurrent_rpcs 64 must exceed max_streams \+ max_workers \(72\)"):
+        from_env(ServerConfig, "P_", {"P_MAX_CONCURRENT_RPCS": "64"})
 
 
 def test_healthcheck_follows_the_service_health(monkeypatch, capsys):
