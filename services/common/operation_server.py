@@ -24,6 +24,7 @@ from services.common.server import ServiceBinding
 
 # parse(request) -> (algorithm, display_name, resolved config dict, total_steps)
 MAX_PAGE = 1000  # runs one ListRuns page may ask for
+MAX_DISPLAY_NAME = 200  # characters of a run's display name (every ListRuns page carries them)
 Parser = Callable[[object], tuple[str, str, dict, int]]
 
 
@@ -169,6 +170,7 @@ class OperationServicer(RunRpcs):
 
     def StartRun(self, request, context):  # noqa: N802 - gRPC method name
         algorithm, display_name, config, total_steps = self.parse(request)
+        require(len(display_name) <= MAX_DISPLAY_NAME, f"display_name must be at most {MAX_DISPLAY_NAME} characters")
         record = self.store.create(algorithm, display_name, config, total_steps)
         self.manager.start(record.run_id)
         return self.pb2.StartRunResponse(run=run_to_proto(record))

@@ -21,8 +21,11 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from services.common.config import coerced
+from services.common.errors import shown
 
 NO_DEBUG = object()  # the setting keeps its default in debug runs
+MAX_TEXT_CHARS = 4096  # a text setting, or one item of a list setting (a prompt, a path, a name)
+MAX_LIST_ITEMS = 5000  # items of a list setting (e.g. random search's candidate instructions)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +61,14 @@ class Setting:
     def problem(self, value) -> str | None:
         """Why `value` is out of bounds ('must be ...'), or None when it is allowed."""
         if self.choices:
-            return None if value in self.choices else f"must be one of {list(self.choices)}, got {value!r}"
+            return None if value in self.choices else f"must be one of {list(self.choices)}, got {shown(repr(value))}"
+        if isinstance(value, str):
+            return None if len(value) <= MAX_TEXT_CHARS else f"must be at most {MAX_TEXT_CHARS} characters"
+        if isinstance(value, tuple):
+            if len(value) > MAX_LIST_ITEMS:
+                return f"must hold at most {MAX_LIST_ITEMS} items, got {len(value)}"
+            longest = max(map(len, value), default=0)
+            return None if longest <= MAX_TEXT_CHARS else f"items must be at most {MAX_TEXT_CHARS} characters"
         if not isinstance(value, int | float) or isinstance(value, bool):
             return None
         if isinstance(value, float) and not math.isfinite(value):

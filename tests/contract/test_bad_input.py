@@ -314,7 +314,7 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     expect(INVALID, "algorithm must be set", stub.StartRun, pb2.StartRunRequest())
     expect(
         INVALID,
-        "opro.iterations must be positive",
+        "opro.iterations must be in [1, 10000], got 0",
         stub.StartRun,
         pb2.StartRunRequest(opro=pb2.OproConfig(iterations=0)),
     )
@@ -355,7 +355,20 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         stub.StartRun,
         pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="missing.json")),
     )
-    expect(INVALID, "lipo.bmin must be positive", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(bmin=0)))
+    expect(
+        INVALID,
+        "lipo.bmin must be in [1, 100000], got 0",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo=pb2.LipoConfig(bmin=0)),
+    )
+    expect(
+        INVALID,
+        "lipo.eta must be in [1.1, 100.0]",
+        stub.StartRun,
+        pb2.StartRunRequest(lipo=pb2.LipoConfig(eta=1.00000001)),
+    )
+    long_name = pb2.StartRunRequest(display_name="n" * 300, opro=pb2.OproConfig())
+    expect(INVALID, "display_name must be at most 200 characters", stub.StartRun, long_name)
     grid = DATASETS / "hbbops_dev"
     E = pb2.LipoEConfig
     expect(

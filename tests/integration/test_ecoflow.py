@@ -179,7 +179,7 @@ def test_bad_configs_name_the_field(parts, tmp_path):
         ({"initial_pool_path": str(not_json)}, "ecoflow.initial_pool_path .* is not JSON"),
         ({"initial_pool_path": str(not_a_list)}, "ecoflow.initial_pool_path .* must be a JSON list of non-empty"),
         ({"guidance_strength": float("inf")}, "ecoflow.guidance_strength must be a finite number, got inf"),
-        ({"alpha": -1.0}, "ecoflow.alpha must be >= 0.0, got -1.0"),
+        ({"alpha": -1.0}, r"ecoflow.alpha must be in \[0.0, 100.0\], got -1.0"),
         ({"num_steps": 1001}, r"ecoflow.num_steps must be in \[1, 1000\]"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -182,7 +182,7 @@ def test_bad_configs_fail_at_start_with_the_field_named(parts, tmp_path):
     }
     sizes = {"train": 7473, "test": 1319}
     for fields, message in [
-        ({"eta": 1.0}, "lipo_e.eta must be > 1"),
+        ({"eta": 1.0}, r"lipo_e.eta must be in \[1.1, 100.0\], got 1.0"),
         ({"min_exemplars": 9}, r"lipo_e.min_exemplars must be in \[0, 8\]"),
         ({"instructions_path": grid["instructions_path"]}, "instructions_path is set but use_ape is on"),
         ({"exemplar_sets_path": grid["exemplar_sets_path"]}, "exemplar_sets_path is only read in grid mode"),

@@ -189,7 +189,7 @@ def test_nested_groups_keep_flat_names_outside_the_code():
     stored = config.as_fields()
     assert stored["vae_epochs"] == 7 and stored["instruction_latent_dim"] == 16 and "vae" not in stored
     assert lipo_e.from_fields(stored) == config
-    with pytest.raises(ValueError, match="lipo_e.vae_epochs must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"lipo_e.vae_epochs must be in \[1, 100000\], got 0"):
         lipo_e.from_fields({"vae_epochs": 0})
     with pytest.raises(ValueError, match="lipo_e.gp_lr must be a float, got 'fast'"):
         lipo_e.from_fields({"gp_lr": "fast"})
@@ -231,3 +231,39 @@ def test_a_config_file_sets_fields_and_the_flags_beside_it_win(tmp_path):
     config.write_text("initial_prompts: Solve it.\n")
     with pytest.raises(ValueError, match=r"opro.initial_prompts must be a list of strings, got 'Solve it.'"):
         start_request(build_parser().parse_args(["run", "opro", "--config", str(config)]))
+
+
+def test_every_number_has_an_upper_bound_and_texts_and_lists_are_capped():
+    """A hostile StartRun cannot ask for a billion-wide VAE, 2^31 iterations or megabyte prompts."""
+    for name, spec in registry.algorithms().items():
+        for field, declared in spec.settings.declared().items():
+            if isinstance(declared.default, int | float) and not isinstance(declared.default, bool):
+                assert declared.high is not None or declared.choices, f"{name}.{field} has no upper bound"
+    lipo = registry.spec("lipo").settings
+    with pytest.raises(ValueError, match=r"lipo.eta must be in \[1.1, 100.0\], got 1.00000001"):
+        lipo.from_fields({"eta": 1.00000001})  # ~4.9e8 Hyperband brackets before the bound
+    assert lipo.from_fields({"eta": 1.1}).hyperband.eta == 1.1
+    with pytest.raises(ValueError, match=r"lipo.vae_hidden_dim must be in \[1, 4096\], got 1000000000"):
+        lipo.from_fields({"vae_hidden_dim": 10**9})
+    with pytest.raises(ValueError, match=r"lipo.iterations must be in \[0, 10000\], got 2147483647"):
+        lipo.from_fields({"iterations": 2**31 - 1})
+    with pytest.raises(ValueError, match=r"lipo.gp_epochs must be in \[1, 100000\], got 0"):
+        lipo.from_fields({"gp_epochs": 0})
+    opro = registry.spec("opro").settings
+    with pytest.raises(ValueError, match="opro.initial_prompts items must be at most 4096 characters"):
+        opro.from_fields({"initial_prompts": ["x" * 5000]})
+    with pytest.raises(ValueError, match="opro.initial_prompts must hold at most 5000 items, got 5001"):
+        opro.from_fields({"initial_prompts": ["Solve it."] * 5001})
+    with pytest.raises(ValueError, match="lipo.evaluations_split must be at most 4096 characters"):
+        lipo.from_fields({"evaluations_split": "t" * 5000})
+
+
+def test_the_tuners_ranges_lie_inside_the_settings_bounds():
+    from services.tuner.hyperspace import BY_NAME
+
+    declared = registry.spec("lipo_e").settings.declared()
+    for name, param in BY_NAME.items():
+        values = param.choices or (param.low, param.high)
+        for value in values:
+            value = int(value) if isinstance(declared[name].default, int) and not param.choices else value
+            assert declared[name].problem(value) is None, f"{name}: the tuner's {value} is out of the settings' bounds"

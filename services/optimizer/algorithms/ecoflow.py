@@ -43,17 +43,23 @@ class EcoFlowConfig(Settings):
     debug: bool = DEBUG.field(
         help="small run: 2 iterations of 2 samples, 4 initial prompts, 10 ODE steps (unset fields)"
     )
-    iterations: int = setting(100, "BO iterations: guided samples decoded, scored, added to the GP", low=0, debug=2)
+    iterations: int = setting(
+        100, "BO iterations: guided samples decoded, scored, added to the GP", low=0, debug=2, high=10000
+    )
     batch_size: int = setting(8, "guided samples per iteration", low=1, high=MAX_FLOW_SAMPLES, debug=2)
     guidance: Guidance = nested(Guidance)
-    n_initial: int = setting(10, "initial design: pool instructions scored before the BO loop", low=0, debug=4)
+    n_initial: int = setting(
+        10, "initial design: pool instructions scored before the BO loop", low=0, debug=4, high=10000
+    )
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field(
         default=(), help="instructions added to the initial design"
     )
     initial_pool_path: str = setting("", "the instruction pool (JSON list) on the optimizer ('': the APE pool)")
     score_reencoded: bool = setting(True, "the GP learns the re-encoded embedding of each decoded prompt")
     decoder_steps: int = DECODER_STEPS.field(group=Decoding.title)
-    decoder_beam: int = setting(0, "decoder beam width (0: the decoder's default)", low=0, group=Decoding.title)
+    decoder_beam: int = setting(
+        0, "decoder beam width (0: the decoder's default)", low=0, group=Decoding.title, high=64
+    )
 
     def validate(self):
         if not self.flow_checkpoint:

@@ -19,7 +19,7 @@ from services.flow.types import MAX_FLOW_STEPS, ODE_METHODS, ZERO_INIT_MODES, Gu
 from services.surrogate.types import ACQUISITIONS, AcquisitionConfig, GpTraining, InversionConfig, VaeConfig
 
 # Shared alone: EcoFlow does not nest `Decoding`, its beam is `decoder_beam` with another default.
-DECODER_STEPS = Setting(0, "decoder correction steps (0: the decoder's default)", low=0)
+DECODER_STEPS = Setting(0, "decoder correction steps (0: the decoder's default)", low=0, high=100)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,11 +29,13 @@ class ApePool(SettingsGroup):
     title: ClassVar[str] = "APE instruction pool"
     prefix: ClassVar[str] = "ape_"
 
-    num_instructions: int = setting(1000, "instructions the generator LLM writes for the pool", low=1, debug=10)
+    num_instructions: int = setting(
+        1000, "instructions the generator LLM writes for the pool", low=1, debug=10, high=10000
+    )
     cache_path: str = setting("", "the pool's cache (JSON list) on the optimizer ('': its state directory)")
-    batch_size: int = setting(10, "instructions asked for per generator call", low=1)
-    max_tokens: int = setting(100, "max tokens of one generated instruction", low=1)
-    max_length: int = setting(500, "max characters of an instruction kept in the pool", low=1)
+    batch_size: int = setting(10, "instructions asked for per generator call", low=1, high=100)
+    max_tokens: int = setting(100, "max tokens of one generated instruction", low=1, high=1024)
+    max_length: int = setting(500, "max characters of an instruction kept in the pool", low=1, high=4000)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,22 +45,24 @@ class Vae(SettingsGroup):
     title: ClassVar[str] = "VAE"
     prefix: ClassVar[str] = "vae_"
 
-    beta: float = setting(VaeConfig.beta, "KL weight of the VAE loss", low=0.0)
-    epochs: int = setting(VaeConfig.epochs, "max VAE training epochs", low=1)
-    patience: int = setting(VaeConfig.patience, "epochs without improvement before early stopping", low=1)
-    lr: float = setting(VaeConfig.lr, "VAE learning rate", above=0.0)
-    batch_size: int = setting(VaeConfig.batch_size, "VAE minibatch size", low=1)
+    beta: float = setting(VaeConfig.beta, "KL weight of the VAE loss", low=0.0, high=10.0)
+    epochs: int = setting(VaeConfig.epochs, "max VAE training epochs", low=1, high=100000)
+    patience: int = setting(VaeConfig.patience, "epochs without improvement before early stopping", low=1, high=100000)
+    lr: float = setting(VaeConfig.lr, "VAE learning rate", above=0.0, high=1.0)
+    batch_size: int = setting(VaeConfig.batch_size, "VAE minibatch size", low=1, high=4096)
 
 
 @dataclasses.dataclass(frozen=True)
 class InstructionVae(Vae):
     """LIPO's VAE of instruction embeddings (seed 000)."""
 
-    annealing_epochs: int = setting(VaeConfig.annealing_epochs, "epochs of the KL weight's warm-up", low=0)
-    hidden_dim: int = setting(VaeConfig.hidden_dim, "width of the VAE's hidden layers", low=1)
-    grad_clip: float = setting(VaeConfig.grad_clip, "gradient-norm clip of VAE training", above=0.0)
-    eta_min: float = setting(VaeConfig.eta_min, "floor of the VAE's cosine learning-rate schedule", low=0.0)
-    latent_dim: int = setting(VaeConfig.latent_dim, "VAE latent dimension (the GP's input)", low=1, flat="latent_dim")
+    annealing_epochs: int = setting(VaeConfig.annealing_epochs, "epochs of the KL weight's warm-up", low=0, high=100000)
+    hidden_dim: int = setting(VaeConfig.hidden_dim, "width of the VAE's hidden layers", low=1, high=4096)
+    grad_clip: float = setting(VaeConfig.grad_clip, "gradient-norm clip of VAE training", above=0.0, high=1000.0)
+    eta_min: float = setting(VaeConfig.eta_min, "floor of the VAE's cosine learning-rate schedule", low=0.0, high=1.0)
+    latent_dim: int = setting(
+        VaeConfig.latent_dim, "VAE latent dimension (the GP's input)", low=1, flat="latent_dim", high=1024
+    )
 
     def config(self, seed: int = 0) -> VaeConfig:
         return VaeConfig(
@@ -80,10 +84,10 @@ class InstructionVae(Vae):
 class JointVae(Vae):
     """LIPO-E's joint VAE of (instruction, exemplar set) pairs (seed 001; BOLT's MSE term, seed 004)."""
 
-    samples: int = setting(2000, "random (instruction, exemplar set) pairs the joint VAE trains on", low=1)
-    mse_weight: float = setting(0.0, "BOLT: weight of the VAE's embedding MSE term", low=0.0)
-    instruction_latent_dim: int = setting(16, "z_inst width", low=1, flat="instruction_latent_dim")
-    exemplar_latent_dim: int = setting(16, "z_ex width", low=1, flat="exemplar_latent_dim")
+    samples: int = setting(2000, "random (instruction, exemplar set) pairs the joint VAE trains on", low=1, high=100000)
+    mse_weight: float = setting(0.0, "BOLT: weight of the VAE's embedding MSE term", low=0.0, high=100.0)
+    instruction_latent_dim: int = setting(16, "z_inst width", low=1, flat="instruction_latent_dim", high=256)
+    exemplar_latent_dim: int = setting(16, "z_ex width", low=1, flat="exemplar_latent_dim", high=256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +96,10 @@ class Hyperband(SettingsGroup):
 
     title: ClassVar[str] = "Hyperband"
 
-    bmin: int = setting(10, "Hyperband's smallest fidelity (validation questions)", low=1)
-    eta: float = setting(2.0, "Hyperband's halving rate", above=1.0)
+    bmin: int = setting(10, "Hyperband's smallest fidelity (validation questions)", low=1, high=100000)
+    eta: float = setting(
+        2.0, "Hyperband's halving rate (1.1 or more: closer to 1 means ever more brackets)", low=1.1, high=100.0
+    )
     random_interleaving_prob: float = setting(
         0.1, "chance a Hyperband proposal is random instead of the GP's", low=0.0, high=1.0
     )
@@ -115,9 +121,11 @@ class Gp(SettingsGroup):
     title: ClassVar[str] = "GP"
     prefix: ClassVar[str] = "gp_"
 
-    epochs: int = setting(GpTraining.epochs, "max GP training epochs", low=1)
-    lr: float = setting(GpTraining.lr, "GP learning rate", above=0.0)
-    patience: int = setting(GpTraining.patience, "GP epochs without improvement before early stopping", low=1)
+    epochs: int = setting(GpTraining.epochs, "max GP training epochs", low=1, high=100000)
+    lr: float = setting(GpTraining.lr, "GP learning rate", above=0.0, high=1.0)
+    patience: int = setting(
+        GpTraining.patience, "GP epochs without improvement before early stopping", low=1, high=100000
+    )
 
     def training(self, seed: int = 0) -> GpTraining:
         return GpTraining(self.epochs, self.lr, self.patience, seed)
@@ -128,10 +136,12 @@ class LatentGp(Gp):
     """LIPO's deep-kernel GP and its incremental retrain during InvBO."""
 
     retrain_epochs: int = setting(
-        GpTraining.for_retrain().epochs, "epochs of the GP's incremental retrain during InvBO", low=1
+        GpTraining.for_retrain().epochs, "epochs of the GP's incremental retrain during InvBO", low=1, high=100000
     )
-    retrain_lr: float = setting(GpTraining.for_retrain().lr, "learning rate of the GP's retrain", above=0.0)
-    retrain_patience: int = setting(GpTraining.for_retrain().patience, "patience of the GP's retrain", low=1)
+    retrain_lr: float = setting(GpTraining.for_retrain().lr, "learning rate of the GP's retrain", above=0.0, high=1.0)
+    retrain_patience: int = setting(
+        GpTraining.for_retrain().patience, "patience of the GP's retrain", low=1, high=100000
+    )
 
     def hyperband_training(self, seed: int = 0) -> GpTraining:
         """The seed's `for_hyperband_gp()`, capped by gp_epochs (debug runs)."""
@@ -159,12 +169,12 @@ class Acquisition(SettingsGroup):
 
     title: ClassVar[str] = "acquisition"
 
-    num_restarts: int = setting(AcquisitionConfig.num_restarts, "optimize_acqf restarts", low=1, debug=4)
+    num_restarts: int = setting(AcquisitionConfig.num_restarts, "optimize_acqf restarts", low=1, debug=4, high=512)
     raw_samples: int = setting(
-        AcquisitionConfig.raw_samples, "optimize_acqf raw samples (>= num_restarts)", low=1, debug=64
+        AcquisitionConfig.raw_samples, "optimize_acqf raw samples (>= num_restarts)", low=1, debug=64, high=65536
     )
     latent_margin: float = setting(
-        AcquisitionConfig.latent_margin, "margin around the latent bounds the acquisition searches", low=0.0
+        AcquisitionConfig.latent_margin, "margin around the latent bounds the acquisition searches", low=0.0, high=10.0
     )
 
     def config(self) -> AcquisitionConfig:
@@ -178,13 +188,15 @@ class JointAcquisition(Acquisition):
     """LIPO-E's two-stage proposal and its acquisition function (BOLT's UCB, seed 004)."""
 
     acquisition: str = setting(AcquisitionConfig.acquisition, "acquisition function of InvBO", choices=ACQUISITIONS)
-    ucb_beta: float = setting(AcquisitionConfig.ucb_beta, "UCB's exploration weight", above=0.0)
+    ucb_beta: float = setting(AcquisitionConfig.ucb_beta, "UCB's exploration weight", above=0.0, high=1000.0)
     distance_weight: float = setting(
-        AcquisitionConfig.distance_weight, "UCB's penalty on distance from observed latents", low=0.0
+        AcquisitionConfig.distance_weight, "UCB's penalty on distance from observed latents", low=0.0, high=1000.0
     )
-    candidate_instructions: int = setting(50, "instructions the two-stage proposal considers", low=1, debug=5)
-    exemplar_steps: int = setting(20, "exemplar-search steps per candidate instruction", low=1)
-    exemplar_restarts: int = setting(5, "restarts of the exemplar search", low=1, debug=2)
+    candidate_instructions: int = setting(
+        50, "instructions the two-stage proposal considers", low=1, debug=5, high=10000
+    )
+    exemplar_steps: int = setting(20, "exemplar-search steps per candidate instruction", low=1, high=1000)
+    exemplar_restarts: int = setting(5, "restarts of the exemplar search", low=1, debug=2, high=100)
 
     def config(self) -> AcquisitionConfig:
         return dataclasses.replace(
@@ -199,7 +211,7 @@ class Decoding(SettingsGroup):
     title: ClassVar[str] = "decoding"
 
     vec2text_beam: int = setting(
-        8, "beam width the decoder uses (vec2text's sequence beam; 0: the decoder's default)", low=0
+        8, "beam width the decoder uses (vec2text's sequence beam; 0: the decoder's default)", low=0, high=64
     )
     decoder_steps: int = DECODER_STEPS.field()
 
@@ -208,10 +220,10 @@ class Decoding(SettingsGroup):
 class InvertedDecoding(Decoding):
     """LIPO's decoding with InvBO's latent inversion (the surrogate's)."""
 
-    inversion_n_steps: int = setting(InversionConfig.n_steps, "Adam steps of one latent inversion", low=1)
-    inversion_lr: float = setting(InversionConfig.lr, "learning rate of the latent inversion", above=0.0)
+    inversion_n_steps: int = setting(InversionConfig.n_steps, "Adam steps of one latent inversion", low=1, high=10000)
+    inversion_lr: float = setting(InversionConfig.lr, "learning rate of the latent inversion", above=0.0, high=10.0)
     inversion_convergence_threshold: float = setting(
-        InversionConfig.convergence_threshold, "inversion stops below this cosine loss", low=0.0
+        InversionConfig.convergence_threshold, "inversion stops below this cosine loss", low=0.0, high=2.0
     )
 
     def inversion(self) -> InversionConfig:
@@ -225,9 +237,11 @@ class Guidance(SettingsGroup):
     title: ClassVar[str] = "guidance"
 
     guidance_strength: float = setting(
-        GuidanceSettings.guidance_strength, "lambda: weight of the LCB gradient in the velocity", low=0.0
+        GuidanceSettings.guidance_strength, "lambda: weight of the LCB gradient in the velocity", low=0.0, high=100.0
     )
-    alpha: float = setting(GuidanceSettings.alpha, "LCB exploration weight (mu - alpha sigma of the error)", low=0.0)
+    alpha: float = setting(
+        GuidanceSettings.alpha, "LCB exploration weight (mu - alpha sigma of the error)", low=0.0, high=100.0
+    )
     num_steps: int = setting(
         GuidanceSettings.num_steps, "ODE steps of one guided sample", low=1, high=MAX_FLOW_STEPS, debug=10
     )

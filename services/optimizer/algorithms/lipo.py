@@ -64,7 +64,7 @@ class LipoConfig(Settings):
     debug: bool = DEBUG.field(
         help=f"small run: 10 APE instructions, 1 iteration, short trainings, {DEBUG_FIDELITY} questions (unset fields)"
     )
-    iterations: int = setting(10, "InvBO iterations after Hyperband", low=0, debug=1)
+    iterations: int = setting(10, "InvBO iterations after Hyperband", low=0, debug=1, high=10000)
     ape: ApePool = nested(ApePool)
     vae: InstructionVae = nested(InstructionVae, debug={"epochs": 300, "annealing_epochs": 50, "patience": 50})
     hyperband: LipoHyperband = nested(LipoHyperband)
@@ -72,14 +72,14 @@ class LipoConfig(Settings):
     acqf: Acquisition = nested(Acquisition)  # acquisition optimisation (`acquisition` is LIPO-E's function)
     decoding: InvertedDecoding = nested(InvertedDecoding)
     use_inversion: bool = setting(True, "InvBO: invert each decoded text back to the latent and re-propose")
-    max_inversion_iters: int = setting(3, "inversion rounds per InvBO iteration", low=0)
-    gap_threshold: float = setting(0.1, "cosine gap above which InvBO inverts the decoded text", low=0.0)
+    max_inversion_iters: int = setting(3, "inversion rounds per InvBO iteration", low=0, high=100)
+    gap_threshold: float = setting(0.1, "cosine gap above which InvBO inverts the decoded text", low=0.0, high=2.0)
     hyperband_evals_path: str = setting(
         "", "skip-hbbops: the recorded evaluations (results JSON or JSONL) on the optimizer"
     )
     grid_path: str = setting("", "load-grid: the HbBoPs grid (JSONL) on the optimizer")
     evaluations_split: str = setting("test", "the split the loaded evaluations were recorded on")
-    top_k: int = setting(25, "load-grid: the best K grid prompts the GP starts from", low=1)
+    top_k: int = setting(25, "load-grid: the best K grid prompts the GP starts from", low=1, high=10000)
     evaluate_inference: bool = setting(True, "score each InvBO prompt on the validation split")
 
     def validate(self):

@@ -83,8 +83,12 @@ class LipoEConfig(Settings):
         help="small run: 10 instructions, 50-example pool, 3 slots, 1 iteration, short trainings, "
         f"{DEBUG_FIDELITY} questions (unset fields)"
     )
-    iterations: int = setting(50, "InvBO iterations after Hyperband (grid mode: 0 unless set)", low=0, debug=1)
-    qa_pool_size: int = setting(6154, "exemplar pool: the first N questions of qa_pool_split", low=1, debug=50)
+    iterations: int = setting(
+        50, "InvBO iterations after Hyperband (grid mode: 0 unless set)", low=0, debug=1, high=10000
+    )
+    qa_pool_size: int = setting(
+        6154, "exemplar pool: the first N questions of qa_pool_split", low=1, debug=50, high=1000000
+    )
     qa_pool_split: str = setting("train", "split the exemplar pool is drawn from (never the validation questions)")
     use_ape: bool = setting(True, "generate the instructions with APE (off: read instructions_path)")
     ape: ApePool = nested(ApePool, num_instructions=2000)
@@ -92,22 +96,22 @@ class LipoEConfig(Settings):
     exemplar_sets_path: str = setting("", "grid mode: the recorded exemplar sets (JSON) on the optimizer")
     vae: JointVae = nested(JointVae, beta=0.005, epochs=50000, lr=1e-3, debug={"epochs": 30, "samples": 200})
     num_slots: int = setting(8, "exemplar slots per prompt", low=1, high=MAX_EXEMPLARS, debug=3)
-    min_exemplars: int = setting(0, "fewest exemplars a prompt may have", low=0)
+    min_exemplars: int = setting(0, "fewest exemplars a prompt may have", low=0, high=MAX_EXEMPLARS)
     hyperband: Hyperband = nested(Hyperband)
     gp: JointGpKernel = nested(JointGpKernel, epochs=1000, patience=50, debug={"epochs": 200})
     acqf: JointAcquisition = nested(JointAcquisition)  # acquisition optimisation (`acquisition` is LIPO-E's function)
     decoding: Decoding = nested(Decoding)
     use_scorer: bool = setting(False, "BOLT: Hyperband's proposals pick exemplars with the Set Transformer scorer")
-    selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", above=0.0)
+    selection_weight: float = setting(0.1, "BOLT scorer: weight of the ListMLE term", above=0.0, high=100.0)
     mmr_lambda: float = setting(0.6, "BOLT scorer: MMR relevance-diversity balance", low=0.0, high=1.0)
-    set_transformer_heads: int = setting(4, "BOLT scorer: attention heads", low=1)
-    set_transformer_hidden: int = setting(128, "BOLT scorer: hidden width", low=1)
-    num_inducing_points: int = setting(4, "BOLT scorer: inducing points of the Set Transformer", low=1)
-    scorer_epochs: int = setting(300, "BOLT scorer: training epochs", low=1)
+    set_transformer_heads: int = setting(4, "BOLT scorer: attention heads", low=1, high=64)
+    set_transformer_hidden: int = setting(128, "BOLT scorer: hidden width", low=1, high=4096)
+    num_inducing_points: int = setting(4, "BOLT scorer: inducing points of the Set Transformer", low=1, high=256)
+    scorer_epochs: int = setting(300, "BOLT scorer: training epochs", low=1, high=100000)
     cosine_sim_threshold: float = setting(
         0.0, "BOLT: reject a realisation whose cosine to its target is below this", low=0.0, high=1.0
     )
-    latent_noise_scale: float = setting(0.05, "BOLT: noise of a rejected realisation's resample", low=0.0)
+    latent_noise_scale: float = setting(0.05, "BOLT: noise of a rejected realisation's resample", low=0.0, high=10.0)
 
     @classmethod
     def debug_preset(cls, fields) -> dict:

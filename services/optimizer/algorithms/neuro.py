@@ -31,7 +31,7 @@ class NeuroOptimizerConfig(Settings):
 
     section: ClassVar[str] = "neuro"
 
-    iterations: int = setting(10, "rewrite rounds, each of the current best instruction", low=1, debug=2)
+    iterations: int = setting(10, "rewrite rounds, each of the current best instruction", low=1, debug=2, high=10000)
     rewrites_per_step: int = setting(8, "rewrites asked of the rewriter per round", low=1, high=16, debug=2)
     max_length: int = setting(200, "max new tokens of one rewrite (the seed's /optimize default)", low=1, high=1024)
     temperature: float = setting(0.7, "the rewriter's sampling temperature", above=0.0, high=2.0)

@@ -36,13 +36,15 @@ class OproConfig(Settings):
     section: ClassVar[str] = "opro"
 
     iterations: int = setting(
-        10, "optimisation steps: meta-LLM proposal rounds after scoring the initial prompts", low=1, debug=2
+        10, "optimisation steps: meta-LLM proposal rounds after scoring the initial prompts", low=1, debug=2, high=10000
     )
-    candidates_per_step: int = setting(8, "instructions the meta-LLM proposes per step", low=1, debug=2)
-    top_k: int = setting(20, "best scored instructions shown to the meta-LLM", low=1)
-    num_buckets: int = setting(20, "score buckets the meta-prompt rounds scores to (20: multiples of 5)", low=1)
+    candidates_per_step: int = setting(8, "instructions the meta-LLM proposes per step", low=1, debug=2, high=256)
+    top_k: int = setting(20, "best scored instructions shown to the meta-LLM", low=1, high=1000)
+    num_buckets: int = setting(
+        20, "score buckets the meta-prompt rounds scores to (20: multiples of 5)", low=1, high=1000
+    )
     meta_temperature: float = setting(1.0, "meta-LLM sampling temperature", low=0.0, high=2.0)
-    num_exemplars: int = setting(3, "exemplar problems shown in the meta-prompt", low=0)
+    num_exemplars: int = setting(3, "exemplar problems shown in the meta-prompt", low=0, high=64)
     meta_max_tokens: int = setting(256, "max tokens of one meta-LLM proposal", low=1, high=MAX_META_TOKENS)
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field()
     debug: bool = DEBUG.field(

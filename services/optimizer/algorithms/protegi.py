@@ -41,19 +41,26 @@ class ProtegiConfig(Settings):
 
     section: ClassVar[str] = "protegi"
 
-    iterations: int = setting(6, "beam search steps", low=1)
-    beam_width: int = setting(4, "prompts kept in the beam after each step", low=1)
-    minibatch_size: int = setting(64, "questions per minibatch on which a beam prompt's errors are collected", low=1)
-    num_gradients: int = setting(4, "textual gradients (critiques) asked for per beam prompt", low=1)
-    errors_per_gradient: int = setting(4, "failed questions shown to the gradient LLM per critique", low=1)
-    edits_per_gradient: int = setting(1, "edited prompts written along each gradient", low=1)
-    paraphrases_per_edit: int = setting(2, "Monte-Carlo paraphrases of each edited prompt", low=0)
+    iterations: int = setting(6, "beam search steps", low=1, high=10000)
+    beam_width: int = setting(4, "prompts kept in the beam after each step", low=1, high=256)
+    minibatch_size: int = setting(
+        64, "questions per minibatch on which a beam prompt's errors are collected", low=1, high=10000
+    )
+    num_gradients: int = setting(4, "textual gradients (critiques) asked for per beam prompt", low=1, high=64)
+    errors_per_gradient: int = setting(4, "failed questions shown to the gradient LLM per critique", low=1, high=64)
+    edits_per_gradient: int = setting(1, "edited prompts written along each gradient", low=1, high=64)
+    paraphrases_per_edit: int = setting(2, "Monte-Carlo paraphrases of each edited prompt", low=0, high=64)
     bandit: str = setting("ucb", "best-arm selection among the candidates", choices=BANDITS)
     bandit_budget: int = setting(
-        0, f"bandit pulls per selection (0: {PULLS_PER_CANDIDATE} per candidate; at least one each)", low=0
+        0,
+        f"bandit pulls per selection (0: {PULLS_PER_CANDIDATE} per candidate; at least one each)",
+        low=0,
+        high=1000000,
     )
-    bandit_sample_size: int = setting(8, "fresh questions one bandit pull scores a candidate on", low=1)
-    ucb_c: float = setting(1.0, "UCB exploration constant (the bonus counts questions, as in the paper)", low=0.0)
+    bandit_sample_size: int = setting(8, "fresh questions one bandit pull scores a candidate on", low=1, high=10000)
+    ucb_c: float = setting(
+        1.0, "UCB exploration constant (the bonus counts questions, as in the paper)", low=0.0, high=100.0
+    )
     meta_temperature: float = setting(1.0, "temperature of the gradient and edit LLMs", low=0.0, high=2.0)
     meta_max_tokens: int = setting(256, "max tokens of one gradient, edit or paraphrase", low=1, high=MAX_META_TOKENS)
     gradient_model: str = setting("", "model that writes the textual gradients ('': the run's meta model)")
