@@ -177,20 +177,23 @@ class Settings(abc.ABC):
         for attr, (group, _, _) in self.nested_groups().items():
             if not isinstance(getattr(self, attr), group):
                 raise TypeError(f"{self.section}.{attr} must be a {group.__name__}, got {getattr(self, attr)!r}")
-        coerced = {}
+        group_values = {}
         for flat, slot in self.layout().items():
-            owner = self if slot.group is None else getattr(self, slot.group)
-            value = _coerce(getattr(owner, slot.name), slot.kind, f"{self.section}.{flat}")
+            value = _coerce(getattr(self._holder(slot), slot.name), slot.kind, f"{self.section}.{flat}")
             problem = slot.setting.problem(value)
             if problem:
                 raise ValueError(f"{self.section}.{flat} {problem}")
             if slot.group is None:
                 object.__setattr__(self, slot.name, value)
             else:
-                coerced.setdefault(slot.group, {})[slot.name] = value
-        for attr, values in coerced.items():  # a new group: the caller's instance stays as it was
+                group_values.setdefault(slot.group, {})[slot.name] = value
+        for attr, values in group_values.items():  # a new group: the caller's instance stays as it was
             object.__setattr__(self, attr, dataclasses.replace(getattr(self, attr), **values))
         self.validate()
+
+    def _holder(self, slot: Slot):
+        """The object whose field `slot` is: these settings, or one of their nested groups."""
+        return self if slot.group is None else getattr(self, slot.group)
 
     def validate(self) -> None:
         """Checks across fields; ValueError naming the fields (bounds are checked before)."""
@@ -273,7 +276,7 @@ class Settings(abc.ABC):
         """The settings by flat name, JSON-ready (what a run stores; `from_fields` reads them back)."""
         out = {}
         for flat, slot in self.layout().items():
-            value = getattr(self if slot.group is None else getattr(self, slot.group), slot.name)
+            value = getattr(self._holder(slot), slot.name)
             out[flat] = list(value) if isinstance(value, tuple) else value
         return out
 
