@@ -5,6 +5,8 @@ promptopt watch RUN_ID | list | get RUN_ID | cancel RUN_ID
 promptopt results RUN_ID                              write results/<run>.json and .png
 promptopt evaluate "Let's think step by step." --fidelity 20
 promptopt run lipo-e --config best_config.yaml        algorithm fields from a YAML/JSON file
+promptopt run lipo-e --instructions I.json --exemplar-sets E.json   local files, uploaded as content
+promptopt artifacts list | put KIND FILE | get ID -o FILE | delete ID
 promptopt tune --quick | --phases vae,gp | --resume --output-dir DIR | --workers N
 """
 
@@ -14,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 import grpc
 import yaml
@@ -24,9 +27,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from services.cli import flow, neuro
+from services.cli import artifacts, flow, neuro
 from services.cli.results import write_results
+from services.common.artifact_client import ArtifactClient
 from services.common.config import ClientConfig
+from services.common.errors import NotFoundError
 from services.common.settings import Setting
 from services.common.types import Usage
 from services.llm_eval.client import Chunking, LlmEvalClient, MeteredLlm
@@ -36,6 +41,7 @@ from services.optimizer.types import algorithm_spec, algorithm_specs
 from services.tuner.client import TunerClient
 
 console = Console()
+UPLOAD = "upload_"  # argparse dest prefix of a file flag: upload_<setting> holds the local path
 
 
 def algorithm_flags() -> dict[str, dict[str, Setting]]:
@@ -65,6 +71,14 @@ def add_setting_flags(parser: argparse.ArgumentParser, settings: dict[str, Setti
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
         flag = "--" + name.replace("_", "-")
+        if declared.artifact:  # a local file the CLI uploads, or the id of an earlier upload
+            stem = name.removesuffix("_artifact")
+            groups[group].add_argument(
+                "--" + stem.replace("_", "-"),
+                dest=UPLOAD + name,
+                metavar="FILE",
+                help=f"a local file, uploaded to the optimizer as {declared.artifact} ({name})",
+            )
         if isinstance(declared.default, tuple):  # repeated: --initial-prompt A --initial-prompt B
             groups[group].add_argument(
                 flag.removesuffix("s"), dest=name, action="append", metavar="TEXT", help=declared.describe()
@@ -97,7 +111,9 @@ def _usage_text(usage) -> str:
     )
 
 
-def start_request(args) -> optimizer_pb2.StartRunRequest:
+def start_request(args, upload: Callable[[str, str], str] | None = None) -> optimizer_pb2.StartRunRequest:
+    """The StartRunRequest of `promptopt run`'s flags; the local files they name go through
+    `upload(kind, path) -> artifact id` (to the optimizer's ArtifactService)."""
     request = optimizer_pb2.StartRunRequest(display_name=args.name, meta_model=args.meta_model)
     ev = request.evaluation
     ev.dataset, ev.split, ev.fidelity, ev.seed, ev.max_tokens = (
@@ -121,16 +137,22 @@ def start_request(args) -> optimizer_pb2.StartRunRequest:
         if args.hyperband_only:
             config.mode = "hyperband-only"
         if args.load_grid:
-            config.mode, config.grid_path = "load-grid", args.load_grid
+            config.mode, args.upload_grid_artifact = "load-grid", args.load_grid
         if args.ape_instructions is not None:
             config.ape_num_instructions = args.ape_instructions
     if algorithm == "lipo_e":  # the seed's --instructions FILE; grid mode with --exemplar-sets
-        if args.instructions:
-            config.instructions_path = args.instructions
-            if not args.exemplar_sets:
-                config.use_ape = False  # the seed's --no-use-ape --instructions FILE
-        if args.exemplar_sets:
-            config.mode, config.exemplar_sets_path = "grid", args.exemplar_sets
+        if args.upload_instructions_artifact and not args.upload_exemplar_sets_artifact:
+            config.use_ape = False  # the seed's --no-use-ape --instructions FILE
+        if args.upload_exemplar_sets_artifact:
+            config.mode = "grid"
+    for name, declared in ALGORITHM_FLAGS[algorithm].items():
+        path = getattr(args, UPLOAD + name, None) if declared.artifact else None
+        if path:
+            if upload is None:
+                raise ValueError(
+                    f"--{name.removesuffix('_artifact').replace('_', '-')} needs the optimizer to upload to"
+                )
+            setattr(config, name, upload(declared.artifact, path))
     return request
 
 
@@ -218,7 +240,8 @@ def watch(client: OptimizerClient | TunerClient, run_id: str, after: int = 0):
 
 def cmd_run(args) -> int:
     with OptimizerClient(_client_config(args.optimizer, args)) as client:
-        run = client.start(start_request(args))
+        with ArtifactClient(_client_config(args.optimizer, args)) as artifacts:
+            run = client.start(start_request(args, artifacts.upload))
         console.print(f"started [bold]{run.run_id}[/] ({run.algorithm}, {run.total_steps} steps)")
         if args.no_watch:
             print(run.run_id)
@@ -417,15 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_setting_flags(p, flags)
         if algorithm == "lipo":
-            p.add_argument("--skip-hbbops", action="store_true", help="mode skip-hbbops (with --hyperband-evals-path)")
+            p.add_argument("--skip-hbbops", action="store_true", help="mode skip-hbbops (with --hyperband-evals FILE)")
             p.add_argument("--hyperband-only", action="store_true", help="mode hyperband-only (no InvBO)")
             p.add_argument("--load-grid", metavar="JSONL", help="mode load-grid: top-K of this file, then InvBO")
             p.add_argument("--ape-instructions", type=int, help="APE pool size (ape_num_instructions)")
-        elif algorithm == "lipo_e":
-            p.add_argument("--instructions", metavar="JSON", help="instructions file (with --no-use-ape, or grid mode)")
-            p.add_argument(
-                "--exemplar-sets", metavar="JSON", help="grid mode: select among --instructions x these exemplar sets"
-            )
         p.add_argument(
             "--config", metavar="YAML", help="algorithm fields from a file (e.g. the tuner's best_config.yaml)"
         )
@@ -457,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "watch":
             p.add_argument("--after", type=int, default=0, help="resume after this event sequence")
         p.set_defaults(func=func)
+    artifacts.add_commands(sub, _client_config)
     flow.add_commands(sub, _client_config)
     neuro.add_commands(sub, _client_config)
     p = sub.add_parser("list", help="list runs")
@@ -476,7 +495,7 @@ def main(argv=None) -> int:
     except grpc.RpcError as exc:
         console.print(f"[red]error[/]: {exc.code().name}: {exc.details()}")
         return 2
-    except ValueError as exc:
+    except (ValueError, NotFoundError) as exc:
         console.print(f"[red]error[/]: {exc}")
         return 2
 

@@ -14,10 +14,9 @@ import json
 import re
 from collections.abc import Callable
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from promptopt.operations.v1 import operations_pb2, operations_pb2_grpc
 
-from services.common.convert import usage_to_proto
+from services.common.convert import timestamp, usage_to_proto
 from services.common.errors import NotFoundError, require, shown
 from services.common.operations import RunEvent, RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
@@ -26,12 +25,6 @@ from services.common.server import ServiceBinding
 MAX_PAGE = 1000  # runs one ListRuns page may ask for
 MAX_DISPLAY_NAME = 200  # characters of a run's display name (every ListRuns page carries them)
 Parser = Callable[[object], tuple[str, str, dict, int]]
-
-
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def run_to_proto(record: RunRecord) -> operations_pb2.Run:
@@ -45,8 +38,8 @@ def run_to_proto(record: RunRecord) -> operations_pb2.Run:
         best_prompt=record.best_prompt,
         best_score=record.best_score,
         usage=usage_to_proto(record.usage),
-        create_time=_timestamp(record.create_time),
-        update_time=_timestamp(record.update_time),
+        create_time=timestamp(record.create_time),
+        update_time=timestamp(record.update_time),
         error=record.error,
         config_json=json.dumps(record.config, sort_keys=True),
         last_sequence=record.last_sequence,
@@ -64,7 +57,7 @@ def event_to_proto(event: RunEvent) -> operations_pb2.RunEvent:
     return pb2.RunEvent(
         sequence=event.sequence,
         run_id=event.run_id,
-        time=_timestamp(event.time),
+        time=timestamp(event.time),
         usage=usage_to_proto(event.usage),
         **body,
     )

@@ -20,6 +20,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from services.common.artifacts import ARTIFACT_ID
 from services.common.config import coerced
 from services.common.errors import shown
 
@@ -41,6 +42,7 @@ class Setting:
         debug: the value a debug run takes when the setting is unset (NO_DEBUG: the default).
         group: the title of the group it is shown under ("" for the algorithm's own settings).
         flat: its flat name, in a group whose prefix does not make it ('' : prefix + field name).
+        artifact: the kind of uploaded artifact whose id it holds ('': none); the service loads it.
     """
 
     default: Any
@@ -52,6 +54,7 @@ class Setting:
     debug: Any = NO_DEBUG
     group: str = ""
     flat: str = ""
+    artifact: str = ""
 
     def field(self, **overrides) -> Any:
         """A dataclass field carrying this declaration (`overrides`: e.g. another default)."""
@@ -62,6 +65,8 @@ class Setting:
         """Why `value` is out of bounds ('must be ...'), or None when it is allowed."""
         if self.choices:
             return None if value in self.choices else f"must be one of {list(self.choices)}, got {shown(repr(value))}"
+        if self.artifact and value and not ARTIFACT_ID.match(value):
+            return f"must be an artifact id (32 hex digits from an upload), got {shown(repr(value))}"
         if isinstance(value, str):
             return None if len(value) <= MAX_TEXT_CHARS else f"must be at most {MAX_TEXT_CHARS} characters"
         if isinstance(value, tuple):
@@ -290,6 +295,22 @@ class Settings(abc.ABC):
 
     def check_splits(self, evaluation, sizes: dict[str, int]) -> None:
         """Check the run's splits against the dataset's `sizes` (ValueError naming the field)."""
+        return None
+
+    def load_inputs(self, artifacts) -> dict:
+        """The parsed content of each uploaded artifact these settings name, by flat name, from
+        `artifacts` (an ArtifactStore); ValueError naming the field when one is missing or of
+        another kind. Then `check_inputs` checks them against the settings."""
+        inputs, values = {}, self.as_fields()
+        for flat, spec in self.declared().items():
+            value = values[flat]
+            if spec.artifact and value:
+                inputs[flat] = artifacts.load(value, spec.artifact, f"{self.section}.{flat}")
+        self.check_inputs(inputs)
+        return inputs
+
+    def check_inputs(self, inputs: dict) -> None:
+        """Checks of the uploaded inputs against the settings (ValueError naming the field)."""
         return None
 
     def named_models(self) -> dict[str, str]:

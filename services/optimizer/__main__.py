@@ -9,6 +9,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from services.common.artifact_server import artifact_binding
+from services.common.artifacts import ArtifactLimits, FilesystemArtifactStore
 from services.common.config import ClientConfig, ServerConfig, from_env
 from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
@@ -19,6 +21,7 @@ from services.flow.client import FlowClient
 from services.llm_eval.client import Chunking, LlmEvalClient
 from services.neuro.client import NeuroClient
 from services.optimizer.algorithms.base import ModelServices
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 
@@ -75,9 +78,12 @@ def main() -> None:
     )
     chunking = Chunking(config.eval_chunk_questions, config.eval_chunk_seconds)
     store = RunStore(config.store_path, exclusive=True)  # one optimizer per store: it resumes the runs
-    binding, manager = optimizer_service(store, llm, models, Path(config.store_path).parent, chunking)
+    state_dir = Path(config.store_path).parent
+    artifacts = FilesystemArtifactStore(state_dir / "artifacts", INPUT_KINDS, from_env(ArtifactLimits, PREFIX))
+    binding, manager = optimizer_service(store, llm, models, state_dir, chunking, artifacts)
     operations = operations_binding({"optimizer": (store, manager)})
-    serve(from_env(ServerConfig, PREFIX), [binding, operations], load=manager.resume_unfinished).wait()
+    bindings = [binding, operations, artifact_binding(artifacts)]
+    serve(from_env(ServerConfig, PREFIX), bindings, load=manager.resume_unfinished).wait()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import Gauge
 from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 
+from services.common.artifacts import ArtifactStore, FilesystemArtifactStore
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunRecord, RunStore
 from services.common.server import ServiceBinding
@@ -16,14 +17,22 @@ from services.common.types import Usage
 from services.llm_eval.client import Chunking, MeteredLlm
 from services.optimizer.algorithms import registry
 from services.optimizer.algorithms.base import EvaluationSettings, ModelServices, Optimizer, RunContext
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 
 
 def set_fields(message, name: str) -> dict:
     """The top-level fields `message` sets (scalars as Python values, repeated fields as lists;
-    run configs have no nested messages); a NaN or infinite number is a ValueError naming the
-    field (`name`.field)."""
+    run configs have no nested messages); a NaN or infinite number, or a retired (deprecated)
+    field, is a ValueError naming the field (`name`.field)."""
     fields = {}
     for field, value in message.ListFields():
+        if field.GetOptions().deprecated:
+            raise ValueError(
+                f"{name}.{field.name} is retired: a request names no path on the optimizer's host. Upload the "
+                f"file (ArtifactService.PutArtifact; the CLI does it for you) and pass its id in the *_artifact "
+                f"field, e.g. {field.name.removesuffix('_path')}_artifact (the APE cache always lives in the "
+                "optimizer's state directory)"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}.{field.name} must be a finite number, got {value}")
         fields[field.name] = list(value) if field.is_repeated else value
@@ -42,12 +51,13 @@ def track_best(record: RunRecord, score: float) -> None:
     BEST_SCORE.labels(record.run_id, record.algorithm).set(score)
 
 
-def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
+def parse_start(request, llm=None, artifacts: ArtifactStore | None = None) -> tuple[str, str, dict, int]:
     """Validate a StartRunRequest into (algorithm, display name, resolved config, total steps).
 
     With `llm` (llm_eval's client or evaluator) the request is also checked against what it
     serves: the validation and test splits exist, fit the fidelities and share no question, and
-    every model the run names is served.
+    every model the run names is served. With `artifacts` the uploads it names are loaded and
+    checked against its settings.
     """
     algorithm = request.WhichOneof("algorithm")
     if algorithm is None:
@@ -55,6 +65,8 @@ def parse_start(request, llm=None) -> tuple[str, str, dict, int]:
     spec = registry.spec(algorithm)
     config = spec.settings.from_fields(set_fields(getattr(request, algorithm), algorithm))
     evaluation = EvaluationSettings(**set_fields(request.evaluation, "evaluation"))
+    if artifacts is not None:
+        config.load_inputs(artifacts)
     if llm is not None:
         sizes = llm.dataset_info(evaluation.dataset)
         evaluation.check_sizes(sizes, config.seen_splits())
@@ -81,6 +93,7 @@ def build_optimizer(
     models: ModelServices | None = None,
     state_dir=".",
     chunking: Chunking | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> Optimizer:
     """Rebuild a run's optimiser from its stored (resolved) config (used at start and on resume).
     With `chunking`, long evaluations go to llm_eval in chunks, each reported as a progress event."""
@@ -92,21 +105,28 @@ def build_optimizer(
         emit("progress", {"message": message, "questions_done": done, "questions_total": total})
 
     llm = MeteredLlm(llm_service, usage, cancelled, record.config.get("meta_model", ""), chunking, on_progress)
-    context = RunContext((models or ModelServices()).only(spec.requires), Path(state_dir), record.run_id)
+    context = RunContext((models or ModelServices()).only(spec.requires), Path(state_dir), record.run_id, artifacts)
     evaluation = EvaluationSettings(**record.config["evaluation"])
     return spec.optimizer.create(config, evaluation, llm, emit, context)
 
 
 def optimizer_service(
-    store: RunStore, llm, models: ModelServices | None = None, state_dir=".", chunking: Chunking | None = None
+    store: RunStore,
+    llm,
+    models: ModelServices | None = None,
+    state_dir=".",
+    chunking: Chunking | None = None,
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[ServiceBinding, RunManager]:
-    """The OptimizerService over `store`, its runs calling `llm` (llm_eval) and `models`; and the
-    RunManager behind it (`resume_unfinished` at start-up)."""
+    """The OptimizerService over `store`, its runs calling `llm` (llm_eval) and `models` and
+    reading the inputs users uploaded to `artifacts` (by default a store under `state_dir`); and
+    the RunManager behind it (`resume_unfinished` at start-up)."""
+    artifacts = artifacts or FilesystemArtifactStore(Path(state_dir) / "artifacts", INPUT_KINDS)
 
     def factory(record, emit, usage, cancelled):
-        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir, chunking)
+        return build_optimizer(record, llm, emit, usage, cancelled, models, state_dir, chunking, artifacts)
 
     manager = RunManager(store, factory, on_best=track_best)
-    servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm))
+    servicer = OperationServicer(optimizer_pb2, store, manager, lambda request: parse_start(request, llm, artifacts))
     add = optimizer_pb2_grpc.add_OptimizerServiceServicer_to_server
     return ServiceBinding.of(optimizer_pb2, "OptimizerService", add, servicer), manager

@@ -31,6 +31,7 @@ import numpy as np
 from promptopt.operations.v1 import operations_pb2
 from promptopt.optimizer.v1 import optimizer_pb2
 
+from services.common.artifact_client import ArtifactClient
 from services.common.relevance import relevance_from_evaluations
 from services.surrogate.types import JointGpConfig, JointVaeConfig, ScorerConfig
 from services.tuner import metrics
@@ -219,16 +220,25 @@ class TrialRunner:
         }
 
     # -- inference -------------------------------------------------------------------------------
+    def grid_artifacts(self) -> dict:
+        """The recorded grid's instructions and exemplar sets uploaded to the optimizer (the same
+        content gives the same ids, so each trial may upload them again)."""
+        grid = Path(self.settings.grid_dir)
+        with ArtifactClient(self.optimizer.config) as uploads:
+            return {
+                "instructions_artifact": uploads.upload("instructions", grid / "instructions.json"),
+                "exemplar_sets_artifact": uploads.upload("exemplar_sets", grid / "exemplar_sets.json"),
+            }
+
     def lipo_e_fields(self, config: dict, seed: int) -> dict:
-        """The LIPO-E run the inference trial starts (grid mode, every BOLT field)."""
+        """The LIPO-E run the inference trial starts (grid mode, every BOLT field) but its uploaded
+        grid (`grid_artifacts`)."""
         vae = self.vae_config(config, seed)
         tuned = {k: v for k, v in config.items() if k not in ("use_scorer",)}
         return {
             **tuned,
             "use_scorer": False,  # grid mode selects among the recorded sets: no pool to score
             "mode": "grid",
-            "instructions_path": str(Path(self.settings.grid_dir) / "instructions.json"),
-            "exemplar_sets_path": str(Path(self.settings.grid_dir) / "exemplar_sets.json"),
             "num_slots": vae.num_slots,
             "iterations": self.settings.budget.inference_iterations,
             "vae_epochs": vae.epochs,
@@ -240,7 +250,7 @@ class TrialRunner:
     def _inference(self, config: dict, seed: int) -> dict:
         budget = self.settings.budget
         request = optimizer_pb2.StartRunRequest(
-            lipo_e=optimizer_pb2.LipoEConfig(**self.lipo_e_fields(config, seed)),
+            lipo_e=optimizer_pb2.LipoEConfig(**self.lipo_e_fields(config, seed), **self.grid_artifacts()),
             evaluation=optimizer_pb2.EvaluationSettings(
                 dataset="gsm8k",
                 split=self.settings.split,

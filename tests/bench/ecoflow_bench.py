@@ -26,7 +26,7 @@ from services.encoder.__main__ import EncoderConfig
 from services.encoder.core import make_embedder
 from services.encoder.corpus import SOURCES, corpus_texts
 from services.flow.core import FlowConfig, FlowTrainer, GuidedFlowSampler, nearest_l2
-from services.optimizer.algorithms.lipo import load_evaluations
+from services.optimizer.algorithms.inputs import parse_evaluations
 from services.surrogate.core import SonarGPSurrogate
 
 EPOCHS = int(os.environ.get("ECOFLOW_BENCH_EPOCHS", "30"))
@@ -49,7 +49,7 @@ def main() -> None:
         f"flow: {EPOCHS} epochs in {time.monotonic() - started:.0f} s, final train loss {losses.train_loss:.4f}, "
         f"validation loss {losses.val_loss:.4f}"
     )
-    recorded = load_evaluations(datasets_dir() / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json")
+    recorded = parse_evaluations((datasets_dir() / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json").read_bytes())
     instructions, errors = [r["instruction"] for r in recorded], [r["error"] for r in recorded]
     gp = SonarGPSurrogate(np.asarray(embedder.encode(list(instructions)), dtype=np.float64), np.asarray(errors))
     heldout = float(nearest_l2(trainer.val, trainer.train).mean())

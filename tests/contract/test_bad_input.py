@@ -15,12 +15,14 @@ from promptopt.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
+from services.common.artifacts import FilesystemArtifactStore
 from services.common.codec import encode_tensor
 from services.common.config import ServerConfig
 from services.common.operations import RunStore
 from services.common.server import ServiceBinding, serve
 from services.decoder.core import NearestTextInverter
 from services.decoder.server import DecoderServicer
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from services.optimizer.server import optimizer_service, parse_start
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
@@ -246,8 +248,9 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         "tuner": (tuner_pb2, tuner_pb2_grpc, "TunerService"),
     }[service]
     store = RunStore(tmp_path / "runs.sqlite")
+    artifacts = FilesystemArtifactStore(tmp_path / "artifacts", INPUT_KINDS)
     binding = (
-        optimizer_service(store, evaluator)[0]
+        optimizer_service(store, evaluator, state_dir=tmp_path, artifacts=artifacts)[0]
         if service == "optimizer"
         else tuner_service(store, state_dir=tmp_path)[0]
     )
@@ -351,10 +354,19 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     expect(INVALID, "lipo.mode must be one of", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="fast")))
     expect(
         INVALID,
-        "lipo.hyperband_evals_path 'missing.json' is not a file",
+        "lipo.hyperband_evals_path is retired: a request names no path on the optimizer's host",
         stub.StartRun,
-        pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="missing.json")),
+        pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="/etc/passwd")),
     )
+    for retired in ("ape_cache_path", "instructions_path", "exemplar_sets_path"):
+        request = pb2.StartRunRequest(lipo_e=pb2.LipoEConfig(**{retired: "/tmp/victim/deep/created.json"}))
+        expect(INVALID, f"lipo_e.{retired} is retired", stub.StartRun, request)
+    for value, message in [
+        ("0" * 32, f"lipo.hyperband_evals_artifact '{'0' * 32}' is no artifact on this service"),
+        ("../../etc/passwd", "lipo.hyperband_evals_artifact must be an artifact id (32 hex digits"),
+    ]:
+        request = pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_artifact=value))
+        expect(INVALID, message, stub.StartRun, request)
     expect(
         INVALID,
         "lipo.bmin must be in [1, 100000], got 0",
@@ -370,25 +382,30 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     long_name = pb2.StartRunRequest(display_name="n" * 300, opro=pb2.OproConfig())
     expect(INVALID, "display_name must be at most 200 characters", stub.StartRun, long_name)
     grid = DATASETS / "hbbops_dev"
+
+    def upload(kind, name):
+        return artifacts.put(kind, name, (grid / name).read_bytes()).artifact_id
+
+    instructions, sets = upload("instructions", "instructions.json"), upload("exemplar_sets", "exemplar_sets.json")
     E = pb2.LipoEConfig
     expect(
         INVALID,
-        "lipo_e.exemplar_sets_path must be set",
+        "lipo_e.exemplar_sets_artifact must be set",
         stub.StartRun,
-        pb2.StartRunRequest(lipo_e=E(mode="grid", instructions_path=str(grid / "instructions.json"))),
+        pb2.StartRunRequest(lipo_e=E(mode="grid", instructions_artifact=instructions)),
     )
-    grid_run = dict(mode="grid", instructions_path=str(grid / "instructions.json"))
+    grid_run = dict(mode="grid", instructions_artifact=instructions)
     expect(
         INVALID,
-        "lipo_e.exemplar_sets_path: sets [0, 1, 2, 3, 4] have more than num_slots=4",
+        "lipo_e.exemplar_sets_artifact: sets [0, 1, 2, 3, 4] have more than num_slots=4",
         stub.StartRun,
-        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_path=str(grid / "exemplar_sets.json"), num_slots=4)),
+        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_artifact=sets, num_slots=4)),
     )
     expect(
         INVALID,
-        "expected a JSON list of lists of {question, answer}",
+        f"lipo_e.exemplar_sets_artifact '{instructions}' holds instructions, not exemplar_sets",
         stub.StartRun,
-        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_path=str(grid / "instructions.json"))),
+        pb2.StartRunRequest(lipo_e=E(**grid_run, exemplar_sets_artifact=instructions)),
     )
     expect(
         INVALID,
@@ -410,8 +427,10 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
         stub.StartRun,
         pb2.StartRunRequest(evaluation=pb2.EvaluationSettings(fidelity=-3), opro=pb2.OproConfig()),
     )
-    recorded = str(DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json")  # recorded on GSM8K test
-    skip = pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path=recorded)
+    recorded = (DATASETS / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json").read_bytes()  # on GSM8K test
+    skip = pb2.LipoConfig(
+        mode="skip-hbbops", hyperband_evals_artifact=artifacts.put("evaluations", "", recorded).artifact_id
+    )
     expect(
         INVALID,
         "evaluation.test_split 'test' shares questions with lipo.evaluations_split 'test'",
@@ -420,7 +439,7 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     )
     assert stub.ListRuns(pb2.ListRunsRequest()).runs == []  # rejected runs store nothing
     honest = pb2.EvaluationSettings(split="train[1000:]", test_split="train[:1000]")
-    assert parse_start(pb2.StartRunRequest(lipo=skip, evaluation=honest), evaluator)[0] == "lipo"
+    assert parse_start(pb2.StartRunRequest(lipo=skip, evaluation=honest), evaluator, artifacts)[0] == "lipo"
 
 
 def test_loading_is_unavailable_and_token_is_checked(embedder):

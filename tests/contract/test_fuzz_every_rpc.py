@@ -24,6 +24,7 @@ import torch
 from google.protobuf import message_factory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from promptopt.artifacts.v1 import artifacts_pb2
 from promptopt.decoder.v1 import decoder_pb2, decoder_pb2_grpc
 from promptopt.encoder.v1 import encoder_pb2
 from promptopt.flow.v1 import flow_pb2
@@ -34,7 +35,9 @@ from promptopt.optimizer.v1 import optimizer_pb2
 from promptopt.surrogate.v1 import surrogate_pb2
 from promptopt.tuner.v1 import tuner_pb2
 
-from services.common.config import ClientConfig
+from services.common.artifact_server import artifact_binding
+from services.common.artifacts import FilesystemArtifactStore
+from services.common.config import ClientConfig, datasets_dir
 from services.common.errors import NotFoundError
 from services.common.metrics import RPC_REQUESTS
 from services.common.operation_server import operations_binding
@@ -50,6 +53,7 @@ from services.llm_eval.client import LlmEvalClient
 from services.neuro.server import neuro_service
 from services.neuro.types import NeuroConfig
 from services.optimizer.algorithms.base import ModelServices
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from services.optimizer.server import optimizer_service
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
@@ -69,6 +73,7 @@ SERVICES = {
     "flow": (flow_pb2, "FlowService"),
     "neuro": (neuro_pb2, "NeuroService"),
     "operations": (operations_pb2, "OperationsService"),  # the optimizer's (each run-hosting process serves one)
+    "artifacts": (artifacts_pb2, "ArtifactService"),  # the optimizer's
 }
 METHODS = [
     (name, method)
@@ -197,10 +202,23 @@ class Stack:
         models = ModelServices(
             client(EncoderClient, "encoder"), client(DecoderClient, "decoder"), client(SurrogateClient, "surrogate")
         )
-        binding, self.managers["optimizer"] = optimizer_service(runs["optimizer"], llm, models, root)
+        artifacts = FilesystemArtifactStore(root / "artifacts", INPUT_KINDS)
+        grid = datasets_dir() / "hbbops_dev"
+        self.known.update(  # uploads a run may name, so fuzzed StartRuns reach the loading of their inputs
+            artifact_id=tuple(
+                artifacts.put(kind, "", (grid / f"{kind}.json").read_bytes()).artifact_id
+                for kind in ("instructions", "exemplar_sets")
+            ),
+            kind=tuple(INPUT_KINDS),
+        )
+        for field in ("instructions_artifact", "exemplar_sets_artifact", "initial_pool_artifact"):
+            self.known[field] = self.known["artifact_id"]
+        binding, self.managers["optimizer"] = optimizer_service(
+            runs["optimizer"], llm, models, root, artifacts=artifacts
+        )
         hosted = {"optimizer": (runs["optimizer"], self.managers["optimizer"])}
-        self.servers["optimizer"] = start_server(binding, operations_binding(hosted))
-        self.servers["operations"] = self.servers["optimizer"]
+        self.servers["optimizer"] = start_server(binding, operations_binding(hosted), artifact_binding(artifacts))
+        self.servers["operations"] = self.servers["artifacts"] = self.servers["optimizer"]
         self.channels = {name: grpc.insecure_channel(f"127.0.0.1:{s.port}") for name, s in self.servers.items()}
 
     def ensure_models(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from services.common.artifacts import FilesystemArtifactStore
 from services.common.types import Usage
 from services.flow.core import FlowConfig, FlowTrainer, save_flow
 from services.flow.types import decode_round_trip
@@ -21,6 +22,7 @@ from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.optimizer.algorithms.base import EvaluationSettings
 from services.optimizer.algorithms.ecoflow import EcoFlowConfig, EcoFlowOptimizer
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from tests.integration.harness import nearest_text_models
 
 SMALL_FLOW = FlowConfig(hidden_dim=128, num_blocks=2, time_embed_dim=32, batch_size=128, lr=2e-3, normalize=True)
@@ -33,7 +35,8 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     convert_results(recorded, tmp / "table.jsonl")
     table = load_table(tmp / "table.jsonl")
     pool = [instruction for instruction, _ in table]
-    (tmp / "pool.json").write_text(json.dumps(pool))
+    artifacts = FilesystemArtifactStore(tmp / "artifacts", INPUT_KINDS)
+    pool_artifact = artifacts.put("instructions", "pool.json", json.dumps(pool).encode()).artifact_id
     ape = json.loads((datasets_dir / "prompts" / "ape_instructions_1000.json").read_text())
     trainer = FlowTrainer(torch.as_tensor(np.asarray(embedder.encode(pool + ape))), SMALL_FLOW)
     for _ in range(15):
@@ -42,14 +45,21 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     store = DatasetStore(datasets_dir)
     backend = ReplayBackend(table, store.load("gsm8k", "test"))
     evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
-    return {"tmp": tmp, "evaluator": evaluator, "models": nearest_text_models(embedder), "embedder": embedder}
+    return {
+        "tmp": tmp,
+        "evaluator": evaluator,
+        "models": nearest_text_models(embedder),
+        "embedder": embedder,
+        "artifacts": artifacts,
+        "pool": pool_artifact,
+    }
 
 
 def optimizer_for(parts, **fields):
     config = EcoFlowConfig.from_fields(
         {
             "flow_checkpoint": str(parts["tmp"] / "best_flow.pt"),
-            "initial_pool_path": str(parts["tmp"] / "pool.json"),
+            "initial_pool_artifact": parts["pool"],
             "debug": True,
             **fields,
         }
@@ -62,6 +72,7 @@ def optimizer_for(parts, **fields):
         lambda kind, payload: events.append((kind, payload)),
         parts["models"],
         owner="ecoflow-test",
+        artifacts=parts["artifacts"],
     )
     return optimizer, usage, events
 
@@ -164,26 +175,33 @@ def test_a_resumed_run_continues_from_its_checkpoint_without_rescoring(parts):
     assert sum(1 for kind, _ in events if kind == "candidate") == fresh  # only iteration 2's new prompts were scored
 
 
-def test_bad_configs_name_the_field(parts, tmp_path):
-    base = {"flow_checkpoint": "x.pt", "initial_pool_path": str(parts["tmp"] / "pool.json")}
-    not_json, not_a_list = tmp_path / "pool.txt", tmp_path / "pool.json"
-    not_json.write_text("one instruction per line")
-    not_a_list.write_text('{"instructions": ["Solve it."]}')
+def test_bad_configs_name_the_field(parts):
+    base = {"flow_checkpoint": "x.pt", "initial_pool_artifact": parts["pool"]}
     for fields, message in [
         ({"flow_checkpoint": ""}, "ecoflow.flow_checkpoint must name"),
         ({"batch_size": 0}, "ecoflow.batch_size must be in"),
         ({"method": "rk4"}, "ecoflow.method must be one of"),
         ({"zero_init_fraction": 2.0}, r"ecoflow.zero_init_fraction must be in \[0.0, 1.0\], got 2.0"),
         ({"n_initial": 1}, "ecoflow.n_initial must be >= 2"),
-        ({"initial_pool_path": str(tmp_path / "none.json")}, "ecoflow.initial_pool_path .* not a readable file"),
-        ({"initial_pool_path": str(not_json)}, "ecoflow.initial_pool_path .* is not JSON"),
-        ({"initial_pool_path": str(not_a_list)}, "ecoflow.initial_pool_path .* must be a JSON list of non-empty"),
+        (
+            {"initial_pool_artifact": "/tmp/pool.json"},
+            "ecoflow.initial_pool_artifact must be an artifact id",
+        ),
         ({"guidance_strength": float("inf")}, "ecoflow.guidance_strength must be a finite number, got inf"),
         ({"alpha": -1.0}, r"ecoflow.alpha must be in \[0.0, 100.0\], got -1.0"),
         ({"num_steps": 1001}, r"ecoflow.num_steps must be in \[1, 1000\]"),
     ]:
         with pytest.raises(ValueError, match=message):
             EcoFlowConfig.from_fields({**base, **fields})
+    missing = EcoFlowConfig.from_fields({**base, "initial_pool_artifact": "f" * 32})
+    with pytest.raises(ValueError, match="ecoflow.initial_pool_artifact 'f{32}' is no artifact on this service"):
+        missing.pool(parts["artifacts"])
+    for content, message in [
+        (b"one instruction per line", "not a valid instructions artifact: Expecting value"),
+        (b'{"instructions": ["Solve it."]}', "expected a JSON list of non-empty instruction strings"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parts["artifacts"].put("instructions", "pool", content)
 
 
 def test_the_seeds_defaults():

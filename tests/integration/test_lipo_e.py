@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from services.common.artifacts import FilesystemArtifactStore
 from services.common.errors import NotFoundError
 from services.common.types import Usage
 from services.llm_eval.cache import AnswerCache
@@ -16,6 +17,7 @@ from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_grid, load_table
 from services.optimizer.algorithms.base import EvaluationSettings
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from services.optimizer.algorithms.lipo_e import LipoEConfig, LipoEOptimizer
 from tests.integration.harness import nearest_text_models
 
@@ -34,7 +36,20 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     models = nearest_text_models(embedder)
     rows = [json.loads(line) for line in (grid / "grid.jsonl").read_text().splitlines()]
     recorded = {(r["instruction_id"], r["exemplar_set_id"]): r["error_rate"] for r in rows}
-    return {"tmp": tmp, "grid": grid, "evaluator": evaluator, "models": models, "recorded": recorded}
+    artifacts = FilesystemArtifactStore(tmp / "artifacts", INPUT_KINDS)
+    uploaded = {
+        f"{kind}_artifact": artifacts.put(kind, "", (grid / f"{kind}.json").read_bytes()).artifact_id
+        for kind in ("instructions", "exemplar_sets")
+    }
+    return {
+        "tmp": tmp,
+        "grid": grid,
+        "evaluator": evaluator,
+        "models": models,
+        "recorded": recorded,
+        "artifacts": artifacts,
+        "uploaded": uploaded,
+    }
 
 
 def run(parts, fields, state=None, usage=None, stop_after=None, owner="", evaluation=EVALUATION):
@@ -42,8 +57,7 @@ def run(parts, fields, state=None, usage=None, stop_after=None, owner="", evalua
         {
             **FAST,
             "mode": "grid",
-            "instructions_path": str(parts["grid"] / "instructions.json"),
-            "exemplar_sets_path": str(parts["grid"] / "exemplar_sets.json"),
+            **parts["uploaded"],
             **fields,
         }
     )
@@ -56,6 +70,7 @@ def run(parts, fields, state=None, usage=None, stop_after=None, owner="", evalua
         lambda kind, payload: events.append((kind, payload)),
         parts["models"],
         owner=owner,
+        artifacts=parts["artifacts"],
     )
     state = state or optimizer.initial_state()
     while state["step"] < (stop_after or optimizer.total_steps()):
@@ -175,29 +190,23 @@ def test_standard_mode_config_and_splits():
 
 
 def test_bad_configs_fail_at_start_with_the_field_named(parts, tmp_path):
-    grid = {
-        "mode": "grid",
-        "instructions_path": str(parts["grid"] / "instructions.json"),
-        "exemplar_sets_path": str(parts["grid"] / "exemplar_sets.json"),
-    }
+    grid, artifacts = {"mode": "grid", **parts["uploaded"]}, parts["artifacts"]
     sizes = {"train": 7473, "test": 1319}
     for fields, message in [
         ({"eta": 1.0}, r"lipo_e.eta must be in \[1.1, 100.0\], got 1.0"),
         ({"min_exemplars": 9}, r"lipo_e.min_exemplars must be in \[0, 8\]"),
-        ({"instructions_path": grid["instructions_path"]}, "instructions_path is set but use_ape is on"),
-        ({"exemplar_sets_path": grid["exemplar_sets_path"]}, "exemplar_sets_path is only read in grid mode"),
-        ({**grid, "num_slots": 4}, "have more than num_slots=4"),
+        ({"instructions_artifact": grid["instructions_artifact"]}, "instructions_artifact is set but use_ape is on"),
+        ({"exemplar_sets_artifact": grid["exemplar_sets_artifact"]}, "exemplar_sets_artifact is only read in grid"),
+        ({"mode": "grid", "exemplar_sets_artifact": "a/b"}, "exemplar_sets_artifact must be an artifact id"),
     ]:
         with pytest.raises(ValueError, match=message):
             LipoEConfig.from_fields(fields)
-    repeated = tmp_path / "sets.json"
-    repeated.write_text(json.dumps([[{"question": "q", "answer": "a"}] * 2]))
-    with pytest.raises(ValueError, match=r"sets \[0\] show the same exemplar twice"):
-        LipoEConfig.from_fields({**grid, "exemplar_sets_path": str(repeated)})
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps(["Solve it."]))
-    with pytest.raises(ValueError, match="at least 2 are needed"):
-        LipoEConfig.from_fields({**grid, "instructions_path": str(one)})
+    with pytest.raises(ValueError, match="lipo_e.exemplar_sets_artifact: sets .* have more than num_slots=4"):
+        LipoEConfig.from_fields({**grid, "num_slots": 4}).load_inputs(artifacts)
+    with pytest.raises(ValueError, match=r"content is not a valid exemplar_sets artifact: sets \[0\] show the same"):
+        artifacts.put("exemplar_sets", "", json.dumps([[{"question": "q", "answer": "a"}] * 2]).encode())
+    with pytest.raises(ValueError, match="content is not a valid instructions artifact: .* at least 2 are needed"):
+        artifacts.put("instructions", "", json.dumps(["Solve it.", "Solve it."]).encode())
     with pytest.raises(ValueError, match="lipo_e.bmin 10 exceeds the full fidelity of 5"):
         LipoEConfig().check_splits(EvaluationSettings(split="train[6154:]", fidelity=5), sizes)
     with pytest.raises(ValueError, match="lipo_e.min_exemplars 3 exceeds qa_pool_size 2"):

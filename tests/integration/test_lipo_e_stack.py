@@ -3,6 +3,9 @@ over the hbbops_dev grid, and a --debug standard run on the real CPU LLM."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from services.cli import main as cli
@@ -13,8 +16,14 @@ from tests.integration.harness import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_grid_mode_through_the_services_on_replay(tmp_path_factory, datasets_dir, tmp_path, capsys):
+def test_grid_mode_through_the_services_on_replay(tmp_path_factory, datasets_dir, tmp_path, capsys, monkeypatch):
+    """A remote client: the CLI runs in its own directory with its own copies of the files, which
+    it uploads as content; the run names them by id and no client path reaches the optimizer."""
     state = tmp_path_factory.mktemp("grid-stack")
+    client = tmp_path_factory.mktemp("client")
+    for name in ("instructions.json", "exemplar_sets.json"):
+        shutil.copy(datasets_dir / "hbbops_dev" / name, client / name)
+    monkeypatch.chdir(client)
     grid = datasets_dir / "hbbops_dev"
     convert_grid(grid, state / "grid.jsonl")
     env = {
@@ -27,9 +36,9 @@ def test_grid_mode_through_the_services_on_replay(tmp_path_factory, datasets_dir
         args = [
             "lipo-e",
             "--instructions",
-            str(grid / "instructions.json"),
+            "instructions.json",
             "--exemplar-sets",
-            str(grid / "exemplar_sets.json"),
+            "exemplar_sets.json",
             "--split",
             "test[:50%]",
             "--test-split",
@@ -46,6 +55,8 @@ def test_grid_mode_through_the_services_on_replay(tmp_path_factory, datasets_dir
         doc = run_cli(stack, tmp_path, *args)
         assert doc["state"] == "RUN_STATE_SUCCEEDED"
         assert doc["config"]["algorithm"]["mode"] == "grid"
+        assert str(client) not in json.dumps(doc["config"]) and "instructions.json" not in json.dumps(doc["config"])
+        assert len(doc["config"]["algorithm"]["instructions_artifact"]) == 32
         assert doc["hyperband"]["nvalid"] == 80 and doc["inference"] is None
         winner, held_out = doc["winner"], doc["held_out"]
         assert len(winner["exemplars"]) == 5 and held_out["exemplar_ids"] == winner["exemplar_ids"]

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from services.common.artifacts import FilesystemArtifactStore
 from services.common.types import Usage
 from services.llm_eval.cache import AnswerCache
 from services.llm_eval.client import MeteredLlm
@@ -14,6 +15,7 @@ from services.llm_eval.core import LlmEvaluator
 from services.llm_eval.datasets import DatasetStore
 from services.llm_eval.replay import ReplayBackend, convert_results, load_table
 from services.optimizer.algorithms.base import EvaluationSettings
+from services.optimizer.algorithms.inputs import INPUT_KINDS
 from services.optimizer.algorithms.lipo import LipoConfig, LipoOptimizer
 from tests.integration.harness import nearest_text_models
 
@@ -26,18 +28,28 @@ def parts(datasets_dir, embedder, tmp_path_factory):
     recorded = datasets_dir / "prompts" / "gsm8k_100_instructions_qwen2.5-7b.json"
     convert_results(recorded, tmp / "table.jsonl")
     table = load_table(tmp / "table.jsonl")
-    (tmp / "pool.json").write_text(json.dumps([instruction for instruction, _ in table]))
+    (tmp / "ape_instructions.json").write_text(json.dumps([instruction for instruction, _ in table]))  # APE's cache
     store = DatasetStore(datasets_dir)
     backend = ReplayBackend(table, store.load("gsm8k", "test"))
     evaluator = LlmEvaluator(backend, backend, store, AnswerCache(tmp / "answers.sqlite"), batch_size=512)
     models = nearest_text_models(embedder)
-    return {"tmp": tmp, "recorded": recorded, "evaluator": evaluator, "models": models}
+    artifacts = FilesystemArtifactStore(tmp / "artifacts", INPUT_KINDS)
+    uploaded = {
+        "recorded": artifacts.put("evaluations", recorded.name, recorded.read_bytes()).artifact_id,
+        "grid": artifacts.put("evaluations", "table.jsonl", (tmp / "table.jsonl").read_bytes()).artifact_id,
+    }
+    return {
+        "tmp": tmp,
+        "recorded": recorded,
+        "evaluator": evaluator,
+        "models": models,
+        "artifacts": artifacts,
+        "uploaded": uploaded,
+    }
 
 
 def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None, owner=""):
-    config = LipoConfig.from_fields(
-        {**FAST, "ape_num_instructions": 100, "ape_cache_path": str(parts["tmp"] / "pool.json"), **fields}
-    )
+    config = LipoConfig.from_fields({**FAST, "ape_num_instructions": 100, **fields})
     usage = usage or Usage()
     events = []
     optimizer = LipoOptimizer(
@@ -47,6 +59,8 @@ def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None, own
         lambda kind, payload: events.append((kind, payload)),
         parts["models"],
         owner=owner,
+        state_dir=parts["tmp"],
+        artifacts=parts["artifacts"],
     )
     state = state or optimizer.initial_state()
     while state["step"] < (stop_after or optimizer.total_steps()):
@@ -56,7 +70,7 @@ def run(parts, fields, fidelity=80, stop_after=None, state=None, usage=None, own
 
 def test_skip_hbbops_loads_evaluations_then_runs_invbo(parts):
     optimizer, state, usage, _ = run(
-        parts, {"mode": "skip-hbbops", "hyperband_evals_path": str(parts["recorded"]), "iterations": 2}
+        parts, {"mode": "skip-hbbops", "hyperband_evals_artifact": parts["uploaded"]["recorded"], "iterations": 2}
     )
     report = optimizer.report(state)
     assert optimizer.total_steps() == 5 and report["hyperband"] is None  # APE, VAE, 2 InvBO, held-out
@@ -87,7 +101,7 @@ def test_skip_hbbops_loads_evaluations_then_runs_invbo(parts):
 
 def test_load_grid_takes_top_k(parts):
     optimizer, state, _, _ = run(
-        parts, {"mode": "load-grid", "grid_path": str(parts["tmp"] / "table.jsonl"), "top_k": 25, "iterations": 1}
+        parts, {"mode": "load-grid", "grid_artifact": parts["uploaded"]["grid"], "top_k": 25, "iterations": 1}
     )
     loaded = [o for o in state["observations"] if o["source"] == "load-grid"]
     assert len(loaded) == 24  # the top 25, the best of them re-scored as the incumbent
@@ -130,7 +144,7 @@ def test_hyperband_only_and_resume_without_repaying(parts):
 
 def test_a_restarted_surrogate_does_not_fail_the_run(parts):
     """Model ids live in the surrogate's memory; when it forgets them, the step retrains and repeats."""
-    fields = {"mode": "skip-hbbops", "hyperband_evals_path": str(parts["recorded"]), "iterations": 2}
+    fields = {"mode": "skip-hbbops", "hyperband_evals_artifact": parts["uploaded"]["recorded"], "iterations": 2}
     optimizer, state, usage, events = run(parts, fields, stop_after=3)
     parts["models"].surrogate.registry._models.clear()  # what a surrogate restart does
     calls = usage.llm_calls
@@ -143,11 +157,13 @@ def test_a_restarted_surrogate_does_not_fail_the_run(parts):
 def test_bad_modes_are_rejected():
     with pytest.raises(ValueError, match="lipo.mode"):
         LipoConfig(mode="fast")
-    with pytest.raises(ValueError, match="hyperband_evals_path"):
+    with pytest.raises(ValueError, match="lipo.hyperband_evals_artifact must be set in mode skip-hbbops"):
         LipoConfig(mode="skip-hbbops")
-    with pytest.raises(ValueError, match="grid_path"):
+    with pytest.raises(ValueError, match="lipo.grid_artifact must be set in mode load-grid"):
         LipoConfig(mode="load-grid")
-    with pytest.raises(ValueError, match="lipo.grid_path '/nonexistent.jsonl' is not a file"):
-        LipoConfig(mode="load-grid", grid_path="/nonexistent.jsonl")
+    with pytest.raises(ValueError, match="lipo.grid_artifact must be an artifact id"):
+        LipoConfig(mode="load-grid", grid_artifact="/nonexistent.jsonl")
+    with pytest.raises(ValueError, match="lipo.grid_artifact is only read in mode load-grid"):
+        LipoConfig(grid_artifact="0" * 32)
     assert LipoConfig.from_fields({"debug": True, "iterations": 3}).iterations == 3  # user fields beat debug defaults
     assert LipoConfig.from_fields({"debug": True}).ape.num_instructions == 10

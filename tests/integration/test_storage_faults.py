@@ -136,7 +136,7 @@ def test_a_full_disk_refuses_new_work_clearly_and_keeps_what_is_stored(tmp_path,
     store = RunStore(disk / "runs.sqlite")
     kept_run = store.create("opro", "kept", {"x": 1}, 3).run_id
     llm_server = start_server(llm_eval_binding(evaluator))
-    binding, manager = optimizer_service(store, evaluator)
+    binding, manager = optimizer_service(store, evaluator, state_dir=disk)
     optimizer_server = start_server(binding)
     llm = llm_eval_pb2_grpc.LlmEvalServiceStub(grpc.insecure_channel(f"127.0.0.1:{llm_server.port}"))
     optimizer = optimizer_pb2_grpc.OptimizerServiceStub(grpc.insecure_channel(f"127.0.0.1:{optimizer_server.port}"))

@@ -18,7 +18,7 @@ PACKAGES = tuple(sorted(p.name for p in SERVICES_DIR.iterdir() if (p / "__init__
 SERVICES = tuple(p for p in PACKAGES if p not in APPS)
 CONTRACT = ("client", "types")  # what one service may import from another
 HOSTED = ("server",)  # what a process entry point may also import from another service
-SHARED_PROTOS = ("promptopt.common.", "promptopt.operations.")
+SHARED_PROTOS = ("promptopt.common.", "promptopt.operations.", "promptopt.artifacts.")  # served by several services
 
 
 def imports(path: Path) -> list[str]:

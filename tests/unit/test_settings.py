@@ -62,7 +62,8 @@ def test_the_proto_config_matches_the_settings_names_types_and_defaults(name):
     spec = registry.spec(name)
     message = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name[name].message_type
     declared = spec.settings.declared()
-    assert set(message.fields_by_name) == set(declared), "a setting and the proto differ in their fields"
+    current = {f.name for f in message.fields if not f.GetOptions().deprecated}  # retired paths are refused
+    assert current == set(declared), "a setting and the proto differ in their fields"
     hints = {flat: slot.kind for flat, slot in spec.settings.layout().items()}
     defaults = proto_defaults(message.name)
     for field, setting_ in declared.items():
@@ -231,6 +232,34 @@ def test_a_config_file_sets_fields_and_the_flags_beside_it_win(tmp_path):
     config.write_text("initial_prompts: Solve it.\n")
     with pytest.raises(ValueError, match=r"opro.initial_prompts must be a list of strings, got 'Solve it.'"):
         start_request(build_parser().parse_args(["run", "opro", "--config", str(config)]))
+
+
+def test_the_cli_uploads_the_files_its_flags_name_and_sends_their_ids_not_paths(tmp_path):
+    from services.cli.main import start_request
+
+    uploads = []
+
+    def upload(kind, path):
+        uploads.append((kind, path))
+        return f"{len(uploads):032x}"
+
+    local = [str(tmp_path / "I.json"), str(tmp_path / "E.json")]
+    args = build_parser().parse_args(["run", "lipo-e", "--instructions", local[0], "--exemplar-sets", local[1]])
+    config = start_request(args, upload).lipo_e
+    assert uploads == [("instructions", local[0]), ("exemplar_sets", local[1])]
+    assert (config.instructions_artifact, config.exemplar_sets_artifact, config.mode) == (
+        f"{1:032x}",
+        f"{2:032x}",
+        "grid",
+    )
+    assert str(tmp_path) not in str(config)  # no local path reaches the service
+    args = build_parser().parse_args(["run", "lipo-e", "--instructions", local[0]])
+    assert not start_request(args, upload).lipo_e.use_ape  # the seed's --no-use-ape --instructions FILE
+    args = build_parser().parse_args(["run", "lipo", "--load-grid", local[1]])
+    config = start_request(args, upload).lipo
+    assert (config.mode, uploads[-1]) == ("load-grid", ("evaluations", local[1]))
+    args = build_parser().parse_args(["run", "ecoflow", "--initial-pool", local[0], "--flow-checkpoint", "x"])
+    assert start_request(args, upload).ecoflow.initial_pool_artifact == f"{len(uploads):032x}"
 
 
 def test_every_number_has_an_upper_bound_and_texts_and_lists_are_capped():

@@ -166,5 +166,6 @@ def test_every_tuned_name_is_a_lipo_e_setting_and_the_baseline_comes_from_its_de
     # the LIPO-E run an inference trial starts is a valid config (every field it sets exists)
     settings = TuningSettings.from_json("{}", "t", state_dir=tmp_path)
     fields = TrialRunner(settings, None, None, None, "t").lipo_e_fields(dict(BASELINE), 0)
-    config = settings_of("lipo_e").from_fields(fields)
+    artifacts = {"instructions_artifact": "0" * 32, "exemplar_sets_artifact": "1" * 32}  # uploaded per trial
+    config = settings_of("lipo_e").from_fields({**fields, **artifacts})
     assert (config.mode, config.acqf.acquisition, config.acqf.ucb_beta) == ("grid", "ucb", BASELINE["ucb_beta"])

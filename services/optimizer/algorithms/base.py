@@ -155,11 +155,13 @@ MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(ModelServices))
 @dataclasses.dataclass(frozen=True)
 class RunContext:
     """What the server gives a run's optimiser besides llm_eval: the model services it requires,
-    the optimizer's state directory and the run id (owner of the models it makes)."""
+    the optimizer's state directory, the run id (owner of the models it makes) and the
+    ArtifactStore of the inputs users uploaded."""
 
     models: ModelServices = ModelServices()
     state_dir: Path = Path("state/optimizer")
     owner: str = ""
+    artifacts: object = None  # ArtifactStore
 
 
 class Optimizer(Job):

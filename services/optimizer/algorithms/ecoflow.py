@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import random
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +28,7 @@ from services.common.settings import Settings, nested, setting
 from services.flow.types import MAX_FLOW_SAMPLES, GuidanceSettings, decode_round_trip
 from services.optimizer.algorithms.base import DEBUG, INITIAL_PROMPTS, check_prompts
 from services.optimizer.algorithms.groups import DECODER_STEPS, Decoding, Guidance
+from services.optimizer.algorithms.inputs import parse_instructions
 from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 
@@ -54,7 +54,9 @@ class EcoFlowConfig(Settings):
     initial_prompts: tuple[str, ...] = INITIAL_PROMPTS.field(
         default=(), help="instructions added to the initial design"
     )
-    initial_pool_path: str = setting("", "the instruction pool (JSON list) on the optimizer ('': the APE pool)")
+    initial_pool_artifact: str = setting(
+        "", "uploaded instruction pool (a JSON list; '': the shipped APE pool)", artifact="instructions"
+    )
     score_reencoded: bool = setting(True, "the GP learns the re-encoded embedding of each decoded prompt")
     decoder_steps: int = DECODER_STEPS.field(group=Decoding.title)
     decoder_beam: int = setting(
@@ -69,27 +71,15 @@ class EcoFlowConfig(Settings):
         check_prompts(self.section, self.initial_prompts, allow_empty=True)
         if self.n_initial < 2 and len(self.initial_prompts) < 2:
             raise ValueError("ecoflow.n_initial must be >= 2 (the GP needs two scored prompts)")
-        self.pool()  # a missing or malformed pool is refused at StartRun, not after the run began
 
     def search_steps(self) -> int:
         return 1 + self.iterations
 
-    def pool_path(self) -> str:
-        """The instruction pool the initial design and the decoder's seed texts come from."""
-        return self.initial_pool_path or default_pool_path()
-
-    def pool(self) -> list[str]:
-        """The instruction pool (a JSON list of strings); ValueError naming initial_pool_path."""
-        path = self.pool_path()
-        try:
-            pool = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise ValueError(f"ecoflow.initial_pool_path {path!r} is not a readable file on the optimizer") from exc
-        except ValueError as exc:
-            raise ValueError(f"ecoflow.initial_pool_path {path!r} is not JSON: {exc}") from exc
-        if not isinstance(pool, list) or not pool or not all(isinstance(t, str) and t.strip() for t in pool):
-            raise ValueError(f"ecoflow.initial_pool_path {path!r} must be a JSON list of non-empty strings")
-        return pool
+    def pool(self, artifacts) -> list[str]:
+        """The instruction pool: the uploaded one (from `artifacts`), else the shipped APE pool."""
+        if self.initial_pool_artifact:
+            return self.load_inputs(artifacts)["initial_pool_artifact"]
+        return parse_instructions(Path(default_pool_path()).read_bytes())
 
 
 @register(
@@ -106,7 +96,7 @@ class EcoFlowOptimizer(SurrogateBackedOptimizer):
         return None  # the GP is refitted every iteration; nothing outlives a step
 
     def initial_state(self) -> dict:
-        pool = self.config.pool()
+        pool = self.config.pool(self.artifacts)
         return {
             "step": 0,
             "history": [],

@@ -32,7 +32,6 @@ class ApePool(SettingsGroup):
     num_instructions: int = setting(
         1000, "instructions the generator LLM writes for the pool", low=1, debug=10, high=10000
     )
-    cache_path: str = setting("", "the pool's cache (JSON list) on the optimizer ('': its state directory)")
     batch_size: int = setting(10, "instructions asked for per generator call", low=1, high=100)
     max_tokens: int = setting(100, "max tokens of one generated instruction", low=1, high=1024)
     max_length: int = setting(500, "max characters of an instruction kept in the pool", low=1, high=4000)

@@ -16,7 +16,6 @@ import datetime
 import json
 import logging
 import random
-from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -74,22 +73,21 @@ class LipoConfig(Settings):
     use_inversion: bool = setting(True, "InvBO: invert each decoded text back to the latent and re-propose")
     max_inversion_iters: int = setting(3, "inversion rounds per InvBO iteration", low=0, high=100)
     gap_threshold: float = setting(0.1, "cosine gap above which InvBO inverts the decoded text", low=0.0, high=2.0)
-    hyperband_evals_path: str = setting(
-        "", "skip-hbbops: the recorded evaluations (results JSON or JSONL) on the optimizer"
+    hyperband_evals_artifact: str = setting(
+        "", "skip-hbbops: uploaded recorded evaluations (results JSON or JSONL)", artifact="evaluations"
     )
-    grid_path: str = setting("", "load-grid: the HbBoPs grid (JSONL) on the optimizer")
+    grid_artifact: str = setting("", "load-grid: the uploaded HbBoPs grid (JSONL)", artifact="evaluations")
     evaluations_split: str = setting("test", "the split the loaded evaluations were recorded on")
     top_k: int = setting(25, "load-grid: the best K grid prompts the GP starts from", low=1, high=10000)
     evaluate_inference: bool = setting(True, "score each InvBO prompt on the validation split")
 
     def validate(self):
         SplitSpec.parse(self.evaluations_split, "lipo.evaluations_split")
-        for mode, name in (("skip-hbbops", "hyperband_evals_path"), ("load-grid", "grid_path")):
-            path = getattr(self, name)
-            if self.mode == mode and not path:
+        for mode, name in (("skip-hbbops", "hyperband_evals_artifact"), ("load-grid", "grid_artifact")):
+            if self.mode == mode and not getattr(self, name):
                 raise ValueError(f"lipo.{name} must be set in mode {mode}")
-            if self.mode == mode and not Path(path).is_file():
-                raise ValueError(f"lipo.{name} {path!r} is not a file on the optimizer")
+            if self.mode != mode and getattr(self, name):
+                raise ValueError(f"lipo.{name} is only read in mode {mode}")
         with named_section(self.section):  # the surrogate's checks across its fields
             self.vae.config()
             self.gp.training()
@@ -121,34 +119,6 @@ class SurrogateApi(Protocol):
     def log_ei(self, model_id: str, x, best_f: float | None = None) -> np.ndarray: ...
     def optimize(self, model_id: str, config: AcquisitionConfig | None = None, best_f=None) -> LatentPoint: ...
     def invert(self, model_id: str, target, latent_init, config: InversionConfig | None = None) -> LatentPoint: ...
-
-
-def load_evaluations(path: str | Path) -> list[dict]:
-    """Evaluated instructions as [{instruction, error, n}] from a results JSON (`results` with
-    accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"evaluations file {str(path)!r} does not exist on the optimizer")
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    else:
-        data = json.loads(text)
-        rows = data.get("results", []) if isinstance(data, dict) else data
-    out = []
-    for row in rows:
-        if not isinstance(row, dict) or "instruction" not in row:
-            raise ValueError(f"{path}: every row needs an instruction and an accuracy or error_rate")
-        if "error_rate" in row:
-            error = float(row["error_rate"])
-        elif "accuracy" in row:
-            error = 1.0 - float(row["accuracy"])
-        else:
-            raise ValueError(f"{path}: row without accuracy or error_rate: {row['instruction']!r}")
-        out.append({"instruction": row["instruction"], "error": error, "n": int(row.get("n", row.get("total", 0)))})
-    if not out:
-        raise ValueError(f"{path}: no evaluated instructions")
-    return out
 
 
 def _cosine(a, b) -> float:
@@ -252,7 +222,7 @@ class LipoOptimizer(SurrogateBackedOptimizer):
 
     def _load(self, state: dict) -> None:
         config = self.config
-        cache = config.ape.cache_path or str(self.state_dir / "ape_instructions.json")
+        cache = self.state_dir / "ape_instructions.json"
         state["pool"] = generate_pool(
             self.llm,
             config.ape.num_instructions,
@@ -267,9 +237,10 @@ class LipoOptimizer(SurrogateBackedOptimizer):
             raise ValueError(f"the APE pool has {len(state['pool'])} instructions; at least 2 are needed")
         self._progress(f"APE pool: {len(state['pool'])} instructions ({cache})")
         if config.mode == "skip-hbbops":
-            rows = load_evaluations(config.hyperband_evals_path)
+            rows = config.load_inputs(self.artifacts)["hyperband_evals_artifact"]
         elif config.mode == "load-grid":
-            rows = sorted(load_evaluations(config.grid_path), key=lambda r: r["error"])[: config.top_k]
+            rows = config.load_inputs(self.artifacts)["grid_artifact"]
+            rows = sorted(rows, key=lambda r: r["error"])[: config.top_k]
         else:
             return
         self._progress(

@@ -30,7 +30,6 @@ import json
 import logging
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -52,6 +51,7 @@ from services.optimizer.algorithms.hyperband import (
     incumbent,
     run_bracket,
 )
+from services.optimizer.algorithms.inputs import check_slots
 from services.optimizer.algorithms.registry import register
 from services.optimizer.algorithms.surrogate_backed import SurrogateBackedOptimizer
 from services.surrogate.types import (
@@ -90,10 +90,14 @@ class LipoEConfig(Settings):
         6154, "exemplar pool: the first N questions of qa_pool_split", low=1, debug=50, high=1000000
     )
     qa_pool_split: str = setting("train", "split the exemplar pool is drawn from (never the validation questions)")
-    use_ape: bool = setting(True, "generate the instructions with APE (off: read instructions_path)")
+    use_ape: bool = setting(True, "generate the instructions with APE (off: the uploaded instructions)")
     ape: ApePool = nested(ApePool, num_instructions=2000)
-    instructions_path: str = setting("", "instructions (JSON list) on the optimizer: grid mode, or use_ape off")
-    exemplar_sets_path: str = setting("", "grid mode: the recorded exemplar sets (JSON) on the optimizer")
+    instructions_artifact: str = setting(
+        "", "uploaded instructions (a JSON list): grid mode, or use_ape off", artifact="instructions"
+    )
+    exemplar_sets_artifact: str = setting(
+        "", "grid mode: uploaded exemplar sets (a JSON list of lists of {question, answer})", artifact="exemplar_sets"
+    )
     vae: JointVae = nested(JointVae, beta=0.005, epochs=50000, lr=1e-3, debug={"epochs": 30, "samples": 200})
     num_slots: int = setting(8, "exemplar slots per prompt", low=1, high=MAX_EXEMPLARS, debug=3)
     min_exemplars: int = setting(0, "fewest exemplars a prompt may have", low=0, high=MAX_EXEMPLARS)
@@ -131,22 +135,15 @@ class LipoEConfig(Settings):
     def validate(self):
         if not self.min_exemplars <= self.num_slots:
             raise ValueError(f"lipo_e.min_exemplars must be in [0, {self.num_slots}], got {self.min_exemplars}")
-        needs = ["instructions_path"] if self.mode == "grid" or not self.use_ape else []
-        needs += ["exemplar_sets_path"] if self.mode == "grid" else []
-        if self.instructions_path and not needs:
-            raise ValueError("lipo_e.instructions_path is set but use_ape is on: turn use_ape off to use the file")
-        if self.exemplar_sets_path and self.mode != "grid":
-            raise ValueError("lipo_e.exemplar_sets_path is only read in grid mode")
+        needs = ["instructions_artifact"] if self.mode == "grid" or not self.use_ape else []
+        needs += ["exemplar_sets_artifact"] if self.mode == "grid" else []
+        if self.instructions_artifact and not needs:
+            raise ValueError("lipo_e.instructions_artifact is set but use_ape is on: turn use_ape off to use it")
+        if self.exemplar_sets_artifact and self.mode != "grid":
+            raise ValueError("lipo_e.exemplar_sets_artifact is only read in grid mode")
         for name in needs:
-            path = getattr(self, name)
-            if not path:
+            if not getattr(self, name):
                 raise ValueError(f"lipo_e.{name} must be set ({'grid mode' if self.mode == 'grid' else 'use_ape off'})")
-            if not Path(path).is_file():
-                raise ValueError(f"lipo_e.{name} {path!r} is not a file on the optimizer")
-        if self.instructions_path and "instructions_path" in needs:
-            load_instructions(self.instructions_path)
-        if self.mode == "grid":
-            load_exemplar_sets(self.exemplar_sets_path, self.num_slots)
         if self.use_scorer and self.mode == "grid":
             raise ValueError("lipo_e.use_scorer picks exemplars from the pool: it needs mode standard, not grid")
         with named_section(self.section):  # the surrogate's checks across its fields
@@ -154,6 +151,10 @@ class LipoEConfig(Settings):
             self.gp_config()
             self.acqf.config()
             self.scorer_config()
+
+    def check_inputs(self, inputs: dict) -> None:
+        if "exemplar_sets_artifact" in inputs:
+            check_slots(inputs["exemplar_sets_artifact"], self.num_slots, "lipo_e.exemplar_sets_artifact")
 
     def search_steps(self) -> int:
         return 3 + self.iterations
@@ -230,43 +231,6 @@ class LipoEConfig(Settings):
             epochs=self.scorer_epochs,
             seed=seed,
         )
-
-
-def load_exemplar_sets(path: str | Path, num_slots: int, field: str = "lipo_e.exemplar_sets_path") -> list[list[dict]]:
-    """A JSON list of exemplar sets, each a list of {question, answer}; ValueError naming `field`."""
-    try:
-        sets = json.loads(Path(path).read_text())
-        sets = [[{"question": e["question"], "answer": e["answer"]} for e in s] for s in sets]
-        for s in sets:
-            for e in s:
-                Exemplar(e["question"], e["answer"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(
-            f"{field} {str(path)!r}: expected a JSON list of lists of {{question, answer}} ({exc})"
-        ) from exc
-    if not sets:
-        raise ValueError(f"{field} {str(path)!r} holds no exemplar set")
-    too_big = [i for i, s in enumerate(sets) if len(s) > num_slots]
-    if too_big:
-        raise ValueError(f"{field}: sets {too_big[:5]} have more than num_slots={num_slots} exemplars")
-    repeated = [i for i, s in enumerate(sets) if len({(e["question"], e["answer"]) for e in s}) < len(s)]
-    if repeated:
-        raise ValueError(f"{field}: sets {repeated[:5]} show the same exemplar twice")
-    return sets
-
-
-def load_instructions(path: str | Path, field: str = "lipo_e.instructions_path") -> list[str]:
-    """A JSON list of instruction strings; ValueError naming `field`."""
-    try:
-        rows = json.loads(Path(path).read_text())
-        if not isinstance(rows, list) or not all(isinstance(r, str) and r.strip() for r in rows):
-            raise ValueError("not a list of non-empty strings")
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{field} {str(path)!r}: expected a JSON list of instructions ({exc})") from exc
-    rows = list(dict.fromkeys(rows))
-    if len(rows) < 2:
-        raise ValueError(f"{field} {str(path)!r} holds {len(rows)} distinct instruction(s); at least 2 are needed")
-    return rows
 
 
 class JointSurrogate(Protocol):
@@ -584,8 +548,9 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
     def _load(self, state: dict) -> None:
         config, ev = self.config, self.evaluation
         if config.mode == "grid":
-            state["instructions"] = load_instructions(config.instructions_path)
-            sets = load_exemplar_sets(config.exemplar_sets_path, config.num_slots)
+            inputs = config.load_inputs(self.artifacts)
+            state["instructions"] = inputs["instructions_artifact"]
+            sets = inputs["exemplar_sets_artifact"]
             pool: dict[tuple[str, str], int] = {}
             for s in sets:
                 for e in s:
@@ -599,7 +564,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
             )
             return
         if config.use_ape:
-            cache = config.ape.cache_path or str(self.state_dir / "ape_instructions_lipo_e.json")
+            cache = self.state_dir / "ape_instructions_lipo_e.json"
             state["instructions"] = generate_pool(
                 self.llm,
                 config.ape.num_instructions,
@@ -611,7 +576,7 @@ class LipoEOptimizer(SurrogateBackedOptimizer):
                 self._progress,
             )
         else:
-            state["instructions"] = load_instructions(config.instructions_path)
+            state["instructions"] = config.load_inputs(self.artifacts)["instructions_artifact"]
         if len(state["instructions"]) < 2:
             raise ValueError(f"LIPO-E needs at least 2 instructions, got {len(state['instructions'])}")
         pool = self._pool(state)

@@ -23,17 +23,27 @@ class SurrogateBackedOptimizer(Optimizer):
     LLM calls it repeats). Steps are named phases; `state["calls"]` counts LLM calls per phase.
     """
 
-    def __init__(self, config, evaluation, llm, emit, models=None, state_dir="state/optimizer", owner: str = ""):
+    def __init__(
+        self, config, evaluation, llm, emit, models=None, state_dir="state/optimizer", owner: str = "", artifacts=None
+    ):
         super().__init__(config, evaluation, llm, emit)
         self.models = models
         self.owner = owner  # the run id: the surrogate's models made for this run belong to it
         self.state_dir = Path(state_dir)
+        self.artifacts = artifacts  # the optimizer's ArtifactStore: the inputs the run names by id
         self._encode = EncodeMemo(models.encoder.encode) if models and models.encoder else None
 
     @classmethod
     def create(cls, config, evaluation, llm, emit, context: RunContext):
         return cls(
-            config, evaluation, llm, emit, models=context.models, state_dir=context.state_dir, owner=context.owner
+            config,
+            evaluation,
+            llm,
+            emit,
+            models=context.models,
+            state_dir=context.state_dir,
+            owner=context.owner,
+            artifacts=context.artifacts,
         )
 
     @abc.abstractmethod
