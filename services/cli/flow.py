@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from services.cli import training
+from services.common.artifact_client import ArtifactClient
+from services.common.artifacts import ARTIFACT_ID
 from services.common.config import default_pool_path
 from services.common.plotting import pyplot
 from services.decoder.client import DecoderClient
@@ -36,22 +38,18 @@ def add_commands(sub, client_config) -> None:
     """The `flow` command group; `client_config(address, args)` builds a ClientConfig."""
     flow = sub.add_parser("flow", help="EcoFlow's flow model (seed 003) on the surrogate")
     commands = flow.add_subparsers(dest="flow_command", required=True)
-    p = commands.add_parser("train", help="train a flow matching model on embeddings (a .pt on the surrogate)")
+    p = commands.add_parser("train", help="train a flow matching model on embeddings (a local .pt, uploaded)")
     p.add_argument(
         "--data",
         required=True,
-        help="embeddings [n, d] on the surrogate (.pt, e.g. from python -m services.encoder.corpus)",
+        help="a local .pt of embeddings [n, d] (e.g. from python -m services.encoder.corpus), uploaded to the "
+        "surrogate; or the id of an earlier upload",
     )
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--normalize", action="store_true", help="standardise each embedding dimension")
     for name, kind in TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
-    p.add_argument(
-        "--output-dir",
-        help="checkpoints' directory on the surrogate, under its state_dir (relative: to state_dir/flows; "
-        "default: state_dir/flows/RUN)",
-    )
     p.add_argument("--name", default="", help="display name")
     p.add_argument("--no-watch", action="store_true", help="print the run id and return")
     p.set_defaults(func=lambda args: train(args, client_config))
@@ -59,7 +57,7 @@ def add_commands(sub, client_config) -> None:
     p.add_argument("run_id")
     p.set_defaults(func=lambda args: resume(args, client_config))
     p = commands.add_parser("validate", help="sample a checkpoint, measure the manifold distance, decode")
-    p.add_argument("--checkpoint", required=True, help="a training run's best_flow.pt on the surrogate")
+    p.add_argument("--checkpoint", required=True, help="a flow training run's id (its best checkpoint is sampled)")
     p.add_argument("--n-samples", type=int, default=100)
     p.add_argument("--num-steps", type=int, default=50)
     p.add_argument("--method", choices=("heun", "euler"), default="heun")
@@ -75,19 +73,24 @@ def add_commands(sub, client_config) -> None:
     p.set_defaults(func=lambda args: validate(args, client_config))
 
 
-def training_settings(args) -> dict:
-    settings = {"data": args.data, "epochs": args.epochs, "batch_size": args.batch_size, "normalize": args.normalize}
+def training_settings(args, data_artifact: str) -> dict:
+    settings = {"data_artifact": data_artifact, "epochs": args.epochs, "batch_size": args.batch_size}
+    settings["normalize"] = args.normalize
     for name, _ in TRAIN_FLAGS:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    if args.output_dir:
-        settings["output_dir"] = args.output_dir
     return settings
 
 
 def train(args, client_config) -> int:
-    with FlowClient(client_config(args.surrogate, args)) as client:
-        request = flow_pb2.StartRunRequest(config_json=json.dumps(training_settings(args)), display_name=args.name)
+    config = client_config(args.surrogate, args)
+    data = args.data
+    if not (ARTIFACT_ID.match(data) and not Path(data).exists()):  # a local file: upload its content
+        with ArtifactClient(config) as artifacts:
+            data = artifacts.upload("embeddings", args.data)
+    with FlowClient(config) as client:
+        settings = json.dumps(training_settings(args, data))
+        request = flow_pb2.StartRunRequest(config_json=settings, display_name=args.name)
         return training.start(client, request, "flow", args, described, write_training)
 
 
@@ -97,7 +100,10 @@ def resume(args, client_config) -> int:
 
 
 def described(report: dict) -> str:
-    return f"best checkpoint {report['best_checkpoint']} (validation loss {report['best_val_loss']:.4f})"
+    return (
+        f"flow model {report['flow_run']} (its best checkpoint, validation loss {report['best_val_loss']:.4f}): "
+        f"pass it as --checkpoint / --flow-checkpoint"
+    )
 
 
 def write_training(run_id: str, report: dict, directory: Path) -> tuple[Path, Path]:

@@ -176,6 +176,18 @@ class FilesystemArtifactStore(ArtifactStore):
         self.info(value)
         return self._path(value).read_bytes()
 
+    def file(self, value: str, kind: str, field: str) -> Path:
+        """The file holding artifact `value` of `kind` (read in place, e.g. memory-mapped);
+        ValueError naming `field` when it is no such artifact."""
+        check_id(value, field)
+        try:
+            info = self.info(value)
+        except NotFoundError:
+            raise ValueError(f"{field} {value!r} is no artifact on this service: upload the file first") from None
+        if info.kind != kind:
+            raise ValueError(f"{field} {value!r} holds {info.kind}, not {kind}")
+        return self._path(value)
+
     def info(self, value: str) -> ArtifactInfo:
         meta = self._path(value).with_suffix(".json")
         try:

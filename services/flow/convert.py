@@ -11,7 +11,7 @@ from services.flow.types import MAX_FLOW_SAMPLES, MAX_FLOW_STEPS, GuidanceSettin
 def parse_sample(request) -> dict:
     """SampleFlow's fields, checked (INVALID_ARGUMENT naming the field); an unset field takes the
     seed's value (GuidanceSettings)."""
-    require(bool(request.checkpoint), "checkpoint must name a flow checkpoint on the surrogate")
+    require(bool(request.checkpoint), "checkpoint must name a flow training run (its id)")
     require(1 <= request.n_samples <= MAX_FLOW_SAMPLES, f"n_samples must be in [1, {MAX_FLOW_SAMPLES}]")
     seed = GuidanceSettings()
     fields = {  # unset: the seed's

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import math
 import pickle
 import threading
@@ -244,15 +245,24 @@ def load_embeddings(path: str | Path, finite: bool = True) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data {str(path)!r} does not exist on the surrogate")
+    return _embeddings(path, f"data {str(path)!r}", finite, mmap=True)
+
+
+def parse_embeddings(content: bytes) -> torch.Tensor:
+    """Embeddings [n, d] from the bytes of such a .pt file (an upload's check); ValueError otherwise."""
+    return _embeddings(io.BytesIO(content), "the file", finite=True)
+
+
+def _embeddings(source, label: str, finite: bool, mmap: bool = False) -> torch.Tensor:
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        saved = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same mistake to the user
-        raise ValueError(f"data {str(path)!r} is not a torch file of embeddings: {exc}") from exc
+        raise ValueError(f"{label} is not a torch file of embeddings: {exc}") from exc
     x = saved.get("embeddings") if isinstance(saved, dict) else saved
     if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[0] < 4:
-        raise ValueError(f"data {str(path)!r} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
+        raise ValueError(f"{label} must hold embeddings [n >= 4, d] (a tensor or {{'embeddings': ...}})")
     if finite:
-        check_finite(x, f"data {str(path)!r}")
+        check_finite(x, label)
     return x.float()
 
 

@@ -1,6 +1,7 @@
 """EcoFlow's flow-matching training as a resumable run: one step per epoch, `last_flow.pt` (with
 the trainer's state) every epoch and `best_flow.pt` at each best validation loss, under the
-run's directory (state_dir/flows/<run id> by default)."""
+run's directory (state_dir/flows/<run id>). Its data is an uploaded embeddings artifact; the run's
+id names its model (SampleFlow's `checkpoint`, EcoFlow's `flow_checkpoint`)."""
 
 from __future__ import annotations
 
@@ -8,31 +9,55 @@ import dataclasses
 import math
 from pathlib import Path
 
-from services.common.config import confined_path, from_fields, json_object
+from services.common.config import from_fields, json_object
 from services.common.operations import Cancelled, Job
+
+
+def parse_embeddings(content: bytes):
+    """The "embeddings" artifact kind: a .pt of embeddings [n, d] (torch loads lazily)."""
+    from services.flow.core import parse_embeddings as parse
+
+    return parse(content)
+
+
+# The ArtifactService kinds the surrogate's process takes.
+INPUT_KINDS = {"embeddings": parse_embeddings}
+RETIRED = {
+    "data": "upload the embeddings (`promptopt flow train --data FILE` does) and pass data_artifact",
+    "output_dir": "a run's checkpoints live in the surrogate's flows/<run id>, named by the run id",
+}
+
+
+def flow_dir(state_dir: str | Path, run_id: str) -> Path:
+    """Where training run `run_id` keeps its checkpoints."""
+    return Path(state_dir).resolve() / "flows" / run_id
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowTrainingSettings:
-    """A training run: the embeddings file, where its checkpoints go, and the FlowConfig."""
+    """A training run: its embeddings (an artifact's id and its file), its checkpoints' directory
+    and the FlowConfig."""
 
+    data_artifact: str
     data: str
     output_dir: str
     flow: object  # FlowConfig
 
     @classmethod
-    def from_json(cls, text: str, run_id: str, state_dir: str | Path) -> FlowTrainingSettings:
-        """Parsed and validated; ValueError naming the field."""
+    def from_json(cls, text: str, run_id: str, state_dir: str | Path, artifacts) -> FlowTrainingSettings:
+        """Parsed and validated against `artifacts` (a FilesystemArtifactStore); ValueError naming the field."""
         from services.flow.core import FlowConfig
 
         fields = json_object(text, "config_json")
-        data, output_dir = fields.pop("data", ""), fields.pop("output_dir", "")
-        if not isinstance(data, str) or not data:
-            raise ValueError("data must name a .pt file of embeddings on the surrogate")
+        for name, instead in RETIRED.items():
+            if name in fields:
+                raise ValueError(f"{name} is retired (a request names no path on the surrogate's host): {instead}")
+        data = fields.pop("data_artifact", "")
+        if not data:
+            raise ValueError("data_artifact must name uploaded embeddings (ArtifactService kind 'embeddings')")
+        path = artifacts.file(data, "embeddings", "data_artifact")
         flow = FlowConfig(**from_fields(FlowConfig, fields, "config_json"))
-        # relative to state_dir/flows (default: flows/RUN), never outside state_dir
-        root = Path(state_dir).resolve()
-        return cls(data, confined_path(output_dir or run_id, root, "output_dir", base=root / "flows"), flow)
+        return cls(data, str(path), str(flow_dir(state_dir, run_id)), flow)
 
 
 class FlowTrainingJob(Job):
@@ -65,7 +90,7 @@ class FlowTrainingJob(Job):
             return None
         model, facts = load_flow(self.last)
         if facts.get("run_id") != self.run_id:
-            raise ValueError(f"output_dir {str(self.root)!r} holds training run {facts.get('run_id')!r}'s checkpoints")
+            raise ValueError(f"{self.run_id}'s directory holds training run {facts.get('run_id')!r}'s checkpoints")
         return model, facts
 
     def initial_state(self) -> dict:
@@ -130,15 +155,15 @@ class FlowTrainingJob(Job):
         return {**state, "step": state["step"] + 1, "history": [*state["history"], entry], "best_val_loss": best}
 
     def best(self, state: dict) -> tuple[str, float]:
-        """The best checkpoint and its validation loss (lower is better)."""
+        """The best checkpoint, named by this run's id, and its validation loss (lower is better)."""
         loss = state["best_val_loss"]
-        return (str(self.best_path), float(loss)) if loss is not None else ("", math.nan)
+        return (self.run_id, float(loss)) if loss is not None else ("", math.nan)
 
     def report(self, state: dict) -> dict:
         return {
-            "best_checkpoint": str(self.best_path),
-            "last_checkpoint": str(self.last),
-            "data": self.settings.data,
+            "flow_run": self.run_id,  # names its best checkpoint in SampleFlow and EcoFlow runs
+            "best_checkpoint": f"flows/{self.run_id}/{self.best_path.name}",  # on the surrogate's state volume
+            "data_artifact": self.settings.data_artifact,
             "embeddings": state["n"],
             "dim": state["dim"],
             "best_val_loss": state["best_val_loss"],

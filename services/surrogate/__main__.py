@@ -11,11 +11,14 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 from promptopt.surrogate.v1 import surrogate_pb2, surrogate_pb2_grpc
 
+from services.common.artifact_server import artifact_binding
+from services.common.artifacts import ArtifactLimits, FilesystemArtifactStore
 from services.common.config import ServerConfig, from_env
 from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
 from services.common.server import ServiceBinding, run_service, serve
 from services.encoder.types import EMBEDDED_MODEL
+from services.flow.server import INPUT_KINDS as FLOW_INPUT_KINDS
 from services.flow.server import flow_service
 from services.neuro.server import NEURO_DIR, neuro_service
 from services.neuro.types import NeuroConfig
@@ -71,7 +74,10 @@ def main() -> None:
 
     store = RunStore(str(Path(config.state_dir) / "runs.sqlite"), exclusive=True)
     guide_of = lambda model_id: servicer.engine.error_gp(model_id)  # noqa: E731 - the engine loads later
-    flows, manager = flow_service(store, config.state_dir, guide_of, config.device)
+    artifacts = FilesystemArtifactStore(
+        Path(config.state_dir) / "artifacts", FLOW_INPUT_KINDS, from_env(ArtifactLimits, PREFIX)
+    )
+    flows, manager = flow_service(store, config.state_dir, guide_of, config.device, artifacts)
 
     defaults = NeuroConfig(encoder=config.neuro_encoder, generator=config.neuro_generator)
     neuro_store = RunStore(str(Path(config.state_dir) / NEURO_DIR / "runs.sqlite"), exclusive=True)
@@ -90,7 +96,8 @@ def main() -> None:
         threading.Thread(target=start_neuro, name="neuro-start", daemon=True).start()
 
     operations = operations_binding({"flow": (store, manager), "neuro": (neuro_store, neuro_manager)})
-    serve(from_env(ServerConfig, PREFIX), [binding, flows, neuro, operations], load=load_and_resume).wait()
+    bindings = [binding, flows, neuro, operations, artifact_binding(artifacts)]
+    serve(from_env(ServerConfig, PREFIX), bindings, load=load_and_resume).wait()
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main() -> None:
         surrogate = ["--surrogate", stack.address("surrogate"), "--results-dir", str(results)]
         train = ["flow", "train", "--data", str(data), "--epochs", "20", "--batch-size", "256", "--normalize"]
         timed("promptopt flow train", [*surrogate, *train, "--hidden-dim", "256", "--num-blocks", "4", "--lr", "0.001"])
-        checkpoint = newest(results, "flow-*.json")["best_checkpoint"]
+        checkpoint = newest(results, "flow-*.json")["flow_run"]
         models = ["--decoder", stack.address("decoder"), "--encoder", stack.address("encoder")]
         validate = ["flow", "validate", "--checkpoint", checkpoint, "--n-samples", "4", "--decode"]
         timed("promptopt flow validate --decode", [*surrogate, *models, *validate])

@@ -138,6 +138,9 @@ class Stack:
         finished = {name: store.create("opro", "fuzz", {}, 1).run_id for name, store in runs.items()}
         for name, store in runs.items():
             store.update(finished[name], state=RunState.SUCCEEDED)
+        flow = root / "flow" / "flows" / finished["flow"]  # the finished flow run's model: a known checkpoint
+        flow.mkdir(parents=True)
+        tiny_flow(flow / "best_flow.pt", embedder.dimension)
         self.known = {
             "dataset": ("gsm8k",),
             "split": ("test", "train", "train[:10]", "test[:5]"),
@@ -158,7 +161,7 @@ class Stack:
                 for f in ("embeddings", "embedding", "target", "instructions", "pool")
             },
             **{f"width:{f}": (64,) for f in ("latents", "latent", "latent_init")},
-            "checkpoint": (str(tiny_flow(root / "flow" / "best_flow.pt", embedder.dimension)),),
+            "checkpoint": (finished["flow"], "gone"),
             "n_samples": (4, 16),
             "num_steps": (5, 10),
             "method": ("heun", "euler"),

@@ -44,8 +44,9 @@ def test_corpus_train_validate_and_run_ecoflow_through_the_services(tmp_path_fac
         report = json.loads(curves.read_text())
         assert [h["epoch"] for h in report["history"]] == list(range(1, 7))
         assert curves.with_suffix(".png").stat().st_size > 1000
-        checkpoint = report["best_checkpoint"]
-        assert checkpoint.startswith(str(state / "volumes" / "surrogate-state"))  # on the surrogate's volume
+        checkpoint = report["flow_run"]  # the training run's id names its model; no host path is shown
+        assert report["best_checkpoint"] == f"flows/{checkpoint}/best_flow.pt" and curves.stem == checkpoint
+        assert (state / "volumes" / "surrogate-state" / "flows" / checkpoint / "best_flow.pt").is_file()
         validate = ["flow", "validate", "--checkpoint", checkpoint, "--n-samples", "12", "--decode"]
         validate += ["--num-steps", "20", "--seed-texts", str(pool)]
         models = ["--decoder", stack.address("decoder"), "--encoder", stack.address("encoder")]
@@ -56,7 +57,7 @@ def test_corpus_train_validate_and_run_ecoflow_through_the_services(tmp_path_fac
         assert len(checked["decoded"]["texts"]) == 12 and all(-1 <= c <= 1 for c in checked["decoded"]["cosine"])
         assert validation.with_suffix(".png").stat().st_size > 1000
         results = tmp_path / "run"
-        args = ["ecoflow", "--debug", "--flow-checkpoint", checkpoint, "--initial-pool-path", str(pool)]
+        args = ["ecoflow", "--debug", "--flow-checkpoint", checkpoint, "--initial-pool", str(pool)]
         args += ["--split", "test[:50%]", "--test-split", "test[50%:]", "--fidelity", "20", "--test-fidelity", "20"]
         doc = run_cli(stack, results, *args)
     assert doc["state"] == "RUN_STATE_SUCCEEDED"

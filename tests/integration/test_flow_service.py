@@ -13,6 +13,9 @@ import torch
 from promptopt.flow.v1 import flow_pb2
 from promptopt.operations.v1 import operations_pb2
 
+from services.common.artifact_client import ArtifactClient
+from services.common.artifact_server import artifact_binding
+from services.common.artifacts import FilesystemArtifactStore
 from services.common.config import ServerConfig
 from services.common.operation_server import operations_binding
 from services.common.operations import RunStore
@@ -20,6 +23,7 @@ from services.common.server import serve
 from services.flow.client import FlowClient
 from services.flow.core import FlowConfig, nearest_l2, split
 from services.flow.server import flow_service
+from services.flow.training import INPUT_KINDS
 from services.flow.types import GuidanceSettings
 from services.surrogate.client import SurrogateClient
 from services.surrogate.engine import SurrogateEngine
@@ -36,19 +40,21 @@ def known_embeddings(n: int = 1200, dim: int = 6) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("flow")
-    data = root / "embeddings.pt"
-    torch.save({"embeddings": known_embeddings(), "source": "a known Gaussian"}, data)
+    local = tmp_path_factory.mktemp("client") / "embeddings.pt"  # the client's file, uploaded as content
+    torch.save({"embeddings": known_embeddings(), "source": "a known Gaussian"}, local)
     engine = SurrogateEngine()
     store = RunStore(root / "runs.sqlite")
-    flows, manager = flow_service(store, root, engine.error_gp)
+    artifacts = FilesystemArtifactStore(root / "artifacts", INPUT_KINDS)
+    flows, manager = flow_service(store, root, engine.error_gp, artifacts=artifacts)
     running = serve(
         ServerConfig(port=0, metrics_port=-1),
-        [surrogate_binding(engine), flows, operations_binding({"flow": (store, manager)})],
+        [surrogate_binding(engine), flows, operations_binding({"flow": (store, manager)}), artifact_binding(artifacts)],
         install_signal_handlers=False,
     )
     assert running.ready.wait(60)
     address = f"127.0.0.1:{running.port}"
-    with FlowClient(address) as flow, SurrogateClient(address) as surrogate:
+    with FlowClient(address) as flow, SurrogateClient(address) as surrogate, ArtifactClient(address) as uploads:
+        data = uploads.upload("embeddings", local)
         yield flow, surrogate, data, store
     running.stop()
 
@@ -62,7 +68,7 @@ def train(flow: FlowClient, fields: dict) -> tuple[operations_pb2.Run, list]:
 @pytest.fixture(scope="module")
 def trained(served):
     flow, _, data, _ = served
-    run, events = train(flow, {"data": str(data), "epochs": 12, **SMALL})
+    run, events = train(flow, {"data_artifact": data, "epochs": 12, **SMALL})
     return run, events
 
 
@@ -76,12 +82,13 @@ def test_a_training_run_reports_each_epoch_and_keeps_the_best_checkpoint(trained
     assert [h["epoch"] for h in history] == list(range(1, 13))
     assert report["best_val_loss"] == min(h["val_loss"] for h in history) == run.best_score
     assert history[-1]["train_loss"] < 0.9 * history[0]["train_loss"]
-    assert run.best_prompt == report["best_checkpoint"] and report["embeddings"] == 1200 and report["dim"] == 6
+    assert run.best_prompt == report["flow_run"] == run.run_id and report["embeddings"] == 1200 and report["dim"] == 6
+    assert report["best_checkpoint"] == f"flows/{run.run_id}/best_flow.pt"  # relative: no host path is shown
 
 
 def test_a_cancelled_training_resumes_from_its_last_epoch(served):
     flow, _, data, _ = served
-    run = flow.start(flow_pb2.StartRunRequest(config_json=json.dumps({"data": str(data), "epochs": 40, **SMALL})))
+    run = flow.start(flow_pb2.StartRunRequest(config_json=json.dumps({"data_artifact": data, "epochs": 40, **SMALL})))
     for event in flow.watch(run.run_id):
         if event.WhichOneof("event") == "progress" and event.progress.message.startswith("epoch 3/"):
             flow.cancel(run.run_id)
@@ -134,7 +141,8 @@ def test_samples_are_reproducible_and_guidance_lowers_the_lcb(served, trained):
         ({"zero_init": "never"}, "zero_init must be one of"),
         ({"zero_init_fraction": 1.5}, "zero_init_fraction must lie in"),
         ({"guidance_strength": 1.0, "model_id": ""}, "guidance_strength > 0 needs model_id"),
-        ({"checkpoint": "/no/such/flow.pt"}, "does not exist"),
+        ({"checkpoint": "/no/such/flow.pt"}, "checkpoint '/no/such/flow.pt': no flow training run has this id"),
+        ({"checkpoint": "../../runs.sqlite"}, "no flow training run has this id"),
         ({"model_id": "nope"}, "model_id 'nope' not found"),
         ({"n_samples": 4097}, "n_samples must be in [1, 4096]"),
         ({"num_steps": 1001}, "num_steps must be in [1, 1000]"),
@@ -150,7 +158,8 @@ def test_bad_sampling_requests_are_invalid_argument(served, trained, fields, mes
     request |= {"zero_init": "guidance", "alpha": 1.0, **fields}
     with pytest.raises(grpc.RpcError) as info:
         flow.stub.SampleFlow(flow_pb2.SampleFlowRequest(**request))
-    expected = grpc.StatusCode.NOT_FOUND if "not found" in message else grpc.StatusCode.INVALID_ARGUMENT
+    found = "not found" in message or "no flow training run" in message
+    expected = grpc.StatusCode.NOT_FOUND if found else grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.code() == expected and message in info.value.details()
 
 
@@ -171,18 +180,20 @@ def test_guidance_needs_an_exact_gp_of_the_flows_dimension(served, trained):
 def test_bad_training_requests_are_refused_and_not_stored(served, tmp_path):
     flow, _, data, store = served
     before = len(flow.list().runs)
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"junk")
+    with ArtifactClient(flow.config) as uploads:
+        with pytest.raises(grpc.RpcError) as junk:
+            uploads.put("embeddings", b"junk")
+        assert junk.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "content is not a valid embeddings artifact: the file is not a torch file" in junk.value.details()
     for fields, message in [
-        ({}, "data must name a .pt file"),
-        ({"data": str(tmp_path / "missing.pt")}, "does not exist on the surrogate"),
-        ({"data": str(junk)}, "is not a torch file of embeddings"),
-        ({"data": str(data), "epochs": 0}, "epochs must be >= 1"),
-        ({"data": str(data), "epochs": "5"}, "epochs must be a int"),
-        ({"data": str(data), "colour": 1}, "unknown fields ['colour']"),
-        ({"data": str(data), "output_dir": str(tmp_path)}, "must lie under"),
-        ({"data": str(data), "output_dir": "../../elsewhere"}, "must lie under"),
-        ({"data": str(data), "output_dir": 5}, "output_dir must be a path"),
+        ({}, "data_artifact must name uploaded embeddings"),
+        ({"data": "/etc/passwd"}, "data is retired (a request names no path on the surrogate's host)"),
+        ({"data_artifact": "0" * 32}, "data_artifact '" + "0" * 32 + "' is no artifact on this service"),
+        ({"data_artifact": "../../runs.sqlite"}, "data_artifact must be an artifact id"),
+        ({"data_artifact": data, "epochs": 0}, "epochs must be >= 1"),
+        ({"data_artifact": data, "epochs": "5"}, "epochs must be a int"),
+        ({"data_artifact": data, "colour": 1}, "unknown fields ['colour']"),
+        ({"data_artifact": data, "output_dir": str(tmp_path)}, "output_dir is retired"),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             flow.start(flow_pb2.StartRunRequest(config_json=json.dumps(fields)))

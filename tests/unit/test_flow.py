@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from services.cli.main import build_parser
+from services.common.artifacts import FilesystemArtifactStore
 from services.flow.core import (
     FlowCache,
     FlowConfig,
@@ -20,7 +21,7 @@ from services.flow.core import (
     save_flow,
     zero_init_steps,
 )
-from services.flow.training import FlowTrainingJob, FlowTrainingSettings
+from services.flow.training import INPUT_KINDS, FlowTrainingJob, FlowTrainingSettings
 from services.flow.types import GuidanceSettings
 from services.surrogate.core import SonarGPSurrogate
 
@@ -276,8 +277,10 @@ def test_a_run_that_died_after_saving_its_first_epoch_resumes_without_repeating_
     the restarted job (step 0) finds its own checkpoint, keeps that epoch and trains no second one;
     another run pointed at the same directory is refused."""
     torch.save({"embeddings": known_data(300)}, tmp_path / "data.pt")
-    fields = {"data": str(tmp_path / "data.pt"), "epochs": 3, "hidden_dim": 16, "num_blocks": 1, "time_embed_dim": 8}
-    settings = FlowTrainingSettings.from_json(json.dumps(fields), "run-1", tmp_path)
+    artifacts = FilesystemArtifactStore(tmp_path / "artifacts", INPUT_KINDS)
+    data = artifacts.put("embeddings", "data.pt", (tmp_path / "data.pt").read_bytes()).artifact_id
+    fields = {"data_artifact": data, "epochs": 3, "hidden_dim": 16, "num_blocks": 1, "time_embed_dim": 8}
+    settings = FlowTrainingSettings.from_json(json.dumps(fields), "run-1", tmp_path, artifacts)
 
     def job(run_id):
         return FlowTrainingJob(settings, lambda kind, payload: None, lambda: False, run_id)

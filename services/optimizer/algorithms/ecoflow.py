@@ -39,7 +39,7 @@ class EcoFlowConfig(Settings):
 
     section: ClassVar[str] = "ecoflow"
 
-    flow_checkpoint: str = setting("", "flow model on the surrogate (`promptopt flow train` names it); required")
+    flow_checkpoint: str = setting("", "the flow training run (`promptopt flow train` prints its id); required")
     debug: bool = DEBUG.field(
         help="small run: 2 iterations of 2 samples, 4 initial prompts, 10 ODE steps (unset fields)"
     )
@@ -66,7 +66,7 @@ class EcoFlowConfig(Settings):
     def validate(self):
         if not self.flow_checkpoint:
             raise ValueError(
-                "ecoflow.flow_checkpoint must name a flow checkpoint on the surrogate (promptopt flow train)"
+                "ecoflow.flow_checkpoint must name a flow training run (`promptopt flow train` prints its id)"
             )
         check_prompts(self.section, self.initial_prompts, allow_empty=True)
         if self.n_initial < 2 and len(self.initial_prompts) < 2:
