@@ -110,9 +110,9 @@ class ArtifactStore(abc.ABC):
         info = ArtifactInfo(artifact_id(kind, content), kind, name, len(content), digest, time.time())
         return self._write(info, content)
 
-    def load(self, value: str, kind: str, field: str):
-        """The parsed content of artifact `value`, which must be of `kind`; ValueError naming
-        `field` when it is no such artifact (a run names its inputs by upload id)."""
+    def named(self, value: str, kind: str, field: str) -> ArtifactInfo:
+        """The metadata of artifact `value`, which a request's `field` names and which must be of
+        `kind`; ValueError naming `field` when it is no such artifact."""
         check_id(value, field)
         try:
             info = self.info(value)
@@ -120,6 +120,11 @@ class ArtifactStore(abc.ABC):
             raise ValueError(f"{field} {value!r} is no artifact on this service: upload the file first") from None
         if info.kind != kind:
             raise ValueError(f"{field} {value!r} holds {info.kind}, not {kind}")
+        return info
+
+    def load(self, value: str, kind: str, field: str):
+        """The parsed content of artifact `value` (see `named`; a run names its inputs by upload id)."""
+        self.named(value, kind, field)
         try:
             return self.parsers[kind](self.get(value))
         except ValueError as exc:
@@ -177,15 +182,8 @@ class FilesystemArtifactStore(ArtifactStore):
         return self._path(value).read_bytes()
 
     def file(self, value: str, kind: str, field: str) -> Path:
-        """The file holding artifact `value` of `kind` (read in place, e.g. memory-mapped);
-        ValueError naming `field` when it is no such artifact."""
-        check_id(value, field)
-        try:
-            info = self.info(value)
-        except NotFoundError:
-            raise ValueError(f"{field} {value!r} is no artifact on this service: upload the file first") from None
-        if info.kind != kind:
-            raise ValueError(f"{field} {value!r} holds {info.kind}, not {kind}")
+        """The file holding artifact `value` (see `named`), read in place, e.g. memory-mapped."""
+        self.named(value, kind, field)
         return self._path(value)
 
     def info(self, value: str) -> ArtifactInfo:
