@@ -28,6 +28,8 @@ MAX_ARTIFACT_NAME = 200  # characters of an artifact's label (its file name on t
 
 # kind -> parser(content) -> the parsed value; ValueError saying what is wrong with the content
 Parser = Callable[[bytes], object]
+# what a parser may raise on hostile content (nesting too deep, numbers too large, wrong types)
+PARSE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +61,7 @@ class ArtifactLimits:
     """Operator settings (`from_env` with the service's prefix, e.g. PROMPTOPT_OPTIMIZER_MAX_ARTIFACT_MB):
     the largest artifact, and the most megabytes and artifacts one store keeps."""
 
-    max_artifact_mb: int = 32  # below the server's max_message_mb (64), which carries the upload
+    max_artifact_mb: int = 60  # below the server's max_message_mb (64), which carries the upload
     artifact_quota_mb: int = 2048
     max_artifacts: int = 10000
 
@@ -104,8 +106,8 @@ class ArtifactStore(abc.ABC):
             )
         try:
             self.parsers[kind](content)
-        except ValueError as exc:
-            raise ValueError(f"content is not a valid {kind} artifact: {exc}") from exc
+        except PARSE_ERRORS as exc:
+            raise ValueError(f"content is not a valid {kind} artifact: {exc or type(exc).__name__}") from exc
         digest = hashlib.sha256(content).hexdigest()
         info = ArtifactInfo(artifact_id(kind, content), kind, name, len(content), digest, time.time())
         return self._write(info, content)
@@ -127,8 +129,8 @@ class ArtifactStore(abc.ABC):
         self.named(value, kind, field)
         try:
             return self.parsers[kind](self.get(value))
-        except ValueError as exc:
-            raise ValueError(f"{field} {value!r}: {exc}") from exc
+        except PARSE_ERRORS as exc:
+            raise ValueError(f"{field} {value!r}: {exc or type(exc).__name__}") from exc
 
     @abc.abstractmethod
     def _write(self, info: ArtifactInfo, content: bytes) -> ArtifactInfo:
@@ -179,7 +181,10 @@ class FilesystemArtifactStore(ArtifactStore):
 
     def get(self, value: str) -> bytes:
         self.info(value)
-        return self._path(value).read_bytes()
+        try:
+            return self._path(value).read_bytes()
+        except FileNotFoundError:  # deleted since its metadata was read
+            raise NotFoundError(f"artifact {value!r} not found") from None
 
     def file(self, value: str, kind: str, field: str) -> Path:
         """The file holding artifact `value` (see `named`), read in place, e.g. memory-mapped."""

@@ -176,6 +176,7 @@ class Settings(abc.ABC):
     """
 
     section: ClassVar[str] = ""
+    retired: ClassVar[tuple[str, ...]] = ()  # settings runs stored before they were removed
     debug = False  # a class attribute: settings with a debug preset declare a `debug` field
 
     def __post_init__(self):
@@ -260,6 +261,9 @@ class Settings(abc.ABC):
         """The settings from the fields a user set (the rest: debug values in a debug run, else
         defaults); ValueError naming an unknown field."""
         fields = cls.upgrade(dict(fields))
+        for name in cls.retired:  # a stored run that left a retired setting unset still loads
+            if fields.pop(name, ""):
+                raise ValueError(f"{cls.section}.{name} is retired: start a new run that names its files by upload")
         unknown = sorted(set(fields) - set(cls.declared()))
         if unknown:
             raise ValueError(f"{cls.section}: unknown settings {unknown}; known: {sorted(cls.declared())}")

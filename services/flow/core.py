@@ -10,6 +10,7 @@ import io
 import math
 import pickle
 import threading
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -249,7 +250,13 @@ def load_embeddings(path: str | Path, finite: bool = True) -> torch.Tensor:
 
 
 def parse_embeddings(content: bytes) -> torch.Tensor:
-    """Embeddings [n, d] from the bytes of such a .pt file (an upload's check); ValueError otherwise."""
+    """Embeddings [n, d] from the bytes of such a .pt file (an upload's check); ValueError otherwise.
+    torch.save stores its archive's entries uncompressed; a compressed entry is refused, since it
+    could expand without bound when loaded."""
+    if zipfile.is_zipfile(io.BytesIO(content)):
+        with zipfile.ZipFile(io.BytesIO(content)) as archive:
+            if any(entry.compress_type != zipfile.ZIP_STORED for entry in archive.infolist()):
+                raise ValueError("the file's archive has compressed entries (torch.save writes none)")
     return _embeddings(io.BytesIO(content), "the file", finite=True)
 
 

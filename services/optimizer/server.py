@@ -27,11 +27,14 @@ def set_fields(message, name: str) -> dict:
     fields = {}
     for field, value in message.ListFields():
         if field.GetOptions().deprecated:
+            instead = (
+                "the APE cache always lives in the optimizer's state directory"
+                if field.name == "ape_cache_path"
+                else f"upload the file (ArtifactService.PutArtifact; the CLI's file flags do it) and pass its id "
+                f"in {field.name.removesuffix('_path')}_artifact"
+            )
             raise ValueError(
-                f"{name}.{field.name} is retired: a request names no path on the optimizer's host. Upload the "
-                f"file (ArtifactService.PutArtifact; the CLI does it for you) and pass its id in the *_artifact "
-                f"field, e.g. {field.name.removesuffix('_path')}_artifact (the APE cache always lives in the "
-                "optimizer's state directory)"
+                f"{name}.{field.name} is retired (a request names no path on the optimizer's host): {instead}"
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{name}.{field.name} must be a finite number, got {value}")

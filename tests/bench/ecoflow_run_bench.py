@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -122,8 +123,9 @@ def main() -> None:
         evals = Path(state) / "initial_design.json"
         evals.write_text(json.dumps(initial))
         initial_calls = len(initial) * FIDELITY  # scored by EcoFlow's run, loaded by LIPO's
-        lipo_args = ["lipo", "--debug", "--mode", "skip-hbbops", "--hyperband-evals-path", str(evals)]
-        lipo_args += ["--evaluations-split", "test[:50%]", "--iterations", "4", "--ape-cache-path", str(APE_POOL)]
+        lipo_args = ["lipo", "--debug", "--mode", "skip-hbbops", "--hyperband-evals", str(evals)]
+        lipo_args += ["--evaluations-split", "test[:50%]", "--iterations", "4"]
+        shutil.copy(APE_POOL, Path(state) / "volumes" / "optimizer-state" / "ape_instructions.json")  # APE's cache
         lipo, lipo_s = run(stack, results, "lipo", [*lipo_args, "--ape-num-instructions", "1000", *SPLITS])
 
     proposals = sum(len(it["samples"]) for it in ecoflow["iterations"])

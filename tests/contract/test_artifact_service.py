@@ -67,6 +67,10 @@ def test_hostile_uploads_and_ids_are_refused_naming_the_field_and_touch_nothing_
         (put(kind="instructions", content=b"\xff\xfe"), "content is not a valid instructions artifact: not UTF-8"),
         (put(kind="evaluations", content=b'{"instruction": 1}'), "not a valid evaluations artifact"),
         (put(kind="exemplar_sets", content=b"[[1]]"), "expected a JSON list of lists of {question, answer}"),
+        (put(kind="exemplar_sets", content=b'[[{"question": 1, "answer": "x"}]]'), "not a valid exemplar_sets"),
+        (put(kind="instructions", content=b"[" * 100000), "not a valid instructions artifact"),  # nesting
+        (put(kind="evaluations", content=b'{"instruction": "x", "accuracy": 0.5, "n": 1e999}'), "evaluations"),
+        (put(kind="evaluations", content=b'{"instruction": "x", "accuracy": 2}'), "must lie in [0, 1]"),
     ]:
         assert refused(stub.PutArtifact, request)[0] == invalid
         assert message in refused(stub.PutArtifact, request)[1]
@@ -90,6 +94,17 @@ def test_the_store_is_bounded_and_a_full_store_says_what_to_do(served):
     )
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "max_artifacts 3" in details and "delete" in details
     assert len(store.list()) == 3  # nothing stored was lost
+
+
+def test_evaluations_come_as_a_results_json_a_list_or_jsonl_of_any_length():
+    from services.optimizer.algorithms.inputs import parse_evaluations
+
+    row = {"instruction": "Solve it.", "accuracy": 0.75, "n": 8}
+    expected = [{"instruction": "Solve it.", "error": 0.25, "n": 8}]
+    for content in (json.dumps({"results": [row]}), json.dumps([row]), json.dumps(row), json.dumps(row) + "\n"):
+        assert parse_evaluations(content.encode()) == expected
+    two = (json.dumps(row) + "\n" + json.dumps({**row, "instruction": "B."})).encode()
+    assert [r["instruction"] for r in parse_evaluations(two)] == ["Solve it.", "B."]
 
 
 def test_concurrent_identical_uploads_store_one_artifact(tmp_path):

@@ -354,13 +354,18 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
     expect(INVALID, "lipo.mode must be one of", stub.StartRun, pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="fast")))
     expect(
         INVALID,
-        "lipo.hyperband_evals_path is retired: a request names no path on the optimizer's host",
+        "lipo.hyperband_evals_path is retired (a request names no path on the optimizer's host): upload the file",
         stub.StartRun,
         pb2.StartRunRequest(lipo=pb2.LipoConfig(mode="skip-hbbops", hyperband_evals_path="/etc/passwd")),
     )
-    for retired in ("ape_cache_path", "instructions_path", "exemplar_sets_path"):
-        request = pb2.StartRunRequest(lipo_e=pb2.LipoEConfig(**{retired: "/tmp/victim/deep/created.json"}))
-        expect(INVALID, f"lipo_e.{retired} is retired", stub.StartRun, request)
+    for section, message, retired in [
+        ("lipo_e", pb2.LipoEConfig, ("ape_cache_path", "instructions_path", "exemplar_sets_path")),
+        ("lipo", pb2.LipoConfig, ("ape_cache_path", "grid_path")),
+        ("ecoflow", pb2.EcoFlowConfig, ("initial_pool_path",)),
+    ]:
+        for name in retired:
+            request = pb2.StartRunRequest(**{section: message(**{name: "/tmp/victim/deep/created.json"})})
+            expect(INVALID, f"{section}.{name} is retired", stub.StartRun, request)
     for value, message in [
         ("0" * 32, f"lipo.hyperband_evals_artifact '{'0' * 32}' is no artifact on this service"),
         ("../../etc/passwd", "lipo.hyperband_evals_artifact must be an artifact id (32 hex digits"),

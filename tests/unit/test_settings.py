@@ -159,6 +159,11 @@ def test_stored_configs_of_old_runs_still_load():
     """ProTeGi's runs stored `ucb_sample_size` and `ucb_rounds` before they were renamed."""
     config = registry.spec("protegi").settings.from_fields({"ucb_sample_size": 3, "ucb_rounds": 9})
     assert config.bandit_sample_size == 3
+    # runs stored before files became uploads recorded the (empty) path settings
+    stored = {"instructions_path": "", "exemplar_sets_path": "", "ape_cache_path": "", "iterations": 3}
+    assert registry.spec("lipo_e").settings.from_fields(stored).iterations == 3
+    with pytest.raises(ValueError, match="lipo.grid_path is retired: start a new run"):
+        registry.spec("lipo").settings.from_fields({"mode": "load-grid", "grid_path": "/data/grid.jsonl"})
     for name, spec in registry.algorithms().items():
         if name == "ecoflow":
             continue  # needs a flow checkpoint named

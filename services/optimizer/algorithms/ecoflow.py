@@ -38,6 +38,7 @@ class EcoFlowConfig(Settings):
     """Seed 003's EcoFlow parameters (its table's defaults)."""
 
     section: ClassVar[str] = "ecoflow"
+    retired: ClassVar[tuple[str, ...]] = ("initial_pool_path",)  # paths, now uploads
 
     flow_checkpoint: str = setting("", "the flow training run (`promptopt flow train` prints its id); required")
     debug: bool = DEBUG.field(

@@ -53,7 +53,9 @@ def parse_evaluations(content: bytes) -> list[dict]:
     accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
     try:
         data = json_content(content)
-        rows = data.get("results", []) if isinstance(data, dict) else data
+        if isinstance(data, dict):  # a results JSON, or JSONL of one row
+            data = data["results"] if "results" in data else [data]
+        rows = data
     except json.JSONDecodeError:  # not one JSON document: JSONL
         try:
             rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]

@@ -56,6 +56,7 @@ class LipoConfig(Settings):
     """Seed 000's `Config` (defaults from its tables)."""
 
     section: ClassVar[str] = "lipo"
+    retired: ClassVar[tuple[str, ...]] = ("ape_cache_path", "hyperband_evals_path", "grid_path")  # paths, now uploads
 
     mode: str = setting(
         "standard", "standard, or skip-hbbops/load-grid (loaded evaluations), hyperband-only", choices=MODES

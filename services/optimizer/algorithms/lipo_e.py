@@ -75,6 +75,11 @@ class LipoEConfig(Settings):
     """Seed 001's Parameters and Dimensions; BOLT's fields (seed 004) keep seed 001's LIPO-E by default."""
 
     section: ClassVar[str] = "lipo_e"
+    retired: ClassVar[tuple[str, ...]] = (
+        "ape_cache_path",
+        "instructions_path",
+        "exemplar_sets_path",
+    )  # paths, now uploads
 
     mode: str = setting(
         "standard", "standard (APE pool x exemplar pool) or grid (recorded instruction x exemplar sets)", choices=MODES
