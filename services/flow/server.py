@@ -33,11 +33,9 @@ class FlowServicer(OperationServicer):
         self._lock = threading.Lock()
 
     def _parse_start(self, request):
+        # the embeddings were checked (shape, finite values) when they were uploaded
         settings = FlowTrainingSettings.from_json(request.config_json, "check", self.state_dir, self.artifacts)
         fields = json.loads(request.config_json or "{}")
-        from services.flow.core import load_embeddings
-
-        load_embeddings(settings.data)  # refused now, not at the first epoch
         return "flow", request.display_name, fields, settings.flow.epochs
 
     def SampleFlow(self, request, context):  # noqa: N802 - gRPC method name

@@ -62,8 +62,9 @@ def test_the_proto_config_matches_the_settings_names_types_and_defaults(name):
     spec = registry.spec(name)
     message = optimizer_pb2.StartRunRequest.DESCRIPTOR.fields_by_name[name].message_type
     declared = spec.settings.declared()
-    current = {f.name for f in message.fields if not f.GetOptions().deprecated}  # retired paths are refused
-    assert current == set(declared), "a setting and the proto differ in their fields"
+    retired = {f.name for f in message.fields if f.GetOptions().deprecated}  # paths, refused at StartRun
+    assert set(message.fields_by_name) - retired == set(declared), "a setting and the proto differ in their fields"
+    assert retired == set(spec.settings.retired), "stored runs must load with every retired field left unset"
     hints = {flat: slot.kind for flat, slot in spec.settings.layout().items()}
     defaults = proto_defaults(message.name)
     for field, setting_ in declared.items():
