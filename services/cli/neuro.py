@@ -52,8 +52,9 @@ def add_commands(sub, client_config) -> None:
     for name, kind in TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), type=kind)
     p.add_argument("--no-feedback", action="store_true", help="leave the stored feedback out of this run")
-    p.add_argument("--init-checkpoint", help="start from this checkpoint's head (e.g. a phase 1 run's final model)")
-    p.add_argument("--output-dir", help="checkpoints' directory on the surrogate, under its state_dir/neuro")
+    p.add_argument(
+        "--init-checkpoint", help="start from this head: a training run id (its final model) or RUN_ID/FILE.pt"
+    )
     p.add_argument("--name", default="", help="display name")
     p.add_argument("--no-watch", action="store_true", help="print the run id and return")
     p.set_defaults(func=lambda args: train(args, client_config))
@@ -66,7 +67,9 @@ def add_commands(sub, client_config) -> None:
     p.add_argument("--num-return-sequences", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="", help="a checkpoint on the surrogate (default: the newest trained)")
+    p.add_argument(
+        "--checkpoint", default="", help="a training run id or RUN_ID/FILE.pt (default: the newest trained model)"
+    )
     p.set_defaults(func=lambda args: optimize(args, client_config))
     p = commands.add_parser("feedback", help="rate a rewrite (stored for the next training run)")
     p.add_argument("raw_prompt")
@@ -98,9 +101,8 @@ def training_settings(args) -> dict:
     for name, _ in TRAIN_FLAGS:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    for name in ("init_checkpoint", "output_dir"):
-        if getattr(args, name):
-            settings[name] = getattr(args, name)
+    if args.init_checkpoint:
+        settings["init_checkpoint"] = args.init_checkpoint
     return settings
 
 

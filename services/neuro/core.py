@@ -468,9 +468,6 @@ def checkpoint_name(phase: int, epoch: int) -> str:
     return f"phase{phase}_epoch_{epoch}.pt"
 
 
-FINAL_CHECKPOINT = "neuro_final_model.pt"
-
-
 def save_neuro(path: str | Path, rewriter: NeuroRewriter, **extra) -> None:
     """The head's weights, the config (naming the frozen models) and the training state; the
     frozen weights are not stored. Written through a temporary file and a rename."""
@@ -494,16 +491,17 @@ def save_neuro(path: str | Path, rewriter: NeuroRewriter, **extra) -> None:
     tmp.replace(path)
 
 
-def load_neuro(path: str | Path) -> tuple[NeuroConfig, NeuroHead, dict]:
+def load_neuro(path: str | Path, label: str = "") -> tuple[NeuroConfig, NeuroHead, dict]:
     """(config, head in eval mode, the checkpoint's other facts); ValueError when `path` is not
-    a Neuro-Latent checkpoint."""
+    a Neuro-Latent checkpoint (messages name it by `label`, default its path)."""
     path = Path(path)
+    label = label or shown(str(path))
     try:
         exists = path.is_file()
     except OSError as exc:  # e.g. a name too long for the file system
-        raise ValueError(f"checkpoint {shown(str(path))!r} cannot be read: {exc.strerror}") from exc
+        raise ValueError(f"checkpoint {label!r} cannot be read: {exc.strerror}") from exc
     if not exists:
-        raise ValueError(f"checkpoint {shown(str(path))!r} does not exist")
+        raise ValueError(f"checkpoint {label!r} does not exist")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict):
@@ -512,8 +510,8 @@ def load_neuro(path: str | Path) -> tuple[NeuroConfig, NeuroHead, dict]:
         head = NeuroHead(*saved["dims"], config)
         head.load_state_dict(saved["head"])
     except OSError as exc:
-        raise ValueError(f"checkpoint {shown(str(path))!r} cannot be read: {exc.strerror or exc}") from exc
+        raise ValueError(f"checkpoint {label!r} cannot be read: {exc.strerror or exc}") from exc
     except (KeyError, TypeError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{shown(str(path))!r} is not a Neuro-Latent checkpoint: {exc}") from exc
+        raise ValueError(f"{label!r} is not a Neuro-Latent checkpoint: {exc}") from exc
     head.eval()
     return config, head, {k: v for k, v in saved.items() if k not in ("config", "head", "dims")}

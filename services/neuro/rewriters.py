@@ -6,32 +6,33 @@ import logging
 import threading
 from pathlib import Path
 
-from services.common.config import confined_path
 from services.common.errors import FailedPreconditionError, UnavailableError
-from services.neuro.training import ModelParts
+from services.neuro.training import FINAL_CHECKPOINT, ModelParts, checkpoint_file, checkpoint_label
 
 log = logging.getLogger(__name__)
 
 
 def checkpoints_newest_first(root: Path) -> list[Path]:
     """Every `neuro_final_model.pt` under `root`, newest first, then the epoch checkpoints."""
-    from services.neuro.core import FINAL_CHECKPOINT
-
     out = []
     for pattern in (FINAL_CHECKPOINT, "phase*_epoch_*.pt"):
         out += sorted(root.rglob(pattern), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     return out
 
 
-def check_compatible(init: str, config) -> None:
+def check_compatible(init: str, config, root: Path) -> None:
     """ValueError naming init_checkpoint unless its head fits `config` (a NeuroConfig)."""
     from services.neuro.core import load_neuro
 
-    saved, _, _ = load_neuro(init)
+    label = checkpoint_label(init, root)
+    try:
+        saved, _, _ = load_neuro(init, label)
+    except ValueError as exc:
+        raise ValueError(f"init_checkpoint: {exc}") from None
     for name in ("encoder", "generator", "soft_prompt_length", "black_box_hidden"):
         if getattr(saved, name) != getattr(config, name):
             raise ValueError(
-                f"init_checkpoint {init!r} has {name} {getattr(saved, name)!r}, the run {getattr(config, name)!r}"
+                f"init_checkpoint {label!r} has {name} {getattr(saved, name)!r}, the run {getattr(config, name)!r}"
             )
 
 
@@ -61,13 +62,15 @@ class Rewriters:
 
     def use(self, path: Path) -> None:
         """Serve `path` by default from now on."""
-        self.get(str(path))
-        self._default = str(path)
+        name = checkpoint_label(path, self.root)
+        self.get(name)
+        self._default = name
 
     def get(self, checkpoint: str):
-        """(checkpoint path, NeuroRewriter); ValueError naming `checkpoint` when it is no
-        checkpoint under the neuro directory, FailedPreconditionError when nothing is trained yet
-        or its frozen models cannot be loaded here, UnavailableError while start-up loads."""
+        """(checkpoint name, NeuroRewriter) of a training run's id (its final model) or
+        RUN_ID/FILE.pt; ValueError naming `checkpoint` when it is no such checkpoint,
+        FailedPreconditionError when nothing is trained yet or its frozen models cannot be loaded
+        here, UnavailableError while start-up loads."""
         from services.neuro.core import NeuroRewriter, load_neuro
 
         if not checkpoint:
@@ -78,17 +81,18 @@ class Rewriters:
                     "no trained Neuro-Latent model yet: train one first (promptopt neuro train)"
                 )
             checkpoint = self._default
-        path = confined_path(checkpoint, self.root, "checkpoint")
+        path = checkpoint_file(checkpoint, self.root, "checkpoint")
+        name = checkpoint_label(path, self.root)
         with self._lock:
-            if path not in self._loaded:
-                config, head, _ = load_neuro(path)
+            if name not in self._loaded:
+                config, head, _ = load_neuro(path, name)
                 try:
                     encoder, generator = self.parts.get(config)
                 except Exception as exc:  # a missing package, model file or hub access on this pod
                     raise FailedPreconditionError(
-                        f"checkpoint {path!r}: its frozen models ({config.encoder}, {config.generator}) cannot be "
+                        f"checkpoint {name!r}: its frozen models ({config.encoder}, {config.generator}) cannot be "
                         f"loaded here: {exc}"
                     ) from exc
                 kept = {k: v for k, v in self._loaded.items() if k == self._default}
-                self._loaded = {**kept, path: NeuroRewriter(config, encoder, generator, head)}
-            return path, self._loaded[path]
+                self._loaded = {**kept, name: NeuroRewriter(config, encoder, generator, head)}
+            return name, self._loaded[name]

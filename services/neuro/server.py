@@ -11,7 +11,6 @@ from pathlib import Path
 
 from promptopt.neuro.v1 import neuro_pb2, neuro_pb2_grpc
 
-from services.common.config import json_object
 from services.common.errors import require
 from services.common.operation_server import OperationServicer
 from services.common.operations import RunManager, RunStore
@@ -31,8 +30,8 @@ class NeuroServicer(OperationServicer):
 
     def Optimize(self, request, context):  # noqa: N802 - gRPC method name
         fields = parse_optimize(request)
-        path, rewriter = self.rewriters.get(request.checkpoint)
-        return neuro_pb2.OptimizeResponse(optimized_prompts=rewriter.rewrite(**fields), checkpoint=path)
+        name, rewriter = self.rewriters.get(request.checkpoint)
+        return neuro_pb2.OptimizeResponse(optimized_prompts=rewriter.rewrite(**fields), checkpoint=name)
 
     def SubmitFeedback(self, request, context):  # noqa: N802 - gRPC method name
         require(request.HasField("feedback"), "feedback must be set")
@@ -72,14 +71,12 @@ def neuro_service(
     rewriters = Rewriters(root, parts)
 
     def factory(record, emit, usage, cancelled):
-        settings = NeuroTrainingSettings.from_json(json.dumps(record.config), record.run_id, state_dir, defaults)
-        return NeuroTrainingJob(settings, emit, cancelled, record.run_id, parts, feedback, rewriters.use)
+        config = json.dumps(record.config)
+        settings = NeuroTrainingSettings.from_json(config, record.run_id, state_dir, defaults, stored=True)
+        return NeuroTrainingJob(settings, emit, cancelled, record.run_id, parts, feedback, rewriters.use, root)
 
     def parse(request):
         settings = NeuroTrainingSettings.from_json(request.config_json, "check", state_dir, defaults, allowed_models)
-        given = json_object(request.config_json, "config_json").get("output_dir", "")
-        if given and any(Path(settings.output_dir).glob("*.pt")):
-            raise ValueError(f"output_dir {settings.output_dir!r} holds another training run's checkpoints")
         settings.data(feedback)  # refused now, not when the run starts
         init = settings.init_checkpoint
         if not init and not settings.neuro.phase1_epochs:  # the seed's phase-2-only run continues phase 1's model
@@ -88,9 +85,9 @@ def neuro_service(
                 raise ValueError("phase1_epochs 0 trains phase 2 alone: it needs init_checkpoint (no model is trained)")
             init = str(newest[0])
         if init:
-            check_compatible(init, settings.neuro)
+            check_compatible(init, settings.neuro, root)
         settings = dataclasses.replace(settings, init_checkpoint=init)
-        return "neuro", request.display_name, settings.record(state_dir, given), settings.neuro.total_epochs
+        return "neuro", request.display_name, settings.record(state_dir), settings.neuro.total_epochs
 
     manager = RunManager(store, factory)
     servicer = NeuroServicer(store, manager, parse, rewriters, feedback)

@@ -1,6 +1,9 @@
 """Neuro-Latent training runs (one step per epoch; `phase{1,2}_epoch_N.pt` after each,
 `neuro_final_model.pt` at the end, under the run's directory) and the frozen models they share
-with serving. torch and the models load lazily, after the server is up."""
+with serving. torch and the models load lazily, after the server is up.
+
+Requests name checkpoints by run, never by path: a training run's id (its final model) or
+`RUN_ID/FILE.pt` (one epoch's), under the service's neuro directory."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import threading
 from pathlib import Path
 
@@ -17,6 +21,28 @@ from services.common.operations import Cancelled, Job
 from services.neuro.feedback import FeedbackStore, feedback_training_data
 
 NEURO_DIR = "neuro"
+FINAL_CHECKPOINT = "neuro_final_model.pt"
+_PART = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+CHECKPOINT_NAME = re.compile(rf"^{_PART}(/{_PART}\.pt)?$")
+# fields only a stored run may hold (a request's were retired: issue 26), and what to do instead
+STORED_ONLY = {
+    "training_data_file": "send the data inline as training_data (promptopt neuro train --data FILE)",
+    "output_dir": "a run's checkpoints live under its run id",
+}
+
+
+def checkpoint_file(name: str, root: Path, field: str) -> Path:
+    """The checkpoint `name` (a training run's id: its final model, or RUN_ID/FILE.pt) under the
+    neuro directory `root`; ValueError naming `field` when it is neither."""
+    if not isinstance(name, str) or not CHECKPOINT_NAME.match(name):
+        raise ValueError(f"{field} must be a training run id or RUN_ID/FILE.pt, got {shown(str(name))!r}")
+    return root / name if "/" in name else root / name / FINAL_CHECKPOINT
+
+
+def checkpoint_label(path: str | Path, root: Path) -> str:
+    """How clients see the checkpoint at `path`: RUN_ID/FILE.pt, relative to the neuro directory."""
+    path = Path(path)
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,14 +58,17 @@ class NeuroTrainingSettings:
 
     @classmethod
     def from_json(
-        cls, text: str, run_id: str, state_dir: str | Path, defaults, allowed_models=None
+        cls, text: str, run_id: str, state_dir: str | Path, defaults, allowed_models=None, stored: bool = False
     ) -> NeuroTrainingSettings:
         """Parsed and validated against `defaults` (a NeuroConfig: the surrogate's models; a run
         may name another encoder or generator only from `allowed_models`, None: any, as a stored
         run's own); ValueError naming the field (the data itself is checked by `data()`). The
-        data comes inline (`training_data`) or, in a stored run, from `training_data_file`."""
+        data comes inline (`training_data`) or, in a `stored` run, from `training_data_file`."""
         fields = json_object(text, "config_json")
         root = Path(state_dir).resolve() / NEURO_DIR
+        for name, instead in STORED_ONLY.items():
+            if name in fields and not stored:
+                raise ValueError(f"{name} is not a request field: {instead}")
         data = fields.pop("training_data", {})
         if "training_data_file" in fields:
             path = confined_path(fields.pop("training_data_file"), root / "data", "training_data_file")
@@ -51,7 +80,10 @@ class NeuroTrainingSettings:
         if not isinstance(include, bool):
             raise ValueError(f"include_feedback must be a bool, got {include!r}")
         init = fields.pop("init_checkpoint", "")
-        init = confined_path(init, root, "init_checkpoint") if init else ""
+        if init and stored and init.startswith("/"):  # recorded as a path before names (issue 26)
+            init = confined_path(init, root, "init_checkpoint")
+        elif init:
+            init = str(checkpoint_file(init, root, "init_checkpoint"))
         output_dir = confined_path(fields.pop("output_dir", "") or run_id, root, "output_dir")
         neuro = dataclasses.replace(defaults, **from_fields(type(defaults), fields, "config_json"))
         for name in ("encoder", "generator"):
@@ -63,18 +95,21 @@ class NeuroTrainingSettings:
                 )
         return cls(data, include, init, output_dir, neuro)
 
-    def record(self, state_dir: str | Path, output_dir: str) -> dict:
-        """What the run store keeps: the resolved settings, the data in a content-addressed file
-        under neuro/data (not in the record, which every ListRuns returns)."""
+    def record(self, state_dir: str | Path) -> dict:
+        """What the run store keeps: the resolved settings (the checkpoint to start from by name),
+        the data in a content-addressed file under neuro/data (not in the record, which every
+        ListRuns returns)."""
+        root = Path(state_dir).resolve() / NEURO_DIR
         text = json.dumps(self.training_data, sort_keys=True)
-        path = Path(state_dir).resolve() / NEURO_DIR / "data" / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+        path = root / "data" / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)
-        fields = {"training_data_file": str(path), "include_feedback": self.include_feedback}
-        fields.update(init_checkpoint=self.init_checkpoint, output_dir=output_dir, **dataclasses.asdict(self.neuro))
+        fields = {"training_data_file": path.name, "include_feedback": self.include_feedback}  # under neuro/data
+        init = checkpoint_label(self.init_checkpoint, root) if self.init_checkpoint else ""
+        fields.update(init_checkpoint=init, **dataclasses.asdict(self.neuro))
         return fields
 
     def data(self, feedback: FeedbackStore):
@@ -122,10 +157,12 @@ class NeuroTrainingJob(Job):
     epoch; the data (inline plus the feedback stored when the run started) is fixed in
     `training_data.json` beside the checkpoints."""
 
-    def __init__(self, settings: NeuroTrainingSettings, emit, cancelled, run_id, parts: ModelParts, feedback, on_final):
+    def __init__(
+        self, settings: NeuroTrainingSettings, emit, cancelled, run_id, parts: ModelParts, feedback, on_final, neuro_dir
+    ):
         self.settings, self.emit, self.cancelled, self.run_id = settings, emit, cancelled, run_id
         self.parts, self.feedback, self.on_final = parts, feedback, on_final
-        self.root = Path(settings.output_dir)
+        self.root, self.neuro_dir = Path(settings.output_dir), Path(neuro_dir)
         self._rewriter = None
         self._data = None
 
@@ -156,10 +193,11 @@ class NeuroTrainingJob(Job):
             head, trainer = None, None
             source = state["last_checkpoint"] or self.settings.init_checkpoint
             if source:
-                _, head, facts = load_neuro(source)
+                label = checkpoint_label(source, self.neuro_dir)
+                _, head, facts = load_neuro(source, label)
                 if state["last_checkpoint"]:
                     if facts.get("run_id") != self.run_id:
-                        raise ValueError(f"{source} belongs to training run {facts.get('run_id')!r}")
+                        raise ValueError(f"{label} belongs to training run {facts.get('run_id')!r}")
                     trainer = facts["trainer"]
             self._rewriter = NeuroRewriter(self.settings.neuro, encoder, generator, head)
             if trainer is not None:
@@ -169,7 +207,7 @@ class NeuroTrainingJob(Job):
         return self._rewriter
 
     def step(self, state: dict) -> dict:
-        from services.neuro.core import FINAL_CHECKPOINT, checkpoint_name, save_neuro
+        from services.neuro.core import checkpoint_name, save_neuro
 
         rewriter = self.rewriter(state)
         try:
@@ -198,18 +236,16 @@ class NeuroTrainingJob(Job):
         return {**state, "step": state["step"] + 1, "history": [*state["history"], entry], "last_checkpoint": str(path)}
 
     def best(self, state: dict) -> tuple[str, float]:
-        """The newest checkpoint and its epoch's loss (lower is better)."""
+        """The newest checkpoint (by name) and its epoch's loss (lower is better)."""
         if not state["history"]:
             return "", math.nan
-        return state["last_checkpoint"], float(state["history"][-1]["loss"])
+        return checkpoint_label(state["last_checkpoint"], self.neuro_dir), float(state["history"][-1]["loss"])
 
     def report(self, state: dict) -> dict:
-        from services.neuro.core import FINAL_CHECKPOINT
-
-        final = self.root / FINAL_CHECKPOINT
+        final = checkpoint_label(self.root / FINAL_CHECKPOINT, self.neuro_dir)
         return {
-            "final_checkpoint": str(final) if state["step"] == self.total_steps() else "",
-            "last_checkpoint": state["last_checkpoint"],
+            "final_checkpoint": final if state["step"] == self.total_steps() else "",
+            "last_checkpoint": checkpoint_label(state["last_checkpoint"], self.neuro_dir),
             "data": state["data"],
             "config": dataclasses.asdict(self.settings.neuro),
             "history": state["history"],

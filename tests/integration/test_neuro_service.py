@@ -101,7 +101,10 @@ def test_a_training_run_trains_both_phases_and_is_then_served(served, trained, c
     messages = [e.progress.message for e in served.client.watch(run.run_id) if e.WhichOneof("event") == "progress"]
     assert any(m.startswith("phase 1 (distillation) epoch 1: loss") for m in messages)
     prompts, checkpoint = served.client.optimize("Solve the problem.", max_length=16, num_return_sequences=2, seed=5)
-    assert checkpoint == str(folder / "neuro_final_model.pt") and len(prompts) == 2
+    assert checkpoint == f"{run.run_id}/neuro_final_model.pt" and len(prompts) == 2
+    assert served.client.optimize("Solve it.", max_length=4, checkpoint=run.run_id)[1] == checkpoint  # by run id
+    earlier = f"{run.run_id}/phase1_epoch_1.pt"  # one epoch's checkpoint, by name
+    assert served.client.optimize("Solve it.", max_length=4, checkpoint=earlier)[1] == earlier
     again, _ = served.client.optimize("Solve the problem.", max_length=16, num_return_sequences=2, seed=5)
     assert again == prompts
     capsys.readouterr()
@@ -122,7 +125,7 @@ def test_feedback_survives_a_restart_and_feeds_the_next_run(served, trained):
     rows, _ = served.client.list_feedback(page_size=10)
     assert [row[2] for row in rows[:2]] == [bad, good]
     _, checkpoint = served.client.optimize("Solve the problem.", max_length=4)  # the newest, loaded at start-up
-    assert checkpoint.endswith(f"{run.run_id}/neuro_final_model.pt")
+    assert checkpoint == f"{run.run_id}/neuro_final_model.pt"  # a name, no path on the service
     config = {"training_data": {}, "phase1_epochs": 1, "phase2_epochs": 1, "batch_size": 4}
     started = served.client.start(neuro_pb2.StartRunRequest(config_json=json.dumps(config)))
     events = list(served.client.watch(started.run_id))
@@ -131,13 +134,14 @@ def test_feedback_survives_a_restart_and_feeds_the_next_run(served, trained):
     report = json.loads(next(e.result for e in events if e.WhichOneof("event") == "result").report_json)
     assert report["data"] == {"distillation_pairs": 1, "triplets": 1}  # the stored feedback alone
     _, checkpoint = served.client.optimize("Solve the problem.", max_length=4)
-    assert checkpoint.endswith(f"{started.run_id}/neuro_final_model.pt")  # the service moved to the new model
+    assert checkpoint == f"{started.run_id}/neuro_final_model.pt"  # the service moved to the new model
     phase2 = {"training_data": {}, "phase1_epochs": 0, "phase2_epochs": 1, "batch_size": 4}
     continued = served.client.start(neuro_pb2.StartRunRequest(config_json=json.dumps(phase2)))
     list(served.client.watch(continued.run_id))
     record = json.loads(served.client.get(continued.run_id).config_json)
     assert record["init_checkpoint"] == checkpoint  # phase 2 alone continues the newest model, as the seed's run does
     assert "training_data" not in record and record["training_data_file"].endswith(".json")  # not in every ListRuns
+    assert "/" not in record["training_data_file"]  # a name under the service's neuro/data, no path
 
 
 @pytest.mark.parametrize(
@@ -149,8 +153,10 @@ def test_feedback_survives_a_restart_and_feeds_the_next_run(served, trained):
         ({"max_length": 100_000}, "max_length must be in [1, 1024], got 100000"),
         ({"num_return_sequences": 0}, "num_return_sequences must be in [1, 16]"),
         ({"temperature": 0.0}, "temperature must be a finite number > 0"),
-        ({"checkpoint": "no/such.pt"}, "checkpoint"),
-        ({"checkpoint": "/etc/passwd"}, "checkpoint '/etc/passwd' must lie under"),
+        ({"checkpoint": "no/such.pt"}, "checkpoint 'no/such.pt' does not exist"),
+        ({"checkpoint": "/etc/passwd"}, "checkpoint must be a training run id or RUN_ID/FILE.pt, got '/etc/passwd'"),
+        ({"checkpoint": "../../runs.sqlite"}, "checkpoint must be a training run id"),
+        ({"checkpoint": "x/../../y.pt"}, "checkpoint must be a training run id"),
     ],
 )
 def test_bad_optimize_requests_are_invalid_argument(served, trained, fields, message):
@@ -167,12 +173,15 @@ def test_bad_training_and_feedback_requests_are_refused_and_not_stored(served, t
         ({"phase1_epochs": "3"}, "phase1_epochs must be a int"),
         ({"kl_weight": -1}, "kl_weight must be a finite number >= 0"),
         ({"colour": 1}, "unknown fields ['colour']"),
-        ({"output_dir": "../../elsewhere"}, "must lie under"),
+        ({"output_dir": "../../elsewhere"}, "output_dir is not a request field"),
         ({"init_checkpoint": "none.pt"}, "does not exist"),
+        ({"init_checkpoint": "no-such-run"}, "checkpoint 'no-such-run/neuro_final_model.pt' does not exist"),
+        ({"init_checkpoint": "/etc/passwd"}, "init_checkpoint must be a training run id or RUN_ID/FILE.pt"),
+        ({"init_checkpoint": "../neuro/x.pt"}, "init_checkpoint must be a training run id"),
         ({"generator": "gguf:/etc/passwd"}, "generator 'gguf:/etc/passwd' is not one this surrogate serves"),
         ({"encoder": "roberta-base"}, "encoder 'roberta-base' is not one this surrogate serves"),
-        ({"init_checkpoint": str(trained[3]), "soft_prompt_length": 8}, "has soft_prompt_length 20, the run 8"),
-        ({"training_data_file": "../../x.json"}, "must lie under"),
+        ({"init_checkpoint": trained[0].run_id, "soft_prompt_length": 8}, "has soft_prompt_length 20, the run 8"),
+        ({"training_data_file": "../../x.json"}, "training_data_file is not a request field"),
     ]:
         with pytest.raises(grpc.RpcError) as info:
             served.client.start(neuro_pb2.StartRunRequest(config_json=json.dumps(fields)))

@@ -34,7 +34,7 @@ def test_export_train_optimize_and_run_neuro_through_the_services(tmp_path_facto
         [report_path] = (tmp_path / "train").glob("neuro-*.json")
         report = json.loads(report_path.read_text())
         assert report["data"] == {"distillation_pairs": 4, "triplets": 4}
-        assert report["final_checkpoint"].startswith(str(state / "volumes" / "surrogate-state"))
+        assert report["final_checkpoint"] == f"{report_path.stem}/neuro_final_model.pt"  # named by run id
         capsys.readouterr()
         assert cli.main([*surrogate, "neuro", "optimize", "Solve it.", "--max-length", "16"]) == 0
         assert report["final_checkpoint"] in capsys.readouterr().out
