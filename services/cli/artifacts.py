@@ -1,5 +1,5 @@
 """`promptopt artifacts put | list | get | delete`: the files a service keeps for its runs, uploaded
-as content and named by id (`--on optimizer|surrogate`, default optimizer). `promptopt run`
+as content and named by id (`--on optimizer|surrogate|tuner`, default optimizer). `promptopt run`
 uploads the files its flags name by itself; this group lists, fetches and removes them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from rich.table import Column, Table
 from services.common.artifact_client import ArtifactClient
 
 console = Console()
-SERVICES = ("optimizer", "surrogate")
+SERVICES = ("optimizer", "surrogate", "tuner")
 
 
 def add_commands(sub, client_config) -> None:

@@ -7,7 +7,7 @@ promptopt evaluate "Let's think step by step." --fidelity 20
 promptopt run lipo-e --config best_config.yaml        algorithm fields from a YAML/JSON file
 promptopt run lipo-e --instructions I.json --exemplar-sets E.json   local files, uploaded as content
 promptopt artifacts list | put KIND FILE | get ID -o FILE | delete ID
-promptopt tune --quick | --phases vae,gp | --resume --output-dir DIR | --workers N
+promptopt tune --quick | --phases vae,gp | --grid DIR | --corpus FILE | --resume RUN_ID | --workers N
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import yaml
@@ -32,6 +33,7 @@ from services.cli.results import write_results
 from services.common.artifact_client import ArtifactClient
 from services.common.config import ClientConfig
 from services.common.errors import NotFoundError
+from services.common.plotting import tuning_phases_png
 from services.common.settings import Setting
 from services.common.types import Usage
 from services.llm_eval.client import Chunking, LlmEvalClient, MeteredLlm
@@ -273,19 +275,40 @@ def _finish(client, run_id, events, results_dir) -> int:
     return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
 
 
-def tune_settings(args) -> dict:
-    """`promptopt tune` flags as the tuner's StartRun settings (only those given)."""
-    settings = {"quick": args.quick, "resume": args.resume}
-    for name in ("phases", "workers", "trials_per_phase", "output_dir", "storage", "study_prefix", "seed"):
+def tune_settings(args, upload) -> dict:
+    """`promptopt tune` flags as the tuner's StartRun settings (only those given); `upload(kind,
+    path) -> artifact id` sends the local grid and corpus to the tuner."""
+    settings = {"quick": True} if args.quick else {}
+    for name in ("phases", "workers", "trials_per_phase", "study_prefix", "seed", "resume_run"):
         value = getattr(args, name)
         if value not in (None, ""):
             settings[name] = value
+    if args.grid:
+        grid = Path(args.grid)
+        for kind, file in (("instructions", "instructions.json"), ("exemplar_sets", "exemplar_sets.json")):
+            settings[f"{kind}_artifact"] = upload(kind, grid / file)
+        settings["grid_artifact"] = upload("grid", grid / "grid.jsonl")
+    if args.corpus:
+        settings["corpus_artifact"] = upload("instructions", args.corpus)
     return settings
 
 
+def write_tuning(run_id: str, report: dict, results_dir: str) -> Path:
+    """A tuning's best_config.yaml (`run lipo-e --config` loads it), tuning_report.md and its plot
+    written to `results_dir/run_id/`; that directory."""
+    out = Path(results_dir) / run_id
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "best_config.yaml").write_text(yaml.safe_dump(report["best_config"], sort_keys=True))
+    (out / "tuning_report.md").write_text(report["tuning_report"])
+    (out / "tuning_report.png").write_bytes(tuning_phases_png(report["phase_results"]))
+    return out
+
+
 def cmd_tune(args) -> int:
-    with TunerClient(_client_config(args.tuner, args)) as client:
-        request = client.pb2.StartRunRequest(config_json=json.dumps(tune_settings(args)), display_name=args.name)
+    config = _client_config(args.tuner, args)
+    with TunerClient(config) as client, ArtifactClient(config) as artifacts:
+        settings = tune_settings(args, artifacts.upload)
+        request = client.pb2.StartRunRequest(config_json=json.dumps(settings), display_name=args.name)
         run = client.start(request)
         console.print(f"started tuning run [bold]{run.run_id}[/] ({run.total_steps - 1} phases, then the report)")
         if args.no_watch:
@@ -302,7 +325,8 @@ def cmd_tune(args) -> int:
                 gate = "passed" if r["gate_passed"] else "MISSED: " + "; ".join(r["gate_failures"])
                 table.add_row(phase, r["objective"], f"{r['best_value']:.4f}", gate)
             console.print(table)
-            console.print(f"report: {report['output_dir']}/tuning_report.md  best config: {report['best_config']}")
+            out = write_tuning(run.run_id, report, args.results_dir)
+            console.print(f"report: {out / 'tuning_report.md'}  best config: {out / 'best_config.yaml'}")
         if run.state == operations_pb2.RUN_STATE_FAILED:
             console.print(f"[red]failed[/]: {run.error}")
         return 0 if run.state == operations_pb2.RUN_STATE_SUCCEEDED else 1
@@ -455,11 +479,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", help="comma-separated subset of vae,scorer,gp,inference")
     p.add_argument("--workers", type=int, help="trial worker processes (default: one per GPU, else 1)")
     p.add_argument("--trials-per-phase", type=int, help="trials per phase (default 5 quick, 50 full)")
-    p.add_argument("--output-dir", help="the tuning's output tree, on the tuner (default state/tuner/RUN)")
-    p.add_argument("--storage", help="Optuna storage URL (default SQLite in the output directory)")
+    p.add_argument(
+        "--grid",
+        metavar="DIR",
+        help="a local recorded grid (instructions.json, exemplar_sets.json, "
+        "grid.jsonl), uploaded to the tuner (default: the shipped hbbops_dev)",
+    )
+    p.add_argument(
+        "--corpus",
+        metavar="FILE",
+        help="a local JSON list of instructions for the VAE phase, uploaded (default: the shipped APE pool)",
+    )
     p.add_argument("--study-prefix", help="the Optuna studies' prefix, PREFIX-<phase> (default: the run id)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the tuning saved in --output-dir")
+    p.add_argument("--resume", dest="resume_run", metavar="RUN_ID", help="continue that earlier tuning run's phases")
     p.add_argument("--name", default="", help="display name")
     p.add_argument("--no-watch", action="store_true", help="print the run id and return")
     p.set_defaults(func=cmd_tune)

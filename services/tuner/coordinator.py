@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import io
 import json
 import logging
 import multiprocessing
@@ -29,10 +28,11 @@ from prometheus_client import Gauge
 
 from services.common.errors import FailedPreconditionError
 from services.common.operations import Cancelled
-from services.common.plotting import pyplot
+from services.common.plotting import tuning_phases_png
 from services.tuner import metrics
 from services.tuner.config import TunerConfig
 from services.tuner.hyperspace import BASELINE, PHASES
+from services.tuner.inputs import TuningInputs
 from services.tuner.settings import TuningSettings
 from services.tuner.study import counts, finished, heartbeat_ages, open_study, storage_for, write_atomic
 from services.tuner.worker import spawned
@@ -80,9 +80,14 @@ class Coordinator:
     asks it to stop (workers are stopped, state saved)."""
 
     def __init__(
-        self, settings: TuningSettings, config: TunerConfig, emit=lambda kind, payload: None, cancelled=lambda: False
+        self,
+        settings: TuningSettings,
+        inputs: TuningInputs,
+        config: TunerConfig,
+        emit=lambda kind, payload: None,
+        cancelled=lambda: False,
     ):
-        self.settings, self.config, self.emit, self.cancelled = settings, config, emit, cancelled
+        self.settings, self.inputs, self.config, self.emit, self.cancelled = settings, inputs, config, emit, cancelled
         self.root = Path(settings.output_dir)
         self.heartbeat_path = self.root / "trials" / "heartbeat.json"
         self._last_heartbeat = 0.0
@@ -95,13 +100,7 @@ class Coordinator:
         path = self.root / "coordinator_state.json"
         if path.is_file():
             state = json.loads(path.read_text())
-            prefix = state["settings"]["study_prefix"]
-            if prefix != self.settings.study_prefix and not self.settings.resume:
-                raise FailedPreconditionError(
-                    f"output_dir {str(self.root)!r} holds the tuning {prefix!r}: continue it with resume "
-                    "(promptopt tune --resume --output-dir) or choose another output_dir"
-                )
-            self.progress(f"resuming from {path}: completed phases {state['completed_phases']}")
+            self.progress(f"resuming the tuning {self.root.name}: completed phases {state['completed_phases']}")
             return state
         return {
             "step": 0,
@@ -124,7 +123,7 @@ class Coordinator:
             except BlockingIOError as exc:
                 handle.close()
                 raise FailedPreconditionError(
-                    f"output_dir {str(self.root)!r} is in use by another running tuning: cancel it first"
+                    f"the tuning {self.root.name!r} is in use by another running tuning: cancel it first"
                 ) from exc
             self._lock = handle
 
@@ -150,7 +149,7 @@ class Coordinator:
         settings = self.settings
         state["current_phase"] = phase
         self.save(state)
-        study = open_study(settings, phase, fixed=state["best_config"])
+        study = open_study(settings, phase, fixed=state["best_config"], inputs=self.inputs)
         done = counts(study)
         self.progress(
             f"phase {phase}: {settings.trials_per_phase} trials, objective {PHASES[phase].objective}, "
@@ -296,7 +295,7 @@ class Coordinator:
             self.root / "best_config.yaml", yaml.safe_dump(lipo_e_config(state["best_config"]), sort_keys=True)
         )
         plot = self.root / "tuning_report.png"
-        plot_phases(state["phase_results"], plot)
+        write_atomic(plot, tuning_phases_png(state["phase_results"]))
         write_atomic(self.root / "tuning_report.md", report_markdown(state, self.settings, plot.name))
         self.save(state)
 
@@ -310,7 +309,7 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
     lines = [
         "# BOLT tuning report",
         "",
-        f"Study prefix `{settings.study_prefix}`, storage `{settings.storage.split('@')[-1]}`, "
+        f"Study prefix `{settings.study_prefix}`, storage `{settings.storage.split(':')[0]}`, "
         f"{settings.trials_per_phase} trials per phase{' (quick)' if settings.quick else ''}, "
         f"started {state['started']}, updated {state.get('updated', '')}.",
         "",
@@ -352,31 +351,3 @@ def report_markdown(state: dict, settings: TuningSettings, plot_name: str) -> st
         "",
     ]
     return "\n".join(lines)
-
-
-def plot_phases(results: dict, path: Path) -> None:
-    """One panel per phase: the objective of each completed trial and the best so far."""
-    plt = pyplot()
-
-    phases = list(results) or ["(none)"]
-    fig, axes = plt.subplots(1, len(phases), figsize=(4.2 * len(phases), 3.4), squeeze=False)
-    for ax, phase in zip(axes[0], phases, strict=True):
-        points = results.get(phase, {}).get("objective_by_trial", [])
-        if points:
-            numbers, values = zip(*points, strict=True)
-            best, top = [], float("-inf")
-            for v in values:
-                top = max(top, v)
-                best.append(top)
-            ax.plot(numbers, values, "o", label="trial")
-            ax.step(numbers, best, where="post", color="C3", label="best so far")
-            ax.set_ylabel(results[phase]["objective"])
-            ax.legend(fontsize=8)
-        ax.set_title(phase)
-        ax.set_xlabel("trial")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = io.BytesIO()
-    fig.savefig(image, format="png", dpi=100)
-    write_atomic(path, image.getvalue())
-    plt.close(fig)

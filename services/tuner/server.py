@@ -1,5 +1,6 @@
 """gRPC transport of the tuner: StartRun validation and the run manager's tuning jobs (one step
-per BOLT phase, then the report; checkpointed in the run store, trials in the Optuna storage)."""
+per BOLT phase, then the report; checkpointed in the run store, trials in the Optuna storage).
+Its ArtifactService keeps the grids and corpora runs name by id."""
 
 from __future__ import annotations
 
@@ -8,22 +9,24 @@ from pathlib import Path
 
 from promptopt.tuner.v1 import tuner_pb2, tuner_pb2_grpc
 
-from services.common.errors import FailedPreconditionError
+from services.common.artifacts import ArtifactLimits, ArtifactStore, FilesystemArtifactStore
+from services.common.errors import FailedPreconditionError, NotFoundError
 from services.common.operation_server import OperationServicer
 from services.common.operations import Job, RunManager, RunStore
 from services.common.server import ServiceBinding
 from services.tuner.config import TunerConfig
-from services.tuner.coordinator import Coordinator
-from services.tuner.settings import TuningSettings, redact
+from services.tuner.coordinator import Coordinator, lipo_e_config
+from services.tuner.inputs import INPUT_KINDS, TuningInputs
+from services.tuner.settings import TuningSettings, service_paths
 from services.tuner.study import storage_for
 
 
 class TuningJob(Job):
     """A tuning run for the run manager: one step per phase, then the report."""
 
-    def __init__(self, settings: TuningSettings, config: TunerConfig, emit, cancelled):
+    def __init__(self, settings: TuningSettings, inputs: TuningInputs, config: TunerConfig, emit, cancelled):
         self.settings = settings
-        self.coordinator = Coordinator(settings, config, emit, cancelled)
+        self.coordinator = Coordinator(settings, inputs, config, emit, cancelled)
 
     def total_steps(self) -> int:
         return len(self.settings.phases) + 1
@@ -57,59 +60,93 @@ class TuningJob(Job):
         self.coordinator.unlock()
 
     def report(self, state: dict) -> dict:
+        """The tuning's results as content (a client sees no file of the tuner's): each phase's
+        result, best_config.yaml's fields and tuning_report.md."""
         return {
-            "output_dir": str(self.coordinator.root),
-            "best_config": str(self.coordinator.root / "best_config.yaml"),
             "phase_results": state["phase_results"],
+            "best_config": lipo_e_config(state["best_config"]),
+            "tuning_report": (self.coordinator.root / "tuning_report.md").read_text(),
         }
 
 
-def settings_for(config_json: str, run_id: str, state_dir: Path, storage: str = "") -> TuningSettings:
-    """A run's settings; with `resume`, those saved in its output directory (new workers allowed)."""
-    settings = TuningSettings.from_json(config_json, run_id, state_dir, storage)
-    if not settings.resume:
+RESUME_MAY_SET = {"resume_run", "workers"}  # a resumed tuning keeps its saved settings but these
+
+
+def tuning_of(run_id: str, store: RunStore) -> str:
+    """The tuning run `run_id` continues (a resume of a resume, followed back), else itself."""
+    seen = set()
+    while run_id not in seen:
+        seen.add(run_id)
+        try:
+            earlier = store.get(run_id).config.get("resume_run")
+        except NotFoundError:
+            return run_id
+        if not earlier:
+            return run_id
+        run_id = earlier
+    return run_id
+
+
+def settings_for(
+    config_json: str, run_id: str, state_dir: Path, store: RunStore, storage: str = "", stored: bool = False
+) -> TuningSettings:
+    """A run's settings; with `resume_run`, those saved in that tuning's output directory (new
+    workers allowed)."""
+    settings = TuningSettings.from_json(config_json, run_id, state_dir, storage, stored)
+    if not settings.resume_run:
         return settings
-    path = Path(settings.output_dir) / "coordinator_state.json"
+    changed = sorted(set(json.loads(config_json)) - RESUME_MAY_SET)
+    if changed and not stored:
+        raise ValueError(f"resume_run continues a tuning with its saved settings: {changed} cannot change")
+    tuning = tuning_of(settings.resume_run, store)
+    path = state_dir / tuning / "coordinator_state.json"
     if not path.is_file():
-        raise ValueError(f"resume: output_dir {settings.output_dir!r} has no coordinator_state.json to resume")
+        raise ValueError(f"resume_run {settings.resume_run!r} is no tuning of this tuner with a state to resume")
     saved = json.loads(path.read_text())["settings"]
-    storage = settings.storage if "***" in saved["storage"] else saved["storage"]  # a password is never saved
     return TuningSettings.from_dict(
         {
             **saved,
-            "storage": storage,
+            **service_paths(state_dir, tuning, storage),
             "workers": settings.workers or saved["workers"],
-            "resume": True,
+            "resume_run": tuning,
         }
     )
 
 
-def parse_start(request, config: TunerConfig, state_dir: Path) -> tuple[str, str, dict, int]:
-    """Validate StartRun: settings (INVALID_ARGUMENT naming the field) and a reachable storage
-    (FAILED_PRECONDITION otherwise). The run stores the settings as given."""
-    settings = settings_for(request.config_json, "check", state_dir, config.storage_url)
-    fields = json.loads(request.config_json)
-    if redact(str(fields.get("storage", ""))) != str(fields.get("storage", "")):
-        raise ValueError("storage: a password in the URL would be stored with the run; set PROMPTOPT_TUNER_STORAGE_URL")
-    if fields.get("storage") or config.storage_url or settings.resume:
+def parse_start(
+    request, config: TunerConfig, state_dir: Path, store: RunStore, artifacts: ArtifactStore
+) -> tuple[str, str, dict, int]:
+    """Validate StartRun: settings and inputs (INVALID_ARGUMENT naming the field) and a reachable
+    operator storage (FAILED_PRECONDITION otherwise). The run stores the settings as given."""
+    settings = settings_for(request.config_json, "check", state_dir, store, config.storage_url)
+    TuningInputs.load(settings, artifacts)
+    if config.storage_url or settings.resume_run:
         try:
             storage_for(settings).remove_session()
         except ConnectionError as exc:
             raise FailedPreconditionError(str(exc)) from exc
-    return "bolt", request.display_name, fields, len(settings.phases) + 1
+    return "bolt", request.display_name, json.loads(request.config_json), len(settings.phases) + 1
 
 
 def tuner_service(
-    store: RunStore, config: TunerConfig | None = None, state_dir: str | Path = "state/tuner"
+    store: RunStore,
+    config: TunerConfig | None = None,
+    state_dir: str | Path = "state/tuner",
+    artifacts: ArtifactStore | None = None,
 ) -> tuple[ServiceBinding, RunManager]:
-    """The TunerService over `store` (its runs' outputs under `state_dir`) and its run manager."""
+    """The TunerService over `store` (its runs' outputs under `state_dir`, the grids and corpora
+    they name in `artifacts`, default under `state_dir`) and its run manager."""
     config, state_dir = config or TunerConfig(), Path(state_dir)
+    artifacts = artifacts or FilesystemArtifactStore(state_dir / "artifacts", INPUT_KINDS, ArtifactLimits())
 
     def factory(record, emit, usage, cancelled):
-        settings = settings_for(json.dumps(record.config), record.run_id, state_dir, config.storage_url)
-        return TuningJob(settings, config, emit, cancelled)
+        config_json = json.dumps(record.config)
+        settings = settings_for(config_json, record.run_id, state_dir, store, config.storage_url, stored=True)
+        return TuningJob(settings, TuningInputs.load(settings, artifacts), config, emit, cancelled)
 
     manager = RunManager(store, factory)
-    servicer = OperationServicer(tuner_pb2, store, manager, lambda request: parse_start(request, config, state_dir))
+    servicer = OperationServicer(
+        tuner_pb2, store, manager, lambda request: parse_start(request, config, state_dir, store, artifacts)
+    )
     add = tuner_pb2_grpc.add_TunerServiceServicer_to_server
     return ServiceBinding.of(tuner_pb2, "TunerService", add, servicer), manager

@@ -26,6 +26,7 @@ from sqlalchemy import event
 
 from services.common.errors import FailedPreconditionError
 from services.tuner.hyperspace import PHASES, TIER_NAMES, narrowed_space
+from services.tuner.inputs import TuningInputs
 from services.tuner.settings import TuningSettings, redact
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,8 @@ def storage_for(settings: TuningSettings) -> RDBStorage:
             serialize_sqlite(storage.engine)
         return storage
     except Exception as exc:  # SQLAlchemy raises many kinds: each means the same to the user
-        raise ConnectionError(f"storage {redact(settings.storage)!r} cannot be reached: {exc}") from exc
+        where = redact(settings.storage) if not settings.storage.startswith("sqlite") else "the run's SQLite file"
+        raise ConnectionError(f"storage {where} cannot be reached: {type(exc).__name__}") from exc
 
 
 def serialize_sqlite(engine) -> None:
@@ -76,18 +78,22 @@ def study_name(settings: TuningSettings, phase: str) -> str:
     return f"{settings.study_prefix}-{phase}"
 
 
-def open_study(settings: TuningSettings, phase: str, fixed: dict | None = None) -> optuna.Study:
+def open_study(
+    settings: TuningSettings, phase: str, fixed: dict | None = None, inputs: TuningInputs | None = None
+) -> optuna.Study:
     """The phase's study, made with what its workers need: the fixed config, the best-so-far
-    values enqueued as its first trial, then the settings (written last: workers wait for them).
-    A study of another tuning (another output directory) under the same name is refused."""
+    values enqueued as its first trial, the grid and corpus (`inputs`), then the settings (written
+    last: workers wait for them). A study of another tuning under the same name is refused."""
     study = optuna.create_study(
         storage=storage_for(settings), study_name=study_name(settings, phase), direction="maximize", load_if_exists=True
     )
     owner = study.user_attrs.get("settings", {}).get("output_dir")
     if owner is not None and owner != settings.output_dir:
         raise FailedPreconditionError(
-            f"study {study.study_name!r} belongs to the tuning in {owner!r}: choose another study_prefix"
+            f"study {study.study_name!r} belongs to the tuning {Path(owner).name!r}: choose another study_prefix"
         )
+    if inputs is not None and "inputs" not in study.user_attrs:  # also a study made before inputs travelled
+        study.set_user_attr("inputs", inputs.for_phase(phase, settings.budget.corpus_size))
     if fixed is not None and owner is None:
         if "fixed" not in study.user_attrs:  # a start that died part-way repeats only what is missing
             if not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):

@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 from promptopt.operations.v1 import operations_pb2
@@ -35,6 +33,7 @@ from services.common.artifact_client import ArtifactClient
 from services.common.relevance import relevance_from_evaluations
 from services.surrogate.types import JointGpConfig, JointVaeConfig, ScorerConfig
 from services.tuner import metrics
+from services.tuner.inputs import TuningInputs
 from services.tuner.settings import TuningSettings
 
 FOLDS = 3
@@ -55,32 +54,26 @@ class Grid:
     questions: np.ndarray  # [instructions, sets]
 
     @classmethod
-    @functools.cache
-    def load(cls, directory: str) -> Grid:
-        root = Path(directory)
-        instructions = json.loads((root / "instructions.json").read_text())
-        raw_sets = json.loads((root / "exemplar_sets.json").read_text())
+    def of(cls, inputs: TuningInputs) -> Grid:
+        """The grid of a tuning's inputs (checked to cover every instruction x exemplar set)."""
         index: dict[tuple[str, str], int] = {}
-        sets = [[index.setdefault((e["question"], e["answer"]), len(index)) for e in s] for s in raw_sets]
-        errors = np.full((len(instructions), len(sets)), np.nan)
+        sets = [[index.setdefault((e["question"], e["answer"]), len(index)) for e in s] for s in inputs.exemplar_sets]
+        errors = np.full((len(inputs.instructions), len(sets)), np.nan)
         questions = np.zeros_like(errors)
-        for line in (root / "grid.jsonl").read_text().splitlines():
-            row = json.loads(line)
+        for row in inputs.grid:
             errors[row["instruction_id"], row["exemplar_set_id"]] = row["error_rate"]
             questions[row["instruction_id"], row["exemplar_set_id"]] = row["n"]
-        if np.isnan(errors).any():
-            raise ValueError(f"{directory}: grid.jsonl does not cover every instruction x exemplar set")
         pool = [f"Q: {q}\nA: {a}" for q, a in index]
-        return cls(instructions, sets, pool, errors, questions)
+        return cls(list(inputs.instructions), sets, pool, errors, questions)
 
 
 class TrialRunner:
     """Runs one trial of a phase on a pipeline config (LIPO-E fields) and returns its metrics."""
 
-    def __init__(self, settings: TuningSettings, encoder, surrogate, optimizer, owner: str):
+    def __init__(self, settings: TuningSettings, inputs: TuningInputs, encoder, surrogate, optimizer, owner: str):
         self.settings, self.encoder, self.surrogate, self.optimizer = settings, encoder, surrogate, optimizer
-        self.owner = owner
-        self.grid = Grid.load(settings.grid_dir)
+        self.owner, self.inputs = owner, inputs
+        self.grid = Grid.of(inputs)
         self._embeddings: dict[tuple[str, ...], np.ndarray] = {}
 
     def embed(self, texts: list[str]) -> np.ndarray:
@@ -117,8 +110,8 @@ class TrialRunner:
         )
 
     def _corpus(self) -> list[str]:
-        corpus = json.loads(Path(self.settings.corpus_path).read_text())
-        extra = [t for t in corpus if t not in self.grid.instructions][: self.settings.budget.corpus_size]
+        known = set(self.grid.instructions)
+        extra = [t for t in self.inputs.corpus if t not in known][: self.settings.budget.corpus_size]
         return self.grid.instructions + extra
 
     def _vae(self, config: dict, seed: int) -> dict:
@@ -223,11 +216,11 @@ class TrialRunner:
     def grid_artifacts(self) -> dict:
         """The recorded grid's instructions and exemplar sets uploaded to the optimizer (the same
         content gives the same ids, so each trial may upload them again)."""
-        grid = Path(self.settings.grid_dir)
+        grid = {"instructions": self.inputs.instructions, "exemplar_sets": self.inputs.exemplar_sets}
         with ArtifactClient(self.optimizer.config) as uploads:
             return {
-                "instructions_artifact": uploads.upload("instructions", grid / "instructions.json"),
-                "exemplar_sets_artifact": uploads.upload("exemplar_sets", grid / "exemplar_sets.json"),
+                f"{kind}_artifact": uploads.put(kind, json.dumps(rows).encode(), f"tuning grid {kind}").artifact_id
+                for kind, rows in grid.items()
             }
 
     def lipo_e_fields(self, config: dict, seed: int) -> dict:

@@ -30,6 +30,7 @@ from services.optimizer.client import OptimizerClient
 from services.surrogate.client import SurrogateClient
 from services.tuner.config import PREFIX, TunerConfig
 from services.tuner.hyperspace import ORDER
+from services.tuner.inputs import TuningInputs
 from services.tuner.settings import TuningSettings
 from services.tuner.study import Worker, counts, finished, storage_for
 from services.tuner.trials import TrialRunner
@@ -53,7 +54,8 @@ def work(storage: str, study: str, output_dir: str | None, config: TunerConfig, 
         SurrogateClient(config.client(config.surrogate_address)) as surrogate,
         OptimizerClient(config.client(config.optimizer_address)) as optimizer,
     ):
-        runner = TrialRunner(settings, encoder, surrogate, optimizer, owner)
+        inputs = TuningInputs.from_dict(loaded.user_attrs["inputs"])
+        runner = TrialRunner(settings, inputs, encoder, surrogate, optimizer, owner)
         worker = Worker(loaded, runner.run, output_dir or settings.output_dir)
         worker.stop_on_signals()
         outcomes = worker.run()

@@ -30,15 +30,16 @@ from services.optimizer.client import OptimizerClient
 from services.surrogate.client import SurrogateClient
 from services.tuner.client import TunerClient
 from services.tuner.hyperspace import BASELINE, BY_NAME, ORDER, PHASES
+from services.tuner.inputs import TuningInputs
 from services.tuner.settings import TuningSettings
 from services.tuner.trials import TrialRunner
 
 TRIALS = int(os.environ.get("TUNER_BENCH_TRIALS", "4"))
 
 
-def tune(stack: LocalStack, out: Path, workers: int) -> tuple[float, dict]:
+def tune(stack: LocalStack, workers: int) -> tuple[float, dict]:
     """(wall seconds, coordinator state) of a quick tuning with `workers` processes."""
-    config = {"quick": True, "trials_per_phase": TRIALS, "workers": workers, "output_dir": str(out)}
+    config = {"quick": True, "trials_per_phase": TRIALS, "workers": workers}
     with TunerClient(ClientConfig(stack.address("tuner"))) as client:
         started = time.monotonic()
         run = client.start(client.pb2.StartRunRequest(config_json=json.dumps(config)))
@@ -47,19 +48,21 @@ def tune(stack: LocalStack, out: Path, workers: int) -> tuple[float, dict]:
         finished = client.get(run.run_id)
         if finished.state != operations_pb2.RUN_STATE_SUCCEEDED:
             raise RuntimeError(f"tuning {run.run_id} did not succeed: {finished.error}")
+    out = Path(stack.services["tuner"].env["PROMPTOPT_TUNER_STORE_PATH"]).parent / run.run_id
     return seconds, json.loads((out / "coordinator_state.json").read_text())
 
 
 def optuna_default(stack: LocalStack, out: Path) -> tuple[float, dict[str, float]]:
     """All parameters in one TPE study on final accuracy; each phase's best objective seen."""
-    settings = TuningSettings.from_json(json.dumps({"quick": True, "output_dir": str(out)}), "default")
+    settings = TuningSettings.from_json(json.dumps({"quick": True}), "default", state_dir=out)
     best = dict.fromkeys(ORDER, float("-inf"))
     with (
         EncoderClient(ClientConfig(stack.address("encoder"))) as encoder,
         SurrogateClient(ClientConfig(stack.address("surrogate"))) as surrogate,
         OptimizerClient(ClientConfig(stack.address("optimizer"))) as optimizer,
     ):
-        runner = TrialRunner(settings, encoder, surrogate, optimizer, "bench-default")
+        inputs = TuningInputs.load(settings, None)  # the shipped grid and corpus
+        runner = TrialRunner(settings, inputs, encoder, surrogate, optimizer, "bench-default")
 
         def objective(trial: optuna.Trial) -> float:
             config = {**BASELINE, **{name: p.suggest(trial) for name, p in BY_NAME.items()}}
@@ -91,7 +94,7 @@ def main() -> None:
             print(f"BOLT tuning bench: quick trials, {TRIALS} trials per phase, {os.cpu_count()} cores")
             runs = {}
             for workers in (1, 2):
-                seconds, state = tune(stack, root / f"cd-{workers}", workers)
+                seconds, state = tune(stack, workers)
                 trials = sum(r["trials"]["complete"] for r in state["phase_results"].values())
                 runs[workers] = state
                 rate = 3600 * trials / seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import grpc
@@ -283,32 +284,42 @@ def test_operations_bad_input(channel_to, tmp_path, service, evaluator):
                 "space.vae_epochs must be a non-empty subset of the seed's choices",
             ),
             ('{"space": {"beta": [0.01, 0.02]}}', INVALID, "space: unknown parameters ['beta']"),
-            ('{"workers": -1}', INVALID, "workers must be an integer in [0, 64], got -1"),
-            ('{"trials_per_phase": 0}', INVALID, "trials_per_phase must be an integer >= 1, got 0"),
+            ('{"workers": -1}', INVALID, "workers must be an integer in [0, 16], got -1"),
+            ('{"workers": 64}', INVALID, "workers must be an integer in [0, 16], got 64"),
+            ('{"trials_per_phase": 0}', INVALID, "trials_per_phase must be an integer in [1, 10000], got 0"),
+            ('{"seed": -1}', INVALID, "seed must be an integer in [0, 2147483647], got -1"),
+            ('{"budget": {"gp_epochs": 1000000000}}', INVALID, "budget.gp_epochs must be a positive integer up to"),
+            ('{"study_prefix": "../x"}', INVALID, "study_prefix must match"),
+            (json.dumps({"study_prefix": "p" * 65}), INVALID, "study_prefix must match"),
             ('{"max_retry": "3"}', INVALID, "max_retry must be an integer in [0, 10], got '3'"),
             ('{"quick": "no"}', INVALID, "quick must be true or false, got 'no'"),
             ('{"split": 5}', INVALID, "split must be a string, got 5"),
             ('{"space": ["vae_beta"]}', INVALID, "space must be an object"),
             ('{"space": {"vae_beta": [true, 0.05]}}', INVALID, "space.vae_beta must be [low, high]"),
             ('{"phases": 5}', INVALID, "phases must be a list of phases"),
-            ('{"storage": "not a url"}', INVALID, "storage 'not a url' is not a SQLAlchemy URL"),
             ('{"colour": 1}', INVALID, "config_json: unknown fields ['colour']"),
-            ('{"storage": "postgresql://tuner:secret@db/optuna"}', INVALID, "a password in the URL would be stored"),
+            # no request names a place on the tuner (issue 26): storage is the operator's, output by run id
             (
-                '{"storage": "sqlite:////proc/no/such/dir/optuna.db"}',
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "storage 'sqlite:////proc/no/such/dir/optuna.db' cannot be reached",
-            ),
-            (
-                '{"storage": "postgresql+psycopg://tuner@127.0.0.1:1/optuna"}',
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "cannot be reached: (psycopg.OperationalError) connection failed",
-            ),
-            (
-                f'{{"resume": true, "output_dir": "{tmp_path / "none"}"}}',
+                '{"storage": "postgresql+psycopg://u@10.0.0.1/x"}',
                 INVALID,
-                "has no coordinator_state.json to resume",
+                "storage is not a request field: the Optuna storage is the operator's",
             ),
+            ('{"storage": "sqlite:////tmp/x.db"}', INVALID, "storage is not a request field"),
+            (json.dumps({"output_dir": str(tmp_path)}), INVALID, "output_dir is not a request field"),
+            (json.dumps({"grid_dir": str(tmp_path)}), INVALID, "grid_dir is not a request field: upload the grid"),
+            ('{"corpus_path": "/etc/passwd"}', INVALID, "corpus_path is not a request field: upload the corpus"),
+            ('{"resume": true}', INVALID, "resume is not a request field: name the run"),
+            ('{"resume_run": "../optimizer"}', INVALID, "resume_run must be a tuner run id, got '../optimizer'"),
+            ('{"resume_run": "bolt-none"}', INVALID, "resume_run 'bolt-none' is no tuning of this tuner"),
+            ('{"resume_run": "artifacts"}', INVALID, "resume_run 'artifacts' is no tuning of this tuner"),
+            (
+                '{"resume_run": "bolt-1", "phases": ["gp"]}',
+                INVALID,
+                "resume_run continues a tuning with its saved settings: ['phases'] cannot change",
+            ),
+            (json.dumps({"grid_artifact": "0" * 32}), INVALID, "give all three, or none"),
+            (json.dumps({"corpus_artifact": "0" * 32}), INVALID, "is no artifact on this service: upload"),
+            ('{"corpus_artifact": "/etc/passwd"}', INVALID, "corpus_artifact must be an artifact id"),
         ]
         for config_json, code, message in tune:
             expect(code, message, stub.StartRun, pb2.StartRunRequest(config_json=config_json))

@@ -16,9 +16,8 @@ import pytest
 import yaml
 
 from services.common import compose
-from services.common.config import datasets_dir
 from services.encoder.types import SONAR_ENCODER
-from services.tuner.settings import TuningSettings
+from services.tuner.inputs import SHIPPED_CORPUS, SHIPPED_GRID
 from tests.deploy import validate
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -154,9 +153,7 @@ def test_dockerfile_targets():
     lean = " ".join(stages["lean-runtime"])
     home = re.search(r"PROMPTOPT_DATASETS_DIR=(\S+)", lean).group(1)
     copied = dict(re.findall(r"COPY (datasets/\S+) (\S+)", lean))
-    settings = TuningSettings.from_json("{}", "k8s", state_dir=Path("/var/lib/promptopt"))
-    for path in (settings.grid_dir, settings.corpus_path):
-        relative = Path(path).relative_to(datasets_dir())
+    for relative in (Path(SHIPPED_GRID), Path(SHIPPED_CORPUS)):
         source = f"datasets/{relative.parts[0]}"
         assert (
             copied[source] == f"{home}/{relative.parts[0]}"

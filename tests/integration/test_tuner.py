@@ -1,13 +1,15 @@
 """BOLT tuning through the services on loopback (encoder, llm_eval replaying the recorded
 hbbops_dev grid, surrogate, optimizer, tuner): a quick tuning over all four phases whose best
 config `promptopt run lipo-e --config` loads, and the faults: a worker SIGKILLed mid-trial, the
-coordinator SIGKILLed and resumed, a cancelled tuning continued with `tune --resume`."""
+coordinator SIGKILLed and resumed, a cancelled tuning continued with `tune --resume RUN_ID`. The
+CLI runs as a remote client: it uploads the grid and corpus and writes the results it is sent."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,6 +60,11 @@ def stack(tmp_path_factory, datasets_dir):
     names = ("encoder", "llm_eval", "surrogate", "optimizer", "tuner")
     with LocalStack(state, names=names, port_offset=1300, env=env) as running:
         yield running
+
+
+def output_of(stack, run_id: str) -> Path:
+    """A tuning's output directory on the tuner (where the test looks; clients are sent content)."""
+    return Path(stack.services["tuner"].env["PROMPTOPT_TUNER_STORE_PATH"]).parent / run_id
 
 
 def start(stack, **fields) -> str:
@@ -112,15 +119,31 @@ def completed(out: Path, run_id: str) -> list:
 
 
 def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_config(
-    stack, tmp_path, datasets_dir, capsys
+    stack, tmp_path, datasets_dir, capsys, monkeypatch
 ):
-    out = tmp_path / "quick"
-    code = cli.main(
-        ["--tuner", stack.address("tuner"), "tune", "--quick", "--trials-per-phase", "2", "--output-dir", str(out)]
-    )
+    """From a client directory the tuner cannot see: its own copy of the grid and corpus (one
+    instruction fewer), uploaded by `tune --grid --corpus`."""
+    client = tmp_path / "client"
+    shutil.copytree(datasets_dir / "hbbops_dev", client / "grid")
+    corpus = json.loads((datasets_dir / "prompts" / "ape_instructions_1000.json").read_text())
+    (client / "corpus.json").write_text(json.dumps(corpus[1:]))
+    monkeypatch.chdir(client)
+    tune = ["tune", "--quick", "--trials-per-phase", "2", "--grid", "grid", "--corpus", "corpus.json"]
+    code = cli.main(["--tuner", stack.address("tuner"), "--results-dir", "results", *tune])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    run_id = re.search(r"started tuning run (\S+)", printed).group(1)
+    out = output_of(stack, run_id)
     state = json.loads((out / "coordinator_state.json").read_text())
+    assert state["settings"]["grid_artifact"] and state["settings"]["corpus_artifact"]  # the uploads, by id
+    vae_study = study(out, run_id, "vae")
+    grid_instructions = json.loads((client / "grid" / "instructions.json").read_text())
+    used = [t for t in corpus[1:] if t not in grid_instructions][: state["settings"]["budget"]["corpus_size"]]
+    assert vae_study.user_attrs["inputs"]["corpus"] == used  # what the workers read: the upload's part they train on
+    local = client / "results" / run_id  # the CLI wrote what it was sent
+    assert (local / "best_config.yaml").read_text() == (out / "best_config.yaml").read_text()
+    assert (local / "tuning_report.md").read_text() == (out / "tuning_report.md").read_text()
+    assert (local / "tuning_report.png").stat().st_size > 1000
     assert state["completed_phases"] == ["vae", "scorer", "gp", "inference"]
     for phase, group_metrics in {
         "vae": [
@@ -197,7 +220,7 @@ def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_
         "run",
         "lipo-e",
         "--config",
-        str(out / "best_config.yaml"),
+        str(local / "best_config.yaml"),
     ]
     args += ["--instructions", str(grid / "instructions.json"), "--exemplar-sets", str(grid / "exemplar_sets.json")]
     args += [
@@ -223,9 +246,9 @@ def test_quick_tuning_over_all_phases_writes_the_seeds_tree_and_a_loadable_best_
     assert config["instruction_latent_dim"] == best["instruction_latent_dim"]
 
 
-def test_a_worker_killed_mid_trial_has_its_trial_retried_and_no_trial_runs_twice(stack, tmp_path):
-    out = tmp_path / "kill-worker"
-    run_id = start(stack, phases=["scorer"], trials_per_phase=6, workers=2, output_dir=str(out))
+def test_a_worker_killed_mid_trial_has_its_trial_retried_and_no_trial_runs_twice(stack):
+    run_id = start(stack, phases=["scorer"], trials_per_phase=6, workers=2)
+    out = output_of(stack, run_id)
     victim = wait_for(lambda: len(starts(out)) >= 2 and starts(out)[-1], 120, "two trials to start")
     os.kill(int(victim["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
     finished(stack, run_id)
@@ -245,8 +268,8 @@ def test_a_worker_killed_mid_trial_has_its_trial_retried_and_no_trial_runs_twice
 
 
 def test_a_killed_coordinator_resumes_and_a_cancelled_tuning_continues_with_resume(stack, tmp_path, capsys):
-    out = tmp_path / "kill-coordinator"
-    run_id = start(stack, phases=["scorer"], trials_per_phase=5, workers=1, output_dir=str(out))
+    run_id = start(stack, phases=["scorer"], trials_per_phase=5, workers=1)
+    out = output_of(stack, run_id)
     wait_for(lambda: len(completed(out, run_id)) >= 2, 180, "two finished trials")
     stack.kill("tuner")  # SIGKILL: its worker is stopped too (it dies with its parent)
     done_before = {t.number for t in complete(study(out, run_id, "scorer"))}
@@ -257,28 +280,29 @@ def test_a_killed_coordinator_resumes_and_a_cancelled_tuning_continues_with_resu
     numbers = [line["trial"] for line in starts(out)]
     assert all(numbers.count(n) == 1 for n in done_before)  # no finished trial ran again
     assert len(complete(s)) >= 5
-    # cancelled mid-phase, then `promptopt tune --resume --output-dir` continues the same studies
-    out = tmp_path / "cancelled"
-    run_id = start(stack, phases=["scorer"], trials_per_phase=4, workers=1, output_dir=str(out))
+    # cancelled mid-phase, then `promptopt tune --resume RUN_ID` continues the same studies
+    run_id = start(stack, phases=["scorer"], trials_per_phase=4, workers=1)
+    out = output_of(stack, run_id)
     wait_for(lambda: len(completed(out, run_id)) >= 1, 180, "a finished trial")
     with TunerClient(ClientConfig(stack.address("tuner"))) as client:
         client.cancel(run_id)
     wait_for(lambda: run_state(stack, run_id).state == operations_pb2.RUN_STATE_CANCELLED, 120, "the cancel")
     done_before = {t.number for t in complete(study(out, run_id, "scorer"))}
     capsys.readouterr()
-    assert cli.main(["--tuner", stack.address("tuner"), "tune", "--resume", "--output-dir", str(out)]) == 0
+    tuner = ["--tuner", stack.address("tuner"), "--results-dir", str(tmp_path)]
+    assert cli.main([*tuner, "tune", "--resume", run_id]) == 0
     s = study(out, run_id, "scorer")  # the same study, continued
     numbers = [line["trial"] for line in starts(out)]
     assert all(numbers.count(n) == 1 for n in done_before) and len(complete(s)) >= 4
     assert json.loads((out / "coordinator_state.json").read_text())["completed_phases"] == ["scorer"]
 
 
-def test_a_worker_outside_the_tuner_follows_its_studies_and_shares_the_trials(stack, tmp_path):
+def test_a_worker_outside_the_tuner_follows_its_studies_and_shares_the_trials(stack):
     """`python -m services.tuner.worker --follow PREFIX` (the Kubernetes worker Job's command),
     started beside the tuner's own worker on the same storage: both run trials, none twice, and its
     trial files land in the tuning's output directory."""
-    out = tmp_path / "follow"
-    run_id = start(stack, phases=["scorer"], trials_per_phase=6, workers=1, output_dir=str(out))
+    run_id = start(stack, phases=["scorer"], trials_per_phase=6, workers=1)
+    out = output_of(stack, run_id)
     storage = f"sqlite:///{out / 'optuna.db'}"
     command = [sys.executable, "-m", "services.tuner.worker", "--storage", storage, "--follow", run_id]
     follower = subprocess.Popen(

@@ -98,8 +98,7 @@ def test_phases_and_narrowing_are_checked():
 
 
 def settings(tmp_path, **fields) -> TuningSettings:
-    fields = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "output_dir": str(tmp_path), **fields}
-    return TuningSettings.from_json(json.dumps(fields), "t")
+    return TuningSettings.from_json(json.dumps(fields), "t", tmp_path)
 
 
 def test_quick_settings_and_defaults(tmp_path):
@@ -154,6 +153,7 @@ def test_tiers_are_tuned_in_priority_order_with_the_others_held(tmp_path):
 def test_every_tuned_name_is_a_lipo_e_setting_and_the_baseline_comes_from_its_defaults(tmp_path):
     from services.optimizer.types import settings_of
     from services.tuner.hyperspace import BOLT_SWITCHES
+    from services.tuner.inputs import TuningInputs
     from services.tuner.settings import TuningSettings
     from services.tuner.trials import TrialRunner
 
@@ -165,7 +165,8 @@ def test_every_tuned_name_is_a_lipo_e_setting_and_the_baseline_comes_from_its_de
     assert BASELINE["raw_samples"] == 2048 and BASELINE["cosine_sim_threshold"] == 0.85  # LIPO-E's lie outside
     # the LIPO-E run an inference trial starts is a valid config (every field it sets exists)
     settings = TuningSettings.from_json("{}", "t", state_dir=tmp_path)
-    fields = TrialRunner(settings, None, None, None, "t").lipo_e_fields(dict(BASELINE), 0)
+    inputs = TuningInputs.load(settings, None)  # the shipped grid: no store is read
+    fields = TrialRunner(settings, inputs, None, None, None, "t").lipo_e_fields(dict(BASELINE), 0)
     artifacts = {"instructions_artifact": "0" * 32, "exemplar_sets_artifact": "1" * 32}  # uploaded per trial
     config = settings_of("lipo_e").from_fields({**fields, **artifacts})
     assert (config.mode, config.acqf.acquisition, config.acqf.ucb_beta) == ("grid", "ucb", BASELINE["ucb_beta"])

@@ -20,9 +20,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 @pytest.fixture
 def phase(tmp_path):
-    fields = {"storage": f"sqlite:///{tmp_path / 'optuna.db'}", "output_dir": str(tmp_path), "trials_per_phase": 3}
-    settings = TuningSettings.from_json(json.dumps({**fields, "phases": ["scorer"]}), "t")
-    return open_study(settings, "scorer", dict(BASELINE)), tmp_path
+    settings = TuningSettings.from_json(json.dumps({"trials_per_phase": 3, "phases": ["scorer"]}), "t", tmp_path)
+    return open_study(settings, "scorer", dict(BASELINE)), tmp_path / "t"
 
 
 def worker(phase, run_trial) -> Worker:
