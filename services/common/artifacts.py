@@ -230,6 +230,18 @@ def _atomic_write(path: Path, content: bytes) -> None:
         raise
 
 
+def json_or_jsonl(content: bytes):
+    """`content` as one JSON document, else as JSONL (a list of its lines' values); ValueError
+    when it is neither."""
+    try:
+        return json_content(content)
+    except json.JSONDecodeError:
+        try:
+            return [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
+        except ValueError as exc:
+            raise ValueError(f"neither JSON nor JSONL ({exc})") from None
+
+
 def json_content(content: bytes):
     """`content` parsed as UTF-8 JSON; ValueError otherwise."""
     try:

@@ -135,6 +135,14 @@ def json_object(text: str, field: str) -> dict:
     return value
 
 
+def refuse_fields(fields: dict, refused: dict[str, str], why: str) -> None:
+    """ValueError "NAME WHY: INSTEAD" for the first field of `fields` that `refused` maps to what
+    to do instead (a request field since retired, or one only the service sets)."""
+    for name, instead in refused.items():
+        if name in fields:
+            raise ValueError(f"{name} {why}: {instead}")
+
+
 def from_fields(cls, fields: dict, source: str) -> dict:
     """`fields` (parsed JSON) checked against the dataclass `cls`: unknown names are refused, each
     value must have its field's type (an int passes for a float). ValueError naming the field;

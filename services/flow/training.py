@@ -9,7 +9,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from services.common.config import from_fields, json_object
+from services.common.config import from_fields, json_object, refuse_fields
 from services.common.operations import Cancelled, Job
 
 
@@ -49,9 +49,7 @@ class FlowTrainingSettings:
         from services.flow.core import FlowConfig
 
         fields = json_object(text, "config_json")
-        for name, instead in RETIRED.items():
-            if name in fields:
-                raise ValueError(f"{name} is retired (a request names no path on the surrogate's host): {instead}")
+        refuse_fields(fields, RETIRED, "is retired (a request names no path on the surrogate's host)")
         data = fields.pop("data_artifact", "")
         if not data:
             raise ValueError("data_artifact must name uploaded embeddings (ArtifactService kind 'embeddings')")

@@ -15,7 +15,7 @@ import re
 import threading
 from pathlib import Path
 
-from services.common.config import confined_path, from_fields, json_object
+from services.common.config import confined_path, from_fields, json_object, refuse_fields
 from services.common.errors import shown
 from services.common.operations import Cancelled, Job
 from services.neuro.feedback import FeedbackStore, feedback_training_data
@@ -66,9 +66,8 @@ class NeuroTrainingSettings:
         data comes inline (`training_data`) or, in a `stored` run, from `training_data_file`."""
         fields = json_object(text, "config_json")
         root = Path(state_dir).resolve() / NEURO_DIR
-        for name, instead in STORED_ONLY.items():
-            if name in fields and not stored:
-                raise ValueError(f"{name} is not a request field: {instead}")
+        if not stored:
+            refuse_fields(fields, STORED_ONLY, "is not a request field")
         data = fields.pop("training_data", {})
         if "training_data_file" in fields:
             path = confined_path(fields.pop("training_data_file"), root / "data", "training_data_file")

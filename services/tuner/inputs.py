@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from services.common.artifacts import ArtifactStore, json_content
+from services.common.artifacts import ArtifactStore, json_content, json_or_jsonl
 from services.common.config import datasets_dir
 from services.common.settings import MAX_LIST_ITEMS
 from services.optimizer.types import upload_kinds
@@ -25,13 +25,7 @@ SHIPPED_CORPUS = "prompts/ape_instructions_1000.json"
 def parse_grid(content: bytes) -> list[dict]:
     """Evaluations of a grid as JSONL (or a JSON list) of {instruction_id, exemplar_set_id,
     error_rate, n}: ids index the grid's instructions and exemplar sets."""
-    try:
-        rows = json_content(content)
-    except json.JSONDecodeError:
-        try:
-            rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
-        except ValueError as exc:
-            raise ValueError(f"neither JSON nor JSONL ({exc})") from None
+    rows = json_or_jsonl(content)
     if isinstance(rows, dict):  # JSONL of one row
         rows = [rows]
     if not isinstance(rows, list) or not rows:

@@ -16,6 +16,7 @@ from pathlib import Path
 import sqlalchemy
 
 from services.common.artifacts import check_id
+from services.common.config import json_object, refuse_fields
 from services.tuner.hyperspace import ORDER, narrowed_space, parse_phases
 
 ZERO_MEANS_DEFAULT = ("vae_epochs_cap", "fidelity", "test_fidelity", "inference_iterations")
@@ -99,19 +100,14 @@ class TuningSettings:
         `stored` run's config may hold fields since retired: they are dropped."""
         if not text.strip():
             raise ValueError("config_json must be set (a JSON object; {} keeps every default)")
-        try:
-            fields = json.loads(text)
-        except ValueError as exc:
-            raise ValueError(f"config_json is not JSON: {exc}") from exc
-        if not isinstance(fields, dict):
-            raise ValueError("config_json must be a JSON object")
+        fields = json_object(text, "config_json")
         if fields.get("resume") is False:  # what earlier clients always sent: no request to resume
             fields.pop("resume")
         if stored and fields.get("resume") is True and isinstance(fields.get("output_dir"), str):
             fields.setdefault("resume_run", Path(fields["output_dir"]).name)  # recorded before resume_run
-        for name, instead in NOT_REQUEST_FIELDS.items():
-            if name in fields and not stored:
-                raise ValueError(f"{name} is not a request field: {instead}")
+        if not stored:
+            refuse_fields(fields, NOT_REQUEST_FIELDS, "is not a request field")
+        for name in NOT_REQUEST_FIELDS:
             fields.pop(name, None)
         known = {f.name for f in dataclasses.fields(cls)} - set(NOT_REQUEST_FIELDS)
         unknown = sorted(set(fields) - known)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from services.common.artifacts import json_content
+from services.common.artifacts import json_content, json_or_jsonl
 from services.common.settings import MAX_LIST_ITEMS, MAX_TEXT_CHARS
 from services.llm_eval.types import Exemplar
 
@@ -51,16 +51,9 @@ def check_slots(sets: list[list[dict]], num_slots: int, field: str) -> None:
 def parse_evaluations(content: bytes) -> list[dict]:
     """Evaluated instructions as [{instruction, error, n}] from a results JSON (`results` with
     accuracy or correct/total), a JSON list, or JSONL rows (error_rate or accuracy, optional n)."""
-    try:
-        data = json_content(content)
-        if isinstance(data, dict):  # a results JSON, or JSONL of one row
-            data = data["results"] if "results" in data else [data]
-        rows = data
-    except json.JSONDecodeError:  # not one JSON document: JSONL
-        try:
-            rows = [json.loads(line) for line in content.decode("utf-8").splitlines() if line.strip()]
-        except ValueError as exc:
-            raise ValueError(f"neither JSON nor JSONL ({exc})") from None
+    rows = json_or_jsonl(content)
+    if isinstance(rows, dict):  # a results JSON, or JSONL of one row
+        rows = rows["results"] if "results" in rows else [rows]
     if not isinstance(rows, list):
         raise ValueError("expected a list of evaluated instructions")
     _check_size(rows)
